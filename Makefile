@@ -1,0 +1,23 @@
+# The two commands a fresh machine needs (see README):
+#   make run    set everything up, then run kvllama on the embedded default model
+#   make test   set everything up, then run the whole test suite
+VENV ?= .venv
+PROMPT ?= The capital of France is
+
+.PHONY: setup run test test-quick lint
+
+setup:
+	@bash scripts/bootstrap.sh
+
+run: setup
+	$(VENV)/bin/kvllama complete --max-tokens 32 --temperature 0 --stats "$(PROMPT)"
+
+# One run; tests/conftest.py orders it: stub unit tests, then real-model tests, slow ones last.
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+test-quick: setup
+	$(VENV)/bin/python -m pytest -m "not model" -q
+
+lint:
+	$(VENV)/bin/ruff check src tests

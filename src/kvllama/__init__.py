@@ -1,0 +1,53 @@
+"""kvllama: a Python runtime for llama.cpp models whose conversations stay warm.
+
+Start with :class:`Engine`::
+
+    import kvllama
+    with kvllama.Engine() as engine:
+        engine.load_model("m")          # no path: the embedded Gemma 3 270M
+        print(engine.complete("m", "Once upon a time", max_tokens=16).reply)
+"""
+
+from kvllama import errors
+from kvllama.api.engine import Engine
+from kvllama.api.streams import AsyncRequestStream, RequestStream
+from kvllama.engine.params import SamplingParams
+from kvllama.events import (
+    CacheDelta,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    Stats,
+    TextEvent,
+    TokenEvent,
+)
+from kvllama.models.loaded import ModelInfo
+from kvllama.options import ModelOptions
+from kvllama.results import CompletionResult, ResultBuilder, collect
+
+__all__ = [
+    "AsyncRequestStream",
+    "CacheDelta",
+    "CompletionResult",
+    "DoneEvent",
+    "Engine",
+    "ErrorEvent",
+    "Event",
+    "ModelInfo",
+    "ModelOptions",
+    "RequestStream",
+    "ResultBuilder",
+    "SamplingParams",
+    "Stats",
+    "TextEvent",
+    "TokenEvent",
+    "collect",
+    "errors",
+]
+__version__ = "0.1.0"
+
+# Library convention: no output unless the application configures logging.
+# (Without this, llama.cpp's warnings would reach stderr via logging's last resort.)
+import logging as _logging
+
+_logging.getLogger("kvllama").addHandler(_logging.NullHandler())

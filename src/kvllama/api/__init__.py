@@ -1,0 +1,1 @@
+"""The Python facade (Engine) and the stream handles it returns."""

@@ -1,0 +1,261 @@
+"""The Python entry point: ``kvllama.Engine``.
+
+The engine is a registry of loaded models (string ids, never interned
+symbols) and a router of calls to each model's decode loop. It validates
+everything it is handed before a request is queued, so a bad request is a
+typed exception in the caller's thread and never reaches the decode loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
+from kvllama.backend.protocol import Backend
+from kvllama.chat.templates import render_chat, resolve_template
+from kvllama.engine.loop import ModelLoop
+from kvllama.engine.params import SamplingParams
+from kvllama.engine.request import EventSink, QueueSink, Request, new_request_id
+from kvllama.errors import (
+    ContextOverflowError,
+    EngineClosedError,
+    InvalidRequestError,
+    ModelBusyError,
+    ModelExistsError,
+    UnknownModelError,
+)
+from kvllama.models.loaded import LoadedModel, ModelInfo
+from kvllama.options import ModelOptions
+from kvllama.results import CompletionResult
+
+Prompt = str | Sequence[int]
+# Builds a backend from a GGUF path (None: the embedded default) and options.
+BackendFactory = Callable[[str | None, ModelOptions], Backend]
+
+
+def llama_backend_factory(path: str | None, options: ModelOptions) -> Backend:
+    from kvllama.backend.llama import LlamaBackend
+    from kvllama.models.default import default_model_path
+
+    return LlamaBackend(path if path is not None else default_model_path(), options)
+
+
+class Engine:
+    """Loads models and serves generation, tokenisation, templates and embeddings."""
+
+    def __init__(self, *, backend_factory: BackendFactory | None = None) -> None:
+        self._factory = backend_factory or llama_backend_factory
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._streams: weakref.WeakValueDictionary[str, RequestStream | AsyncRequestStream] = (
+            weakref.WeakValueDictionary()
+        )
+        self._closed = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- models -------------------------------------------------------------
+
+    def load_model(
+        self, model_id: str, path: str | os.PathLike[str] | None = None, **options: Any
+    ) -> ModelInfo:
+        """Load a GGUF file (no path: the embedded default) under ``model_id``."""
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise InvalidRequestError("model_id must be a non-empty string")
+        opts = ModelOptions.from_kwargs(**options)
+        with self._lock:
+            self._check_open()
+            if model_id in self._models:
+                raise ModelExistsError(model_id)
+        backend = self._factory(os.fspath(path) if path is not None else None, opts)
+        try:
+            _, source = resolve_template(None, backend.description.chat_template, opts.chat_template)
+            loop = ModelLoop(backend, chunk_size=opts.effective_chunk_size(), name=model_id)
+        except BaseException:
+            backend.close()
+            raise
+        loaded = LoadedModel(model_id, backend, loop, opts, source)
+        with self._lock:
+            if model_id in self._models or self._closed:
+                loop.close()
+                backend.close()
+                raise ModelExistsError(model_id) if not self._closed else EngineClosedError()
+            self._models[model_id] = loaded
+        return loaded.info()
+
+    def unload_model(self, model_id: str, *, cancel: bool = False) -> None:
+        """Free a model. With requests in flight: ModelBusyError, or cancel them if asked."""
+        model = self._model(model_id)
+        if not cancel and (model.loop.status.in_flight or model.loop.pending):
+            raise ModelBusyError(
+                f"model {model_id!r} has requests in flight; wait for them or pass cancel=True"
+            )
+        with self._lock:
+            self._models.pop(model_id, None)
+        model.loop.close()
+        model.backend.close()
+
+    def list_models(self) -> list[ModelInfo]:
+        with self._lock:
+            models = list(self._models.values())
+        return [m.info() for m in models]
+
+    def model_info(self, model_id: str) -> ModelInfo:
+        return self._model(model_id).info()
+
+    def in_flight(self) -> int:
+        """Requests holding a sequence slot, over all models."""
+        with self._lock:
+            models = list(self._models.values())
+        return sum(m.loop.status.in_flight for m in models)
+
+    def pending(self) -> int:
+        """Requests queued for a slot, over all models."""
+        with self._lock:
+            models = list(self._models.values())
+        return sum(m.loop.pending for m in models)
+
+    # --- generation ---------------------------------------------------------
+
+    def complete(self, model_id: str, prompt: Prompt, **params: Any) -> CompletionResult:
+        """Generate to the end and return the whole result."""
+        return self.infer(model_id, prompt, **params).result()
+
+    async def acomplete(self, model_id: str, prompt: Prompt, **params: Any) -> CompletionResult:
+        return await self.ainfer(model_id, prompt, **params).result()
+
+    def infer(self, model_id: str, prompt: Prompt, **params: Any) -> RequestStream:
+        """Start a request; iterate the returned stream for its events."""
+        model, request = self._prepare(model_id, prompt, params, QueueSink())
+        stream = RequestStream(request, model.loop, model_id)
+        self._start(model, stream)
+        return stream
+
+    def ainfer(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncRequestStream:
+        """Like :meth:`infer`, for ``async for``; call it from a running event loop."""
+        model, request = self._prepare(model_id, prompt, params, asyncio_sink())
+        stream = AsyncRequestStream(request, model.loop, model_id)
+        self._start(model, stream)
+        return stream
+
+    def cancel(self, request: RequestStream | AsyncRequestStream | str) -> bool:
+        """Idempotent. Returns False if the id is unknown (finished and forgotten)."""
+        stream = self._streams.get(request) if isinstance(request, str) else request
+        if stream is None:
+            return False
+        stream.cancel()
+        return True
+
+    def _prepare(
+        self, model_id: str, prompt: Prompt, params: dict[str, Any], sink: EventSink
+    ) -> tuple[LoadedModel, Request]:
+        model = self._model(model_id)
+        sampling = SamplingParams.from_kwargs(**params).with_seed()
+        tokens = self._prompt_tokens(model.backend, prompt)
+        n_ctx_seq = model.backend.shape.n_ctx_seq
+        if len(tokens) >= n_ctx_seq:
+            raise ContextOverflowError(len(tokens), n_ctx_seq)
+        return model, Request(new_request_id(), tuple(tokens), sampling, sink)
+
+    def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
+        self._streams[stream.id] = stream
+        model.loop.submit(stream.request)
+
+    @staticmethod
+    def _prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is empty")
+            bos = backend.description.special_tokens.get("bos_token")
+            # A rendered chat template may already start with BOS; never add a second.
+            add_special = not (bos and prompt.startswith(bos))
+            return backend.tokenize(prompt, add_special=add_special, parse_special=True)
+        if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
+            tokens = list(prompt)
+            if not tokens:
+                raise InvalidRequestError("prompt is empty")
+            n_vocab = backend.description.n_vocab
+            for t in tokens:
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+                    raise InvalidRequestError(
+                        f"prompt token {t!r} is not a token id of this model (0..{n_vocab - 1})"
+                    )
+            return tokens
+        raise InvalidRequestError("prompt must be a string or a list of token ids")
+
+    # --- text utilities -----------------------------------------------------
+
+    def tokenize(
+        self, model_id: str, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        if not isinstance(text, str):
+            raise InvalidRequestError("text must be a string")
+        return self._model(model_id).backend.tokenize(
+            text, add_special=add_special, parse_special=parse_special
+        )
+
+    def detokenize(self, model_id: str, tokens: Sequence[int]) -> str:
+        backend = self._model(model_id).backend
+        return backend.detokenize(self._prompt_tokens(backend, tokens) if tokens else [])
+
+    def apply_chat_template(
+        self,
+        model_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | Sequence[Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        template: str | None = None,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render with the named template, else the GGUF's, else the load option, else 'plain'."""
+        model = self._model(model_id)
+        d = model.backend.description
+        source, _ = resolve_template(template, d.chat_template, model.options.chat_template)
+        return render_chat(
+            source, messages, system=system, tools=tools,
+            add_generation_prompt=add_generation_prompt, special_tokens=d.special_tokens,
+        )
+
+    def embed(self, model_id: str, texts: str | Sequence[str]) -> list[list[float]]:
+        """One pooled vector per text (mean over tokens; last token where pooling is absent)."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if not items or not all(isinstance(t, str) and t for t in items):
+            raise InvalidRequestError("texts must be a non-empty string or list of them")
+        model = self._model(model_id)
+        token_lists = [model.backend.tokenize(t, add_special=True) for t in items]
+        future = model.loop.call(lambda: [model.backend.embed(toks) for toks in token_lists])
+        return future.result()
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            models = list(self._models.values())
+            self._models.clear()
+        for m in models:
+            m.loop.close()
+            m.backend.close()
+
+    def _model(self, model_id: str) -> LoadedModel:
+        with self._lock:
+            self._check_open()
+            model = self._models.get(model_id)
+        if model is None:
+            raise UnknownModelError(model_id)
+        return model
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed")

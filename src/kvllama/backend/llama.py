@@ -1,0 +1,171 @@
+"""The real backend: llama.cpp through kvllama.native's handle wrappers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+from kvllama.backend.protocol import ContextShape, ModelDescription, Row
+from kvllama.engine.params import SamplingParams
+from kvllama.errors import ContextOverflowError
+from kvllama.native.batch import NativeBatch
+from kvllama.native.context import NativeContext
+from kvllama.native.gguf import GgufInfo, read_gguf
+from kvllama.native.model import NativeModel
+from kvllama.native.sampler import NativeSampler
+from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
+
+_POOLING_MEAN = 1
+# Longest text embed() takes (one forward pass; see LlamaBackend.embed).
+EMBED_MAX_TOKENS = 512
+_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
+             "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+
+
+class LlamaBackend:
+    """One model, one generation context, and (lazily) one embedding context."""
+
+    def __init__(self, path: str, options: ModelOptions) -> None:
+        self.gguf: GgufInfo = read_gguf(path)  # typed errors before llama.cpp sees the file
+        self.options = options
+        self._stack = ExitStack()
+        self._embed: tuple[NativeContext, NativeBatch] | None = None
+        try:
+            self.model = self._stack.enter_context(NativeModel(path, options))
+            facts = self.model.describe()
+            n_ctx = options.n_ctx or options.n_seq_max * min(
+                DEFAULT_N_CTX_PER_SEQ, facts["n_ctx_train"] or DEFAULT_N_CTX_PER_SEQ
+            )
+            # Registered after the model so ExitStack frees the context first.
+            self.ctx = self._stack.enter_context(NativeContext(self.model, options, n_ctx))
+            self._stack.callback(self._close_embedding_context)
+            self.batch = NativeBatch(self.ctx.n_batch)
+            self._stack.callback(self.batch.close)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._pieces: dict[int, bytes] = {}
+        self.description = ModelDescription(
+            path=path,
+            architecture=self.gguf.architecture,
+            quant=quant_tag(self.gguf),
+            n_params=facts["n_params"],
+            size_bytes=facts["size_bytes"],
+            n_layer=facts["n_layer"],
+            n_ctx_train=facts["n_ctx_train"],
+            n_embd=facts["n_embd"],
+            n_vocab=facts["n_vocab"],
+            description=facts["description"],
+            chat_template=self.model.chat_template(),
+            special_tokens=self.model.special_tokens(),
+            extra={"n_head": facts["n_head"], "n_head_kv": facts["n_head_kv"],
+                   "n_swa": facts["n_swa"]},
+        )
+        self.shape = ContextShape(
+            n_ctx=self.ctx.n_ctx,
+            n_ctx_seq=self.ctx.n_ctx_seq,
+            n_batch=self.ctx.n_batch,
+            n_ubatch=options.n_ubatch,
+            n_seq_max=self.ctx.n_seq_max,
+            kv_bytes_estimate=self._kv_bytes(facts),
+        )
+
+    def _kv_bytes(self, facts: dict[str, Any]) -> int:
+        """K and V for every layer and cell; an upper bound for sliding-window models."""
+        g = self.gguf
+        head_dim_k = g.arch_value("attention.key_length") or facts["n_embd"] // max(1, facts["n_head"])
+        head_dim_v = g.arch_value("attention.value_length") or head_dim_k
+        per_cell = facts["n_layer"] * facts["n_head_kv"] * (
+            head_dim_k * _KV_BYTES[self.options.type_k] + head_dim_v * _KV_BYTES[self.options.type_v]
+        )
+        return math.ceil(per_cell * self.ctx.n_ctx)
+
+    # --- vocabulary ---------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.model.tokenize(text, add_special, parse_special)
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = b"" if self.model.is_eog(token) else self.model.piece(token)
+            self._pieces[token] = cached
+        return cached
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(list(tokens), remove_special=True, unparse_special=False)
+
+    def is_eog(self, token: int) -> bool:
+        return self.model.is_eog(token)
+
+    # --- decode thread ------------------------------------------------------
+
+    def new_sampler(self, params: SamplingParams) -> NativeSampler:
+        return NativeSampler(self.model, params)
+
+    def decode(self, rows: Sequence[Row]) -> None:
+        self.batch.fill(rows)
+        self.ctx.decode(self.batch)
+
+    def sample(self, sampler: NativeSampler, row_index: int) -> int:
+        return sampler.sample(self.ctx.handle, row_index)
+
+    def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
+        self.ctx.clear_sequence(seq_id, from_pos, -1)
+
+    def embed(self, tokens: Sequence[int]) -> list[float]:
+        """Mean-pooled over the sequence; the last token's vector if pooling is unavailable.
+
+        The whole text goes through one decode call: llama.cpp pools only over
+        the rows of the last batch, so chunking would pool a fragment.
+        """
+        ctx, batch = self._embedding_context()
+        if len(tokens) > ctx.n_ctx_seq:
+            raise ContextOverflowError(len(tokens), ctx.n_ctx_seq)
+        ctx.clear_all()
+        batch.fill([(t, i, 0, True) for i, t in enumerate(tokens)])
+        ctx.decode(batch)
+        n_embd = self.description.n_embd
+        vector = ctx.embeddings_seq(0, n_embd) or ctx.embeddings_ith(-1, n_embd)
+        if vector is None:
+            raise RuntimeError("llama.cpp returned no embeddings for this model")
+        return vector
+
+    def _embedding_context(self) -> tuple[NativeContext, NativeBatch]:
+        if self._embed is None:
+            n = min(self.description.n_ctx_train or EMBED_MAX_TOKENS, EMBED_MAX_TOKENS)
+            opts = replace(self.options, n_batch=n, n_ubatch=n, n_seq_max=1)
+            ctx = NativeContext(self.model, opts, n, embeddings=True, pooling=_POOLING_MEAN)
+            self._embed = (ctx, NativeBatch(n))
+        return self._embed
+
+    def _close_embedding_context(self) -> None:
+        if self._embed is not None:
+            ctx, batch = self._embed
+            batch.close()
+            ctx.close()
+            self._embed = None
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+_FTYPE_TAGS = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE",
+}
+
+
+def quant_tag(gguf: GgufInfo) -> str:
+    """The quantisation tag users know ("Q4_K_M"), from general.file_type."""
+    file_type = gguf.get("general.file_type")
+    if isinstance(file_type, int) and file_type in _FTYPE_TAGS:
+        return _FTYPE_TAGS[file_type]
+    return "unknown"

@@ -1,0 +1,75 @@
+"""What the decode loop needs from a model, and nothing more.
+
+Two implementations: :class:`~kvllama.backend.llama.LlamaBackend` (real
+llama.cpp) and :class:`~kvllama.backend.stub.StubBackend` (deterministic, no
+model, for fast tests of the scheduler and everything above it). All methods
+except the vocabulary ones are called only from the model's decode thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kvllama.engine.params import SamplingParams
+
+# (token, position, sequence id, wants logits)
+Row = tuple[int, int, int, bool]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Facts about a loaded model, read once at load time."""
+
+    path: str
+    architecture: str
+    quant: str
+    n_params: int
+    size_bytes: int
+    n_layer: int
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    description: str = ""
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """The context as llama.cpp actually created it (it may round the requested sizes)."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    # Bytes of KV memory the context reserves, estimated from its layout.
+    kv_bytes_estimate: int
+
+
+class Sampler(Protocol):
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    description: ModelDescription
+    shape: ContextShape
+
+    # --- vocabulary: pure, callable from any thread ---
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = False) -> list[int]: ...
+    def piece(self, token: int) -> bytes: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def is_eog(self, token: int) -> bool: ...
+
+    # --- decode thread only ---
+    def new_sampler(self, params: SamplingParams) -> Sampler: ...
+    def decode(self, rows: Sequence[Row]) -> None: ...
+    def sample(self, sampler: Sampler, row_index: int) -> int: ...
+    def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
+        """Forget the sequence's KV from ``from_pos`` on (all of it by default)."""
+    def embed(self, tokens: Sequence[int]) -> list[float]: ...
+    def close(self) -> None: ...

@@ -1,0 +1,152 @@
+"""A deterministic backend with no model, for fast tests of everything above it.
+
+Tokens are the bytes of the UTF-8 text (plus BOS 256 and EOS 257). The "model"
+predicts the next token as a hash of the sequence so far, so outputs are
+reproducible and depend on the context, the way a real model's do. The stub
+also checks what a real KV cache would enforce (positions contiguous per
+sequence, batch within n_batch) and records every decode call, so scheduler
+tests can assert what went into each forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kvllama.backend.protocol import ContextShape, ModelDescription, Row
+from kvllama.engine.params import SamplingParams
+from kvllama.errors import BatchOverflowError, DecodeError, GrammarError
+
+BOS, EOS = 256, 257
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyz     .,"
+
+
+@dataclass
+class StubSampler:
+    params: SamplingParams
+    rng: random.Random
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class StubConfig:
+    n_ctx_seq: int = 256
+    n_batch: int = 64
+    n_seq_max: int = 4
+    # Emit EOS once a sequence has generated this many tokens (None: never).
+    eos_after: int | None = None
+    # Seconds each decode call sleeps, to give cancellation something to interrupt.
+    decode_delay: float = 0.0
+    # A prompt token that makes any decode containing it fail (fault injection).
+    poison_token: int | None = None
+    chat_template: str | None = None
+
+
+@dataclass
+class _SeqState:
+    tokens: list[int] = field(default_factory=list)
+    prompt_len: int | None = None
+
+
+class StubBackend:
+    def __init__(self, config: StubConfig | None = None) -> None:
+        self.config = config or StubConfig()
+        c = self.config
+        self.description = ModelDescription(
+            path="<stub>", architecture="stub", quant="none", n_params=0, size_bytes=0,
+            n_layer=1, n_ctx_train=c.n_ctx_seq, n_embd=8, n_vocab=258, description="stub",
+            chat_template=c.chat_template,
+            special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+        )
+        self.shape = ContextShape(
+            n_ctx=c.n_ctx_seq * c.n_seq_max, n_ctx_seq=c.n_ctx_seq, n_batch=c.n_batch,
+            n_ubatch=c.n_batch, n_seq_max=c.n_seq_max, kv_bytes_estimate=0,
+        )
+        self.seqs: dict[int, _SeqState] = {}
+        # Every decode call's rows, in order (tests read this).
+        self.decode_log: list[list[Row]] = []
+        self.samplers_created = 0
+        self.closed = False
+        self._last_rows: list[Row] = []
+        self._lock = threading.Lock()
+
+    # --- vocabulary ---------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        body = list(text.encode("utf-8"))
+        return [BOS, *body] if add_special else body
+
+    def piece(self, token: int) -> bytes:
+        return bytes([token]) if 0 <= token < 256 else b""
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    # --- decode thread ------------------------------------------------------
+
+    def new_sampler(self, params: SamplingParams) -> StubSampler:
+        if params.grammar is not None and "root" not in params.grammar:
+            raise GrammarError("the GBNF grammar did not parse (no 'root' rule)")
+        self.samplers_created += 1
+        return StubSampler(params, random.Random(params.seed))
+
+    def decode(self, rows: Sequence[Row]) -> None:
+        if len(rows) > self.shape.n_batch:
+            raise BatchOverflowError(len(rows), self.shape.n_batch)
+        if self.config.decode_delay:
+            time.sleep(self.config.decode_delay)
+        poison = self.config.poison_token
+        if poison is not None and any(tok == poison for tok, *_ in rows):
+            raise DecodeError(-2, "stub poison token")
+        for tok, pos, seq, _want in rows:
+            state = self.seqs.setdefault(seq, _SeqState())
+            if pos != len(state.tokens):
+                raise DecodeError(-1, f"seq {seq}: position {pos} after {len(state.tokens)} tokens")
+            if pos >= self.shape.n_ctx_seq:
+                raise DecodeError(1, f"seq {seq}: context full")
+            state.tokens.append(tok)
+        self.decode_log.append(list(rows))
+        self._last_rows = list(rows)
+
+    def sample(self, sampler: StubSampler, row_index: int) -> int:
+        _tok, pos, seq, want = self._last_rows[row_index]
+        if not want:
+            raise DecodeError(-1, f"row {row_index} has no logits")
+        context = self.seqs[seq].tokens[: pos + 1]
+        state = self.seqs[seq]
+        if state.prompt_len is None:
+            state.prompt_len = len(context)
+        generated = len(context) - state.prompt_len
+        if self.config.eos_after is not None and generated >= self.config.eos_after:
+            return EOS
+        digest = hashlib.blake2b(bytes(str(context), "ascii"), digest_size=8).digest()
+        value = int.from_bytes(digest, "little")
+        if not sampler.params.greedy:
+            value ^= sampler.rng.getrandbits(64)
+        return _ALPHABET[value % len(_ALPHABET)]
+
+    def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
+        state = self.seqs.get(seq_id)
+        if state is None:
+            return
+        if from_pos <= 0:
+            del self.seqs[seq_id]
+        else:
+            del state.tokens[from_pos:]
+
+    def embed(self, tokens: Sequence[int]) -> list[float]:
+        digest = hashlib.sha256(bytes(str(list(tokens)), "ascii")).digest()
+        return [b / 255.0 for b in digest[:8]]
+
+    def close(self) -> None:
+        self.closed = True

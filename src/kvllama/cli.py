@@ -1,0 +1,153 @@
+"""The ``kvllama`` command line.
+
+Subcommands each live in a small function; shared model-loading flags are
+declared once in :func:`_add_model_flags` so every command accepts the same
+llama.cpp options as the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kvllama.errors import KvllamaError
+from kvllama.events import DoneEvent, TextEvent
+from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
+
+MODEL_ID = "default"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KvllamaError as exc:
+        print(f"kvllama: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvllama", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    complete = sub.add_parser("complete", help="generate a completion, streamed to stdout")
+    complete.add_argument("prompt", help="the prompt text ('-' reads standard input)")
+    _add_model_flags(complete)
+    _add_sampling_flags(complete)
+    complete.add_argument("--stats", action="store_true", help="print timing stats to stderr")
+    complete.set_defaults(func=_cmd_complete)
+
+    models = sub.add_parser("models", help="load a model (default: the embedded one) and show its info")
+    _add_model_flags(models)
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None, help="GGUF path (default: embedded Gemma 3 270M)")
+    g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
+    g.add_argument("--n-batch", type=int, default=None)
+    g.add_argument("--n-ubatch", type=int, default=None)
+    g.add_argument("--n-seq-max", type=int, default=None)
+    g.add_argument("--n-threads", type=int, default=None)
+    g.add_argument("--n-gpu-layers", type=int, default=None)
+    g.add_argument("--split-mode", choices=SPLIT_MODES, default=None)
+    g.add_argument("--main-gpu", type=int, default=None)
+    g.add_argument("--tensor-split", default=None, help="proportions, e.g. 3,1")
+    g.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=None)
+    g.add_argument("--type-k", choices=KV_TYPES, default=None)
+    g.add_argument("--type-v", choices=KV_TYPES, default=None)
+    g.add_argument("--swa-full", action="store_true", default=None)
+    g.add_argument("--kv-unified", action="store_true", default=None)
+    g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", "-n", type=int, default=128)
+    g.add_argument("--temperature", "-t", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--frequency-penalty", type=float, default=None)
+    g.add_argument("--presence-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
+    g.add_argument("--grammar", default=None, help="GBNF grammar text")
+    g.add_argument("--grammar-file", default=None, help="file with a GBNF grammar")
+
+
+_MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
+                "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
+                "swa_full", "kv_unified", "chat_template")
+_SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                   "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
+
+
+def _pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from kvllama import Engine
+
+    engine = Engine()
+    engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
+    return engine
+
+
+def _cmd_complete(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = _pick(args, _SAMPLING_FLAGS)
+    if args.grammar_file:
+        with open(args.grammar_file, encoding="utf-8") as f:
+            params["grammar"] = f.read()
+    with _load(args) as engine:
+        stream = engine.infer(MODEL_ID, prompt, **params)
+        done: DoneEvent | None = None
+        for event in stream:
+            if isinstance(event, TextEvent):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, DoneEvent):
+                done = event
+            elif event.type == "error":
+                raise event.error
+        sys.stdout.write("\n")
+        if args.stats and done is not None:
+            s = done.stats
+            ttft = f"{s.time_to_first_token:.3f}s" if s.time_to_first_token is not None else "-"
+            print(
+                f"[{done.finish_reason}] prompt {s.prompt_tokens} tok, generated "
+                f"{s.generated_tokens} tok, prefill {s.prefill_seconds:.3f}s, ttft {ttft}, "
+                f"decode {s.tokens_per_second:.1f} tok/s, seed {done.seed}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    with _load(args) as engine:
+        for info in engine.list_models():
+            data = info.as_dict()
+            if args.json:
+                print(json.dumps(data, indent=2))
+                continue
+            for key, value in data.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}={v}" for k, v in value.items())
+                print(f"{key:22} {value}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

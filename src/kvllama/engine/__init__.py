@@ -1,0 +1,1 @@
+"""Per-model decode loop: requests, planning, sampling, streaming text."""

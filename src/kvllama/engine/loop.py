@@ -1,0 +1,340 @@
+"""The per-model decode loop: one thread that owns the backend's context.
+
+Everything else talks to it through a queue (submit, cancel, calls such as
+``embed``), so the loop never waits on a lock held by an HTTP handler, and
+llama.cpp's context is only ever touched from this thread. Each tick is one
+``decode`` call whose rows come from :func:`kvllama.engine.scheduler.plan`:
+decode rows of generating requests co-batched with prefill chunks of new ones.
+
+Observability (:class:`LoopStatus`) is plain attributes written by this thread
+and read lock-free by anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvllama.backend.protocol import Backend, Row
+from kvllama.engine.request import AsyncioSink, Request, Status
+from kvllama.engine.scheduler import SeqProgress, Slice, plan
+from kvllama.errors import EngineClosedError, KvllamaError
+from kvllama.events import DoneEvent, ErrorEvent, FinishReason, Stats, TextEvent, TokenEvent
+
+log = logging.getLogger("kvllama.engine")
+
+
+@dataclass
+class LoopStatus:
+    """Written only by the loop thread; safe to read from any thread."""
+
+    phase: str = "idle"  # idle | prefilling | generating
+    in_flight: int = 0
+    waiting: int = 0
+    last_cache_hit: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "cold", "prefix_len": 0}
+    )
+    ticks: int = 0
+    admitted: int = 0
+    finished_waiting: int = 0
+    completed: int = 0
+
+
+_STOP = object()
+
+
+class ModelLoop:
+    def __init__(self, backend: Backend, *, chunk_size: int, name: str = "model") -> None:
+        self.backend = backend
+        self.chunk_size = min(chunk_size, backend.shape.n_batch)
+        self.status = LoopStatus()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._free_slots: list[int] = list(range(backend.shape.n_seq_max))
+        self._submitted = 0
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"kvllama-loop-{name}", daemon=True)
+        self._thread.start()
+
+    # --- any thread ---------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._submit_lock:
+            if self._closed:
+                raise EngineClosedError("this model has been unloaded")
+            self._submitted += 1
+            self._inbox.put(request)
+
+    def cancel(self, request: Request) -> None:
+        """Idempotent; takes effect before the next tick."""
+        request.cancel_requested = True
+        self._inbox.put(None)  # wake the loop if it is idle
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the loop thread between two ticks (it may use the context)."""
+        future: Future[Any] = Future()
+        with self._submit_lock:
+            if self._closed:
+                raise EngineClosedError("this model has been unloaded")
+            self._inbox.put((fn, future))
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted but not yet holding a sequence slot."""
+        st = self.status
+        return max(0, self._submitted - st.admitted - st.finished_waiting)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Cancel everything, stop the thread, then (on this thread) nothing touches the backend."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._inbox.put(_STOP)
+        self._thread.join(timeout)
+
+    # --- loop thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if not self._drain_inbox(block=not (self._running or self._waiting)):
+                    break
+                self._sweep_cancelled()
+                self._admit()
+                if self._running:
+                    self._tick()
+                self._publish_status()
+        except BaseException:  # pragma: no cover - a bug; fail every request loudly
+            log.exception("decode loop crashed")
+            with self._submit_lock:
+                self._closed = True
+            self._drain_inbox(block=False)
+            err = RuntimeError("the decode loop crashed; see the kvllama.engine log")
+            for r in [*self._running, *self._waiting]:
+                self._emit_error(r, err)
+        finally:
+            for r in [*self._running, *self._waiting]:
+                self._finish(r, "cancelled")
+            self.status.phase = "idle"
+
+    def _drain_inbox(self, *, block: bool) -> bool:
+        """Returns False when asked to stop."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if item is _STOP:
+                return False
+            if isinstance(item, Request):
+                self._waiting.append(item)
+            elif isinstance(item, tuple):
+                fn, future = item
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:
+                        future.set_exception(exc)
+
+    def _sweep_cancelled(self) -> None:
+        for r in [r for r in self._waiting if self._wants_cancel(r)]:
+            self._waiting.remove(r)
+            self._finish(r, "cancelled")
+        for r in [r for r in self._running if self._wants_cancel(r)]:
+            self._finish(r, "cancelled")
+
+    @staticmethod
+    def _wants_cancel(r: Request) -> bool:
+        return r.cancel_requested or (isinstance(r.sink, AsyncioSink) and r.sink.gone)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            r = self._waiting.popleft()
+            r.seq_id = self._free_slots.pop(0)
+            r.admitted_at = time.perf_counter()
+            self.status.admitted += 1
+            try:
+                self.backend.clear_sequence(r.seq_id)
+                r.sampler = self.backend.new_sampler(r.params)
+            except KvllamaError as exc:
+                self._emit_error(r, exc)
+                continue
+            r.status = Status.PREFILLING
+            self._running.append(r)
+
+    def _tick(self) -> None:
+        views = [
+            SeqProgress(i, len(r.prompt), r.n_computed, r.pending_token is not None)
+            for i, r in enumerate(self._running)
+        ]
+        tick = plan(views, self.backend.shape.n_batch, self.chunk_size)
+        if tick.slices:
+            self.status.phase = "prefilling" if tick.prefilling else "generating"
+            if not self._forward(tick.slices) and len(tick.slices) > 1:
+                # Isolate the failure: each request alone, so one bad request
+                # ends with its own error and the others go on.
+                for s in tick.slices:
+                    self._forward((s,))
+        self._running = [r for r in self._running if not r.done]
+
+    def _forward(self, slices: tuple[Slice, ...]) -> bool:
+        """Decode these slices in one batch, then sample; False if the decode failed."""
+        batch = [self._running[s.key] for s in slices]
+        rows, samples = self._rows(slices)
+        started = time.perf_counter()
+        try:
+            self.backend.decode(rows)
+        except KvllamaError as exc:
+            for s, r in zip(slices, batch, strict=True):
+                # Drop whatever part of the batch llama.cpp kept, so a retry starts clean.
+                self.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
+                if s.decoding:
+                    r.pending_token = rows[self._row_of(slices, s)][0]
+                if len(slices) == 1:
+                    self._emit_error(r, exc)
+            return False
+        elapsed = time.perf_counter() - started
+        self.status.ticks += 1
+        for s, r in zip(slices, batch, strict=True):
+            r.n_computed += s.count
+            if s.decoding:
+                r.decode_seconds += elapsed
+            else:
+                r.prefill_seconds += elapsed
+        for row_index, r in samples:
+            self._sample(r, row_index)
+        return True
+
+    @staticmethod
+    def _row_of(slices: tuple[Slice, ...], target: Slice) -> int:
+        """Index of ``target``'s first row in the batch built from ``slices``."""
+        index = 0
+        for s in slices:
+            if s is target:
+                return index
+            index += s.count
+        raise ValueError("slice not in batch")
+
+    def _rows(self, slices: tuple[Slice, ...]) -> tuple[list[Row], list[tuple[int, Request]]]:
+        rows: list[Row] = []
+        samples: list[tuple[int, Request]] = []
+        for s in slices:
+            r = self._running[s.key]
+            seq = r.seq_id
+            assert seq is not None
+            if s.decoding:
+                rows.append((r.pending_token, s.start, seq, True))  # type: ignore[arg-type]
+                r.pending_token = None
+            else:
+                last = s.start + s.count - 1
+                prompt = r.prompt
+                rows.extend((prompt[p], p, seq, s.sample and p == last)
+                            for p in range(s.start, s.start + s.count))
+            if s.sample:
+                samples.append((len(rows) - 1, r))
+        return rows, samples
+
+    def _sample(self, r: Request, row_index: int) -> None:
+        if r.params.max_tokens == 0:
+            self._finish(r, "length")
+            return
+        token = self.backend.sample(r.sampler, row_index)
+        now = time.perf_counter()
+        if r.first_token_at is None:
+            r.first_token_at = now
+            r.status = Status.DECODING
+        if r.params.stop_at_eog and self.backend.is_eog(token):
+            self._finish(r, "stop")
+            return
+        r.generated.append(token)
+        r.sink.put(TokenEvent(token))
+        text = r.utf8.push(self.backend.piece(token))
+        if text:
+            result = r.stops.push(text)
+            if result.text:
+                r.sink.put(TextEvent(result.text))
+            if result.matched is not None:
+                self._finish(r, "stop", result.matched)
+                return
+        if len(r.generated) >= r.params.max_tokens:
+            self._finish(r, "length")
+        elif r.n_computed + 1 >= self.backend.shape.n_ctx_seq:
+            self._finish(r, "length")  # the sequence's context is full
+        else:
+            r.pending_token = token
+
+    def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
+        if r.done:
+            return
+        if stop is None:
+            tail = r.stops.push(r.utf8.flush())
+            stop = tail.matched
+            reason = "stop" if stop is not None else reason
+            rest = tail.text + ("" if stop is not None else r.stops.flush())
+            if rest:
+                r.sink.put(TextEvent(rest))
+        self._release(r)
+        r.sink.put(DoneEvent(
+            finish_reason=reason,
+            stats=self._stats(r),
+            prompt_tokens=r.prompt,
+            stop_sequence=stop,
+            committed_tokens=r.n_computed,
+            seed=r.params.seed,
+        ))
+
+    def _emit_error(self, r: Request, exc: Exception) -> None:
+        if r.done:
+            return
+        self._release(r)
+        r.sink.put(ErrorEvent(exc))
+
+    def _release(self, r: Request) -> None:
+        r.status = Status.FINISHED
+        r.pending_token = None
+        if r.sampler is not None:
+            r.sampler.close()
+            r.sampler = None
+        if r.seq_id is not None:
+            self.backend.clear_sequence(r.seq_id)
+            self._free_slots.append(r.seq_id)
+            self._free_slots.sort()
+            r.seq_id = None
+        else:
+            # Finished while still waiting: count it so `pending` stays right.
+            self.status.finished_waiting += 1
+        self.status.completed += 1
+
+    def _stats(self, r: Request) -> Stats:
+        n = len(r.generated)
+        ttft = None if r.first_token_at is None else r.first_token_at - r.submitted_at
+        queued = (r.admitted_at or time.perf_counter()) - r.submitted_at
+        return Stats(
+            prompt_tokens=len(r.prompt),
+            generated_tokens=n,
+            queue_seconds=queued,
+            prefill_seconds=r.prefill_seconds,
+            decode_seconds=r.decode_seconds,
+            time_to_first_token=ttft,
+            # The first token comes out of the prefill pass; the rest cost one decode each.
+            tokens_per_second=(n - 1) / r.decode_seconds if r.decode_seconds > 0 else 0.0,
+        )
+
+    def _publish_status(self) -> None:
+        st = self.status
+        st.in_flight = len(self._running)
+        st.waiting = len(self._waiting)
+        if not self._running:
+            st.phase = "idle"

@@ -1,0 +1,162 @@
+"""Every error kvllama raises, in one place.
+
+Callers (the HTTP layer above all) map these to status codes by type, never
+by parsing messages, so each distinct failure gets its own class. All of them
+derive from :class:`KvllamaError`; ``code`` is a stable snake_case name that
+the HTTP layer puts in its JSON error bodies.
+"""
+
+from __future__ import annotations
+
+
+class KvllamaError(Exception):
+    """Base class: anything kvllama raises on purpose."""
+
+    code = "kvllama_error"
+
+
+class InvalidRequestError(KvllamaError, ValueError):
+    """The caller asked for something malformed (a 4xx, never a crash)."""
+
+    code = "invalid_request"
+
+
+class InvalidOptionError(InvalidRequestError):
+    """A model or request option has a value outside its allowed set."""
+
+    code = "invalid_option"
+
+    def __init__(self, option: str, value: object, allowed: str) -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid value {value!r} for option {option!r}: expected {allowed}")
+
+
+class InvalidSamplingError(InvalidRequestError):
+    """A sampling parameter is out of range."""
+
+    code = "invalid_sampling"
+
+
+class GrammarError(InvalidRequestError):
+    """The GBNF grammar did not parse."""
+
+    code = "invalid_grammar"
+
+
+class InvalidChatContentError(InvalidRequestError):
+    """Chat messages have a shape or content kind kvllama cannot render."""
+
+    code = "invalid_chat_content"
+
+
+class ChatTemplateError(InvalidRequestError):
+    """No chat template is available, or the template failed to render."""
+
+    code = "chat_template_error"
+
+
+class ContextOverflowError(InvalidRequestError):
+    """The prompt does not fit in one sequence's context window."""
+
+    code = "context_overflow"
+
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens but the per-sequence context holds {n_ctx}; "
+            "shorten the prompt or load the model with a larger n_ctx"
+        )
+
+
+class BatchOverflowError(InvalidRequestError):
+    """A single forward pass was asked to take more rows than n_batch allows."""
+
+    code = "batch_overflow"
+
+    def __init__(self, rows: int, n_batch: int) -> None:
+        self.rows = rows
+        self.n_batch = n_batch
+        super().__init__(
+            f"{rows} tokens in one forward pass but n_batch is {n_batch}; "
+            "pass fewer tokens or load the model with a larger n_batch"
+        )
+
+
+class ModelError(KvllamaError):
+    """Base class for failures about a model as a whole."""
+
+    code = "model_error"
+
+
+class ModelFileNotFoundError(ModelError, FileNotFoundError):
+    code = "model_file_not_found"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"model file not found: {path}")
+
+
+class MalformedModelError(ModelError):
+    """The file exists but llama.cpp could not load it as a GGUF model."""
+
+    code = "malformed_model"
+
+
+class ModelOutOfMemoryError(ModelError, MemoryError):
+    """llama.cpp could not allocate the model or its context."""
+
+    code = "out_of_memory"
+
+
+class UnknownModelError(ModelError, KeyError):
+    code = "unknown_model"
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(model_id)
+
+    def __str__(self) -> str:
+        return f"no model loaded under id {self.model_id!r}"
+
+
+class ModelExistsError(ModelError):
+    code = "model_exists"
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"a model is already loaded under id {self.model_id!r}")
+
+
+class ModelBusyError(ModelError):
+    """The operation needs the model idle (e.g. unloading with requests in flight)."""
+
+    code = "model_busy"
+
+
+class DefaultModelUnavailableError(ModelError):
+    """No path was given and the embedded default model package is not installed."""
+
+    code = "default_model_unavailable"
+
+
+class DecodeError(KvllamaError):
+    """llama_decode failed; the request that hit it ends with this error."""
+
+    code = "decode_failed"
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        self.status = status
+        super().__init__(f"llama_decode returned {status}{': ' + detail if detail else ''}")
+
+
+class NoKvSlotError(DecodeError):
+    """llama_decode returned 1: the KV cache has no room for the batch."""
+
+    code = "no_kv_slot"
+
+
+class EngineClosedError(KvllamaError):
+    code = "engine_closed"

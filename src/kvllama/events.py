@@ -1,0 +1,82 @@
+"""Stream events: one discriminated union of small frozen dataclasses.
+
+The decode loop emits these, ``infer()`` yields them, and
+:func:`kvllama.results.accumulate` folds them into a
+:class:`~kvllama.results.CompletionResult`. Both the streaming and the
+non-streaming paths go through that one reducer, so they cannot disagree.
+Every event has a ``type`` literal so consumers can ``match`` on it or
+serialise it without isinstance chains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+CacheHitKind = Literal["exact", "partial", "cold", "sticky"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDelta:
+    # Tokens restored from the cache at admission instead of prefilled.
+    read: int = 0
+    # The largest number of tokens this request added to the cache beyond `read`.
+    created: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    prompt_tokens: int
+    generated_tokens: int
+    # Seconds spent waiting for a sequence slot.
+    queue_seconds: float
+    prefill_seconds: float
+    decode_seconds: float
+    # From submission to the first generated token (None: no token was generated).
+    time_to_first_token: float | None
+    # Generated tokens per second of decode time.
+    tokens_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token, also those that carry no visible text."""
+
+    token: int
+    type: Literal["token"] = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """Visible text, UTF-8 complete and with any stop sequence held back or trimmed."""
+
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class DoneEvent:
+    """The last event of a successful (or cancelled) request."""
+
+    finish_reason: FinishReason
+    stats: Stats
+    prompt_tokens: tuple[int, ...]
+    stop_sequence: str | None = None
+    committed_tokens: int = 0
+    finish_key: bytes | None = None
+    cache_hit_kind: CacheHitKind = "cold"
+    cache_delta: CacheDelta = field(default_factory=CacheDelta)
+    seed: int | None = None
+    type: Literal["done"] = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """The last event of a failed request; ``error`` is the typed exception."""
+
+    error: Exception
+    type: Literal["error"] = "error"
+
+
+Event = TokenEvent | TextEvent | DoneEvent | ErrorEvent

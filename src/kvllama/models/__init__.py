@@ -1,0 +1,1 @@
+"""Loaded models and the embedded default model."""

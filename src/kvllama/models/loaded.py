@@ -1,0 +1,88 @@
+"""A loaded model: its backend, its decode loop, and what ``model_info`` reports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvllama.backend.protocol import Backend
+from kvllama.engine.loop import ModelLoop
+from kvllama.options import ModelOptions
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A snapshot of one model (SPEC §1); cheap to build, safe from any thread."""
+
+    id: str
+    path: str
+    architecture: str
+    quant: str
+    n_params: int
+    size_bytes: int
+    n_layer: int
+    n_ctx_train: int
+    # n_ctx, n_ctx_seq, n_batch, n_ubatch, n_seq_max, flash_attn, type_k, ...
+    context: dict[str, Any]
+    loaded_at: float
+    # Weights plus KV memory (an upper bound for sliding-window models).
+    memory_estimate_bytes: int
+    phase: str
+    pending: int
+    in_flight: int
+    last_cache_hit: dict[str, Any]
+    chat_template_source: str
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    backend: Backend
+    loop: ModelLoop
+    options: ModelOptions
+    chat_template_source: str
+    loaded_at: float = field(default_factory=time.time)
+
+    def info(self) -> ModelInfo:
+        d, shape, status = self.backend.description, self.backend.shape, self.loop.status
+        opts = self.options
+        return ModelInfo(
+            id=self.id,
+            path=d.path,
+            architecture=d.architecture,
+            quant=d.quant,
+            n_params=d.n_params,
+            size_bytes=d.size_bytes,
+            n_layer=d.n_layer,
+            n_ctx_train=d.n_ctx_train,
+            context={
+                "n_ctx": shape.n_ctx,
+                "n_ctx_seq": shape.n_ctx_seq,
+                "n_batch": shape.n_batch,
+                "n_ubatch": shape.n_ubatch,
+                "n_seq_max": shape.n_seq_max,
+                "prefill_chunk_size": self.loop.chunk_size,
+                "flash_attn": opts.flash_attn,
+                "type_k": opts.type_k,
+                "type_v": opts.type_v,
+                "swa_full": opts.swa_full,
+                "kv_unified": opts.kv_unified,
+                "n_threads": opts.n_threads,
+                "n_gpu_layers": opts.n_gpu_layers,
+            },
+            loaded_at=self.loaded_at,
+            memory_estimate_bytes=d.size_bytes + shape.kv_bytes_estimate,
+            phase=status.phase,
+            pending=self.loop.pending,
+            in_flight=status.in_flight,
+            last_cache_hit=dict(status.last_cache_hit),
+            chat_template_source=self.chat_template_source,
+            description=d.description,
+        )

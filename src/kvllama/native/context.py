@@ -1,0 +1,114 @@
+"""The llama.cpp context handle (KV memory + compute state) for one model."""
+
+from __future__ import annotations
+
+import ctypes
+
+from kvllama.errors import DecodeError, ModelOutOfMemoryError, NoKvSlotError
+from kvllama.native.batch import NativeBatch
+from kvllama.native.library import llama
+from kvllama.native.model import NativeModel
+from kvllama.options import ModelOptions
+
+# ggml_type numbers; BF16 (30) is missing from llama-cpp-python's constants.
+KV_TYPE_IDS = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30,
+}
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+
+
+class NativeContext:
+    """Owns one ``llama_context``; must be closed before its model."""
+
+    def __init__(
+        self,
+        model: NativeModel,
+        options: ModelOptions,
+        n_ctx: int,
+        *,
+        embeddings: bool = False,
+        pooling: int | None = None,
+    ) -> None:
+        lib = llama()
+        self._lib = lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = options.n_batch
+        params.n_ubatch = options.n_ubatch
+        params.n_seq_max = options.n_seq_max if not embeddings else 1
+        params.n_threads = options.n_threads
+        params.n_threads_batch = options.n_threads_batch or options.n_threads
+        params.flash_attn_type = _FLASH[options.flash_attn]
+        params.type_k = KV_TYPE_IDS[options.type_k]
+        params.type_v = KV_TYPE_IDS[options.type_v]
+        params.swa_full = options.swa_full
+        params.kv_unified = options.kv_unified
+        params.embeddings = embeddings
+        params.no_perf = True
+        if pooling is not None:
+            params.pooling_type = pooling
+        handle = lib.llama_init_from_model(model.handle, params)
+        if not handle:
+            raise ModelOutOfMemoryError(
+                f"llama.cpp could not create a context of {n_ctx} cells "
+                f"({options.n_seq_max} sequences, type_k={options.type_k}, "
+                f"type_v={options.type_v}); try a smaller n_ctx or n_seq_max"
+            )
+        self.handle = handle
+        self.memory = lib.llama_get_memory(handle)
+        self.n_ctx: int = lib.llama_n_ctx(handle)
+        self.n_ctx_seq: int = lib.llama_n_ctx_seq(handle)
+        self.n_batch: int = lib.llama_n_batch(handle)
+        self.n_seq_max: int = lib.llama_n_seq_max(handle)
+
+    def close(self) -> None:
+        handle, self.handle = getattr(self, "handle", None), None
+        if handle:
+            self._lib.llama_free(handle)
+
+    def __enter__(self) -> NativeContext:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def decode(self, batch: NativeBatch) -> None:
+        """One forward pass; llama.cpp's status codes become typed exceptions."""
+        status = self._lib.llama_decode(self.handle, batch.struct)
+        if status == 0:
+            return
+        if status == 1:
+            raise NoKvSlotError(status, "no KV slot for the batch")
+        if status == 2:
+            raise DecodeError(status, "aborted")
+        raise DecodeError(status, "invalid batch" if status == -1 else "fatal error")
+
+    def clear_sequence(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, p0, p1))
+
+    def clear_all(self) -> None:
+        self._lib.llama_memory_clear(self.memory, True)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return int(self._lib.llama_memory_seq_pos_max(self.memory, seq_id))
+
+    def embeddings_seq(self, seq_id: int, n_embd: int) -> list[float] | None:
+        ptr = self._lib.llama_get_embeddings_seq(self.handle, seq_id)
+        return list(ptr[:n_embd]) if ptr else None
+
+    def embeddings_ith(self, index: int, n_embd: int) -> list[float] | None:
+        ptr = self._lib.llama_get_embeddings_ith(self.handle, index)
+        return list(ptr[:n_embd]) if ptr else None
+
+    def state_seq_get(self, seq_id: int) -> bytes:
+        size = self._lib.llama_state_seq_get_size(self.handle, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(self.handle, buf, size, seq_id)
+        return bytes(memoryview(buf)[:written])
+
+    def state_seq_set(self, seq_id: int, blob: bytes) -> bool:
+        buf = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        return self._lib.llama_state_seq_set_data(self.handle, buf, len(blob), seq_id) > 0

@@ -1,0 +1,148 @@
+"""Model load options: the llama.cpp knobs SPEC §1 names, validated up front.
+
+Validation happens here, before any file is opened, so a typo costs a clear
+:class:`InvalidOptionError` instead of a half-loaded model. Values are kept as
+the user-facing names ("q8_0", "layer", "off"); the native layer translates
+them to llama.cpp's enum numbers.
+
+Defaults favour exact outputs over the last percent of speed (see
+LLAMA_CPP_NOTES.md): flash attention is pinned off, because with it a
+restored sequence longer than the sliding window diverges from a cold run, and
+``kv_unified`` is off, because with it decoding one sequence beside others
+changed its greedy tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kvllama.errors import InvalidOptionError
+
+SPLIT_MODES = ("none", "layer", "row")
+FLASH_ATTN_MODES = ("on", "off", "auto")
+KV_TYPES = ("f16", "f32", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+
+DEFAULT_N_SEQ_MAX = 8
+DEFAULT_N_CTX_PER_SEQ = 4096
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Everything that decides how a GGUF file becomes a llama.cpp model and context."""
+
+    n_gpu_layers: int = 0
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    # Total KV cells over all sequences, as in llama.cpp. None: n_seq_max times
+    # min(4096, n_ctx_train), so every sequence gets a real conversation's room.
+    n_ctx: int | None = None
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_seq_max: int = DEFAULT_N_SEQ_MAX
+    n_threads: int = field(default_factory=_default_threads)
+    n_threads_batch: int | None = None
+    flash_attn: str = "off"
+    type_k: str = "f16"
+    type_v: str = "f16"
+    swa_full: bool = False
+    kv_unified: bool = False
+    # Rows of prompt per request per tick while other requests are decoding.
+    prefill_chunk_size: int | None = None
+    # A Jinja chat template to use when the GGUF carries none.
+    chat_template: str | None = None
+    use_mmap: bool = True
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> ModelOptions:
+        """Build and validate; unknown names are errors too (they are usually typos)."""
+        known = {f.name for f in fields(cls)}
+        for name in options:
+            if name not in known:
+                raise InvalidOptionError(name, options[name], "one of " + ", ".join(sorted(known)))
+        if "tensor_split" in options and options["tensor_split"] is not None:
+            options["tensor_split"] = _float_tuple(options["tensor_split"])
+        opts = cls(**{k: v for k, v in options.items() if v is not None or k in _NULLABLE})
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        _choice("split_mode", self.split_mode, SPLIT_MODES)
+        _choice("flash_attn", self.flash_attn, FLASH_ATTN_MODES)
+        _choice("type_k", self.type_k, KV_TYPES)
+        _choice("type_v", self.type_v, KV_TYPES)
+        _int("n_gpu_layers", self.n_gpu_layers, minimum=-1)
+        _int("main_gpu", self.main_gpu, minimum=0)
+        _int("n_batch", self.n_batch, minimum=1)
+        _int("n_ubatch", self.n_ubatch, minimum=1)
+        _int("n_seq_max", self.n_seq_max, minimum=1, maximum=256)
+        _int("n_threads", self.n_threads, minimum=1)
+        if self.n_threads_batch is not None:
+            _int("n_threads_batch", self.n_threads_batch, minimum=1)
+        if self.n_ctx is not None:
+            _int("n_ctx", self.n_ctx, minimum=8)
+        if self.prefill_chunk_size is not None:
+            _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
+        for name in ("swa_full", "kv_unified", "use_mmap"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptionError(name, getattr(self, name), "true or false")
+        if self.n_ubatch > self.n_batch:
+            raise InvalidOptionError("n_ubatch", self.n_ubatch, f"at most n_batch ({self.n_batch})")
+        if any(x < 0 for x in self.tensor_split):
+            raise InvalidOptionError("tensor_split", self.tensor_split, "non-negative proportions")
+        if (self.type_v != "f16" and self.type_v != "f32") and self.flash_attn == "off":
+            raise InvalidOptionError(
+                "type_v",
+                self.type_v,
+                "f16 or f32 unless flash_attn is 'on' or 'auto' (llama.cpp needs flash "
+                "attention for a quantized V cache)",
+            )
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            raise InvalidOptionError("chat_template", self.chat_template, "a Jinja template string")
+
+    def effective_chunk_size(self) -> int:
+        """SPEC §3: default max(64, n_batch // 4), never above n_batch."""
+        size = self.prefill_chunk_size or max(64, self.n_batch // 4)
+        return min(size, self.n_batch)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tensor_split"] = list(self.tensor_split)
+        return data
+
+
+_NULLABLE = {"n_ctx", "n_threads_batch", "prefill_chunk_size", "chat_template"}
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidOptionError(name, value, "one of " + ", ".join(allowed))
+
+
+def _int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOptionError(name, value, "an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise InvalidOptionError(name, value, f"an integer {bound}")
+
+
+def _float_tuple(value: object) -> tuple[float, ...]:
+    if isinstance(value, str):
+        parts = [p for p in value.replace("/", ",").split(",") if p.strip()]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        raise InvalidOptionError("tensor_split", value, "a list of proportions, e.g. [3, 1]")
+    try:
+        return tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(
+            "tensor_split", value, "a list of proportions, e.g. [3, 1]"
+        ) from None

@@ -1,0 +1,101 @@
+"""The completion result, and the one reducer that builds it from events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kvllama.events import (
+    CacheDelta,
+    CacheHitKind,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    FinishReason,
+    Stats,
+    TextEvent,
+    TokenEvent,
+)
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    reply: str
+    generated_tokens: tuple[int, ...]
+    # Prompt + generated, the tokens the next turn of a conversation extends.
+    context_tokens: tuple[int, ...]
+    # Tokens whose KV state is in the sequence (the last sampled token is not
+    # decoded unless the request goes on, so this is usually len(context) - 1).
+    committed_tokens: int
+    finish_reason: FinishReason
+    stop_sequence: str | None
+    # Cache key of the full context, to pass as parent_key on the next turn.
+    finish_key: bytes | None
+    cache_hit_kind: CacheHitKind
+    cache_delta: CacheDelta
+    stats: Stats
+    seed: int | None = None
+
+
+class ResultBuilder:
+    """The one reducer: folds events, in order, into a :class:`CompletionResult`.
+
+    Both ``complete()`` and the HTTP layers (streaming or not) feed events
+    through this, so a streamed reply and a non-streamed one cannot disagree.
+    Text chunks are joined once at the end, not per event.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.tokens: list[int] = []
+        self.done: DoneEvent | None = None
+        self.error: Exception | None = None
+
+    def add(self, event: Event) -> None:
+        match event:
+            case TokenEvent(token=token):
+                self.tokens.append(token)
+            case TextEvent(text=text):
+                self.chunks.append(text)
+            case DoneEvent():
+                self.done = event
+            case ErrorEvent(error=error):
+                self.error = error
+            case _:
+                raise TypeError(f"not a kvllama event: {event!r}")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def result(self) -> CompletionResult:
+        """The final result; raises the request's own error if it failed."""
+        if self.error is not None:
+            raise self.error
+        if self.done is None:
+            raise RuntimeError("stream ended without a done event")
+        return result_from(self.done, self.text, tuple(self.tokens))
+
+
+def collect(events: Iterable[Event]) -> CompletionResult:
+    """Drain a stream into a result."""
+    builder = ResultBuilder()
+    for event in events:
+        builder.add(event)
+    return builder.result()
+
+
+def result_from(done: DoneEvent, reply: str, generated: tuple[int, ...]) -> CompletionResult:
+    return CompletionResult(
+        reply=reply,
+        generated_tokens=generated,
+        context_tokens=done.prompt_tokens + generated,
+        committed_tokens=done.committed_tokens,
+        finish_reason=done.finish_reason,
+        stop_sequence=done.stop_sequence,
+        finish_key=done.finish_key,
+        cache_hit_kind=done.cache_hit_kind,
+        cache_delta=done.cache_delta,
+        stats=done.stats,
+        seed=done.seed,
+    )

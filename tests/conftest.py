@@ -1,0 +1,41 @@
+"""Shared fixtures: a stub-backed engine for unit tests, the real one for model tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import kvllama
+from kvllama.backend.stub import StubBackend, StubConfig
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Quick subset first: stub unit tests, then real-model tests, slow ones last."""
+    for item in items:
+        if "tests/model/" in str(item.fspath) or "tests/server/" in str(item.fspath):
+            item.add_marker(pytest.mark.model)
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("model") is None:
+            return 0
+        return 2 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=rank)
+
+
+@pytest.fixture
+def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]:
+    """Call with StubConfig fields; returns (engine with model "s" loaded, its stub backend)."""
+    engines: list[kvllama.Engine] = []
+
+    def make(**config: object) -> tuple[kvllama.Engine, StubBackend]:
+        backend = StubBackend(StubConfig(**config))  # type: ignore[arg-type]
+        engine = kvllama.Engine(backend_factory=lambda _path, _opts: backend)
+        engine.load_model("s")
+        engines.append(engine)
+        return engine, backend
+
+    yield make
+    for engine in engines:
+        engine.close()

@@ -1,0 +1,272 @@
+"""The decode loop and Engine, driven through the deterministic stub backend."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from kvllama.backend.stub import EOS
+from kvllama.errors import (
+    ContextOverflowError,
+    GrammarError,
+    InvalidRequestError,
+    ModelBusyError,
+    ModelExistsError,
+    UnknownModelError,
+)
+from kvllama.events import DoneEvent, TextEvent, TokenEvent
+
+
+def first_decode_index(backend, marker: int) -> int:
+    for i, rows in enumerate(backend.decode_log):
+        if any(tok == marker for tok, *_ in rows):
+            return i
+    raise AssertionError(f"token {marker} never decoded")
+
+
+def test_requests_beyond_capacity_queue_fifo_and_all_complete(stub_engine):
+    engine, backend = stub_engine(n_seq_max=2, decode_delay=0.002)
+    markers = [ord(c) for c in "ABCDE"]
+    streams = [engine.infer("s", chr(m) * 3, max_tokens=6, temperature=0) for m in markers]
+    results = [s.result() for s in streams]
+    assert all(len(r.generated_tokens) == 6 for r in results)
+    order = [first_decode_index(backend, m) for m in markers]
+    assert order == sorted(order)
+    # Never more than two sequences in one forward pass.
+    assert max(len({seq for *_, seq, _ in rows}) for rows in backend.decode_log) <= 2
+
+
+def test_prefill_and_decode_rows_share_one_forward_pass(stub_engine):
+    engine, backend = stub_engine(n_batch=32, decode_delay=0.001)
+    first = engine.infer("s", "a", max_tokens=40, temperature=0)
+    it = iter(first)
+    next(it)  # first is generating
+    second = engine.infer("s", "b" * 100, max_tokens=2, temperature=0)
+    second.result()
+    mixed = [
+        rows for rows in backend.decode_log
+        if len({seq for *_, seq, _ in rows}) == 2 and any(not want for *_, want in rows)
+    ]
+    assert mixed, "a prefill chunk never shared a batch with a decode row"
+    # The long prompt was chunked (chunk = max(64, n_batch//4) capped at n_batch = 32 rows).
+    assert all(len(rows) <= 32 for rows in backend.decode_log)
+    first.cancel()
+    list(it)
+
+
+def test_running_stream_gets_tokens_between_prefill_chunks(stub_engine):
+    engine, backend = stub_engine(n_batch=16, n_ctx_seq=512, decode_delay=0.001)
+    runner = engine.infer("s", "x", max_tokens=60, temperature=0)
+    it = iter(runner)
+    next(it)
+    long = engine.infer("s", "y" * 200, max_tokens=1, temperature=0)
+    long.result()
+    runner_seq_ticks = [
+        i for i, rows in enumerate(backend.decode_log) if any(t == ord("y") for t, *_ in rows)
+    ]
+    # The 200-token prompt took many ticks, and the runner decoded in each of them.
+    assert len(runner_seq_ticks) >= 200 // 16
+    for i in runner_seq_ticks:
+        assert sum(1 for _t, _p, _s, want in backend.decode_log[i] if want) >= 1
+    runner.cancel()
+    list(it)
+
+
+def test_slots_are_reused_and_samplers_freed(stub_engine):
+    engine, backend = stub_engine(n_seq_max=2)
+    for i in range(6):
+        engine.complete("s", f"p{i}", max_tokens=3, temperature=0)
+    assert backend.samplers_created == 6
+    seqs = {seq for rows in backend.decode_log for *_, seq, _ in rows}
+    assert seqs <= {0, 1}
+    assert backend.seqs == {}  # every finished sequence was cleared
+    info = engine.model_info("s")
+    assert info.in_flight == 0 and info.pending == 0 and info.phase == "idle"
+
+
+def test_cancel_is_idempotent_and_keeps_partial_output(stub_engine):
+    engine, _ = stub_engine(decode_delay=0.005)
+    stream = engine.infer("s", "hello", max_tokens=200, temperature=0)
+    events = []
+    for event in stream:
+        events.append(event)
+        if sum(isinstance(e, TokenEvent) for e in events) == 3:
+            stream.cancel()
+            engine.cancel(stream.id)
+            stream.cancel()
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "cancelled"
+    n = sum(isinstance(e, TokenEvent) for e in events)
+    assert 3 <= n < 200
+    assert done.stats.generated_tokens == n
+
+
+def test_cancel_of_a_waiting_request_ends_it_without_output(stub_engine):
+    engine, _ = stub_engine(n_seq_max=1, decode_delay=0.005)
+    busy = engine.infer("s", "a", max_tokens=50, temperature=0)
+    waiting = engine.infer("s", "b", max_tokens=5, temperature=0)
+    waiting.cancel()
+    result = waiting.result()
+    assert result.finish_reason == "cancelled" and result.generated_tokens == ()
+    assert busy.result().finish_reason == "length"
+
+
+def test_a_failing_request_is_isolated_from_the_others(stub_engine):
+    poison = ord("!")
+    engine, _ = stub_engine(poison_token=poison, decode_delay=0.001)
+    good = engine.infer("s", "fine", max_tokens=30, temperature=0)
+    it = iter(good)
+    next(it)
+    bad = engine.infer("s", "bad!", max_tokens=5, temperature=0)
+    with pytest.raises(Exception, match="poison"):
+        bad.result()
+    rest = list(it)
+    assert rest[-1].finish_reason == "length"
+    assert sum(isinstance(e, TokenEvent) for e in rest) == 29
+    # The loop still serves new requests afterwards.
+    assert engine.complete("s", "again", max_tokens=3, temperature=0).finish_reason == "length"
+
+
+def test_bad_grammar_is_a_typed_error_and_the_loop_survives(stub_engine):
+    engine, _ = stub_engine()
+    with pytest.raises(GrammarError):
+        engine.complete("s", "x", max_tokens=3, grammar="nonsense ::= ")
+    assert len(engine.complete("s", "x", max_tokens=3).generated_tokens) == 3
+
+
+def test_context_overflow_is_raised_before_decoding_and_names_both_numbers(stub_engine):
+    engine, backend = stub_engine(n_ctx_seq=32)
+    with pytest.raises(ContextOverflowError) as info:
+        engine.infer("s", "z" * 40)
+    assert info.value.prompt_tokens == 41 and info.value.n_ctx == 32
+    assert "41" in str(info.value) and "32" in str(info.value)
+    assert backend.decode_log == []
+
+
+def test_generation_stops_when_the_sequence_context_is_full(stub_engine):
+    engine, _ = stub_engine(n_ctx_seq=16)
+    r = engine.complete("s", "abc", max_tokens=100, temperature=0)
+    assert r.finish_reason == "length"
+    assert r.committed_tokens <= 16
+
+
+def test_eos_ends_with_stop_and_is_not_part_of_the_reply(stub_engine):
+    engine, _ = stub_engine(eos_after=4)
+    r = engine.complete("s", "abc", max_tokens=100, temperature=0)
+    assert r.finish_reason == "stop" and len(r.generated_tokens) == 4
+    assert EOS not in r.generated_tokens
+
+
+def test_stop_sequence_trimmed_from_stream_and_reply(stub_engine):
+    engine, _ = stub_engine()
+    free = engine.complete("s", "story", max_tokens=30, temperature=0).reply
+    stop = free[10:13]
+    expected = free[: free.index(stop)]
+    stream = engine.infer("s", "story", max_tokens=30, temperature=0, stop=[stop])
+    events = list(stream)
+    streamed = "".join(e.text for e in events if isinstance(e, TextEvent))
+    done = events[-1]
+    assert streamed == expected
+    assert done.finish_reason == "stop" and done.stop_sequence == stop
+    assert stop not in streamed
+
+
+def test_same_seed_same_output_alone_or_beside_others(stub_engine):
+    engine, _ = stub_engine(decode_delay=0.001)
+    params = {"max_tokens": 20, "temperature": 0.9, "seed": 1234}
+    alone = engine.complete("s", "seeded", **params)
+    others = [engine.infer("s", f"other {i}", max_tokens=20, temperature=1.0) for i in range(3)]
+    beside = engine.complete("s", "seeded", **params)
+    for o in others:
+        o.result()
+    assert alone.generated_tokens == beside.generated_tokens
+    different = engine.complete("s", "seeded", max_tokens=20, temperature=0.9, seed=99)
+    assert different.generated_tokens != alone.generated_tokens
+
+
+def test_token_prompts_are_validated(stub_engine):
+    engine, _ = stub_engine()
+    assert engine.complete("s", [256, 104, 105], max_tokens=2, temperature=0).stats.prompt_tokens == 3
+    with pytest.raises(InvalidRequestError):
+        engine.complete("s", [1, 99999])
+    with pytest.raises(InvalidRequestError):
+        engine.complete("s", [])
+    with pytest.raises(InvalidRequestError):
+        engine.complete("s", "")
+
+
+def test_model_registry_errors(stub_engine):
+    engine, _ = stub_engine(decode_delay=0.005)
+    with pytest.raises(UnknownModelError):
+        engine.complete("nope", "x")
+    with pytest.raises(ModelExistsError):
+        engine.load_model("s")
+    stream = engine.infer("s", "x", max_tokens=100)
+    with pytest.raises(ModelBusyError):
+        engine.unload_model("s")
+    engine.unload_model("s", cancel=True)
+    assert list(stream)[-1].finish_reason == "cancelled"
+    assert engine.list_models() == []
+
+
+def test_many_async_consumers_share_one_loop(stub_engine):
+    engine, _ = stub_engine(n_seq_max=4, decode_delay=0.001)
+
+    async def one(i: int) -> tuple[int, int]:
+        n = 0
+        async for event in engine.ainfer("s", f"async {i}", max_tokens=10, temperature=0):
+            if isinstance(event, TokenEvent):
+                n += 1
+            if i == 0:
+                await asyncio.sleep(0.01)  # a slow consumer must not stall the others
+        return i, n
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    started = time.perf_counter()
+    results = asyncio.run(main())
+    assert sorted(results) == [(i, 10) for i in range(8)]
+    assert time.perf_counter() - started < 5
+
+
+def test_abandoning_an_async_stream_cancels_its_request(stub_engine):
+    engine, _ = stub_engine(n_seq_max=1, decode_delay=0.002)
+
+    async def main():
+        stream = engine.ainfer("s", "abandon", max_tokens=1000)
+        async for _event in stream:
+            break
+        await stream.aclose() if hasattr(stream, "aclose") else None
+        # The single slot must free up for the next request.
+        return await engine.acomplete("s", "next", max_tokens=3)
+
+    result = asyncio.run(asyncio.wait_for(main(), 10))
+    assert len(result.generated_tokens) == 3
+
+
+def test_threads_can_submit_concurrently(stub_engine):
+    engine, _ = stub_engine(n_seq_max=3)
+    out: list[int] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        r = engine.complete("s", f"thread {i}", max_tokens=5, temperature=0)
+        with lock:
+            out.append(len(r.generated_tokens))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert out == [5] * 10
+
+
+def test_embed_returns_one_vector_per_text(stub_engine):
+    engine, _ = stub_engine()
+    a, b, a2 = engine.embed("s", ["alpha", "beta", "alpha"])
+    assert a == a2 and a != b
+    with pytest.raises(InvalidRequestError):
+        engine.embed("s", [])
