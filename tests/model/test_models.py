@@ -16,7 +16,7 @@ from kvllama.errors import (
     ModelFileNotFoundError,
 )
 
-from .conftest import MODEL
+MODEL = "gemma"  # loaded once per session by tests/model/conftest.py
 
 
 def test_model_info_reports_every_field(engine):

@@ -1,14 +1,14 @@
 from kvllama.engine.scheduler import SeqProgress, plan
 
 
-def prog(key: int, n_prompt: int, n_computed: int, decoding: bool = False) -> SeqProgress:
-    return SeqProgress(key, n_prompt, n_computed, decoding)
+def prog(key: int, n_prompt: int, n_computed: int, decoding: bool = False, seq: int | None = None):
+    return SeqProgress(key, key if seq is None else seq, n_prompt, n_computed, decoding)
 
 
-def test_decoders_get_one_row_each_before_any_prefill():
-    tick = plan([prog(0, 100, 0), prog(1, 5, 5, True), prog(2, 7, 7, True)], 64, 16)
+def test_prompt_chunk_first_then_one_decode_row_per_generator_by_sequence_id():
+    tick = plan([prog(0, 100, 0, seq=2), prog(1, 5, 5, True, seq=1), prog(2, 7, 7, True, seq=0)], 64, 16)
     assert [(s.key, s.count, s.decoding) for s in tick.slices] == [
-        (1, 1, True), (2, 1, True), (0, 16, False)
+        (0, 16, False), (2, 1, True), (1, 1, True)
     ]
 
 
@@ -19,18 +19,31 @@ def test_prefill_is_chunked_only_while_someone_decodes():
     assert [s.count for s in beside.slices if not s.decoding] == [32]
 
 
-def test_budget_is_never_exceeded_and_prefills_go_in_admission_order():
-    seqs = [prog(0, 50, 0), prog(1, 50, 0), prog(2, 50, 0), prog(3, 3, 3, True)]
+def test_one_prompt_per_tick_oldest_first_within_budget():
+    seqs = [prog(0, 50, 0), prog(1, 50, 0), prog(2, 3, 3, True)]
     tick = plan(seqs, 40, 16)
-    assert tick.n_rows == 40
-    assert [(s.key, s.count) for s in tick.slices] == [(3, 1), (0, 16), (1, 16), (2, 7)]
+    assert [(s.key, s.count) for s in tick.slices] == [(0, 16), (2, 1)]
+    done_first = [prog(0, 50, 50, True), prog(1, 50, 0), prog(2, 50, 0)]
+    assert [s.key for s in plan(done_first, 64, 64).slices if not s.decoding] == [1]
+    assert plan(seqs, 40, 16).n_rows <= 40
+
+
+def test_chunk_ends_are_aligned_so_boundaries_do_not_depend_on_other_requests():
+    # 100-token prompt restored to 10 tokens, 3 decoders, chunk 40, align 16: ends at 48 (not 50).
+    seqs = [prog(0, 100, 10), prog(1, 5, 5, True), prog(2, 5, 5, True), prog(3, 5, 5, True)]
+    chunk = plan(seqs, 64, 40, align=16).slices[0]
+    assert (chunk.start, chunk.count) == (10, 38)
+    # The last chunk of a prompt ends at the prompt's end, aligned or not.
+    tail = plan([prog(0, 100, 96)], 64, 40, align=16).slices[0]
+    assert (tail.start, tail.count, tail.sample) == (96, 4, True)
+    # A budget smaller than one aligned step still makes progress.
+    tiny = plan([prog(0, 100, 0)], 8, 8, align=16).slices[0]
+    assert tiny.count == 8
 
 
 def test_only_the_chunk_that_completes_the_prompt_samples():
-    tick = plan([prog(0, 20, 10), prog(1, 40, 0)], 64, 64)
-    by_key = {s.key: s for s in tick.slices}
-    assert by_key[0].count == 10 and by_key[0].sample and by_key[0].start == 10
-    assert by_key[1].count == 40 and by_key[1].sample
+    tick = plan([prog(0, 20, 10)], 64, 64)
+    assert tick.slices[0].count == 10 and tick.slices[0].sample and tick.slices[0].start == 10
     partial = plan([prog(0, 100, 0)], 64, 64)
     assert not partial.slices[0].sample
 

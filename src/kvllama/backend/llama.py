@@ -36,11 +36,15 @@ class LlamaBackend:
         try:
             self.model = self._stack.enter_context(NativeModel(path, options))
             facts = self.model.describe()
-            n_ctx = options.n_ctx or options.n_seq_max * min(
+            per_seq = (options.n_ctx // options.n_seq_max) if options.n_ctx else min(
                 DEFAULT_N_CTX_PER_SEQ, facts["n_ctx_train"] or DEFAULT_N_CTX_PER_SEQ
             )
+            # One hidden scratch sequence (id n_seq_max) for slot compaction moves.
+            n_seq = options.n_seq_max + 1
             # Registered after the model so ExitStack frees the context first.
-            self.ctx = self._stack.enter_context(NativeContext(self.model, options, n_ctx))
+            self.ctx = self._stack.enter_context(
+                NativeContext(self.model, options, per_seq * n_seq, n_seq=n_seq)
+            )
             self._stack.callback(self._close_embedding_context)
             self.batch = NativeBatch(self.ctx.n_batch)
             self._stack.callback(self.batch.close)
@@ -65,11 +69,11 @@ class LlamaBackend:
                    "n_swa": facts["n_swa"]},
         )
         self.shape = ContextShape(
-            n_ctx=self.ctx.n_ctx,
+            n_ctx=self.ctx.n_ctx_seq * options.n_seq_max,
             n_ctx_seq=self.ctx.n_ctx_seq,
             n_batch=self.ctx.n_batch,
             n_ubatch=options.n_ubatch,
-            n_seq_max=self.ctx.n_seq_max,
+            n_seq_max=options.n_seq_max,
             kv_bytes_estimate=self._kv_bytes(facts),
         )
 
@@ -116,6 +120,9 @@ class LlamaBackend:
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         self.ctx.clear_sequence(seq_id, from_pos, -1)
 
+    def move_sequence(self, src: int, dst: int) -> None:
+        self.ctx.move_sequence(src, dst)
+
     def embed(self, tokens: Sequence[int]) -> list[float]:
         """Mean-pooled over the sequence; the last token's vector if pooling is unavailable.
 
@@ -137,8 +144,8 @@ class LlamaBackend:
     def _embedding_context(self) -> tuple[NativeContext, NativeBatch]:
         if self._embed is None:
             n = min(self.description.n_ctx_train or EMBED_MAX_TOKENS, EMBED_MAX_TOKENS)
-            opts = replace(self.options, n_batch=n, n_ubatch=n, n_seq_max=1)
-            ctx = NativeContext(self.model, opts, n, embeddings=True, pooling=_POOLING_MEAN)
+            opts = replace(self.options, n_batch=n, n_ubatch=n)
+            ctx = NativeContext(self.model, opts, n, n_seq=1, embeddings=True, pooling=_POOLING_MEAN)
             self._embed = (ctx, NativeBatch(n))
         return self._embed
 

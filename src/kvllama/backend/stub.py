@@ -73,6 +73,7 @@ class StubBackend:
         # Every decode call's rows, in order (tests read this).
         self.decode_log: list[list[Row]] = []
         self.samplers_created = 0
+        self.moves: list[tuple[int, int]] = []
         self.closed = False
         self._last_rows: list[Row] = []
         self._lock = threading.Lock()
@@ -109,6 +110,8 @@ class StubBackend:
         if poison is not None and any(tok == poison for tok, *_ in rows):
             raise DecodeError(-2, "stub poison token")
         for tok, pos, seq, _want in rows:
+            if not 0 <= seq < self.shape.n_seq_max:
+                raise DecodeError(-1, f"sequence id {seq} out of range")
             state = self.seqs.setdefault(seq, _SeqState())
             if pos != len(state.tokens):
                 raise DecodeError(-1, f"seq {seq}: position {pos} after {len(state.tokens)} tokens")
@@ -143,6 +146,16 @@ class StubBackend:
             del self.seqs[seq_id]
         else:
             del state.tokens[from_pos:]
+
+    def move_sequence(self, src: int, dst: int) -> None:
+        if not 0 <= dst <= self.shape.n_seq_max:
+            raise DecodeError(-1, f"sequence id {dst} out of range")
+        self.moves.append((src, dst))
+        state = self.seqs.pop(src, None)
+        if state is not None:
+            self.seqs[dst] = state
+        else:
+            self.seqs.pop(dst, None)
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         digest = hashlib.sha256(bytes(str(list(tokens)), "ascii")).digest()

@@ -25,6 +25,7 @@ from typing import Any
 from kvllama.backend.protocol import Backend, Row
 from kvllama.engine.request import AsyncioSink, Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, plan
+from kvllama.engine.slots import plan_moves
 from kvllama.errors import EngineClosedError, KvllamaError
 from kvllama.events import DoneEvent, ErrorEvent, FinishReason, Stats, TextEvent, TokenEvent
 
@@ -48,17 +49,19 @@ class LoopStatus:
 
 
 _STOP = object()
+PREFILL_ALIGN = 64
 
 
 class ModelLoop:
     def __init__(self, backend: Backend, *, chunk_size: int, name: str = "model") -> None:
         self.backend = backend
-        self.chunk_size = min(chunk_size, backend.shape.n_batch)
+        self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
+        # Prompt chunks end on multiples of this (see scheduler.py for why).
+        self.align = min(PREFILL_ALIGN, self.chunk_size)
         self.status = LoopStatus()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
-        self._free_slots: list[int] = list(range(backend.shape.n_seq_max))
         self._submitted = 0
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -111,9 +114,11 @@ class ModelLoop:
                 if not self._drain_inbox(block=not (self._running or self._waiting)):
                     break
                 self._sweep_cancelled()
+                self._compact()
                 self._admit()
                 if self._running:
                     self._tick()
+                    self._compact()
                 self._publish_status()
         except BaseException:  # pragma: no cover - a bug; fail every request loudly
             log.exception("decode loop crashed")
@@ -154,15 +159,18 @@ class ModelLoop:
             self._finish(r, "cancelled")
         for r in [r for r in self._running if self._wants_cancel(r)]:
             self._finish(r, "cancelled")
+        self._running = [r for r in self._running if not r.done]
 
     @staticmethod
     def _wants_cancel(r: Request) -> bool:
         return r.cancel_requested or (isinstance(r.sink, AsyncioSink) and r.sink.gone)
 
     def _admit(self) -> None:
-        while self._waiting and self._free_slots:
+        """FIFO into free sequence ids; after _compact, ids 0..len(running)-1 are taken."""
+        n_seq_max = self.backend.shape.n_seq_max
+        while self._waiting and len(self._running) < n_seq_max:
             r = self._waiting.popleft()
-            r.seq_id = self._free_slots.pop(0)
+            r.seq_id = len(self._running)
             r.admitted_at = time.perf_counter()
             self.status.admitted += 1
             try:
@@ -174,12 +182,26 @@ class ModelLoop:
             r.status = Status.PREFILLING
             self._running.append(r)
 
+    def _compact(self) -> None:
+        """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
+        decoders = [r.seq_id for r in self._running if r.pending_token is not None]
+        prompts = [r.seq_id for r in self._running if r.pending_token is None]
+        moves = plan_moves(decoders, prompts, scratch=self.backend.shape.n_seq_max)
+        if not moves:
+            return
+        by_id = {r.seq_id: r for r in self._running}
+        for src, dst in moves:
+            self.backend.move_sequence(src, dst)
+            request = by_id.pop(src)
+            request.seq_id = dst
+            by_id[dst] = request
+
     def _tick(self) -> None:
         views = [
-            SeqProgress(i, len(r.prompt), r.n_computed, r.pending_token is not None)
+            SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None)  # type: ignore[arg-type]
             for i, r in enumerate(self._running)
         ]
-        tick = plan(views, self.backend.shape.n_batch, self.chunk_size)
+        tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
         if tick.slices:
             self.status.phase = "prefilling" if tick.prefilling else "generating"
             if not self._forward(tick.slices) and len(tick.slices) > 1:
@@ -309,8 +331,6 @@ class ModelLoop:
             r.sampler = None
         if r.seq_id is not None:
             self.backend.clear_sequence(r.seq_id)
-            self._free_slots.append(r.seq_id)
-            self._free_slots.sort()
             r.seq_id = None
         else:
             # Finished while still waiting: count it so `pending` stays right.

@@ -3,12 +3,24 @@
 ``plan`` is a pure function of the running sequences' progress, so it is
 unit-tested without a model. The policy (SPEC §3):
 
-* every sequence that is generating gets its one decode row first, so running
+* every sequence that is generating gets its one decode row, so running
   streams keep producing tokens whatever else arrives;
-* the rest of the ``n_batch`` budget goes to prompts still prefilling, in
-  admission order; while anyone is decoding, each prompt gets at most
-  ``chunk_size`` rows per tick (chunked prefill), and when nobody is decoding
-  a prompt may take the whole budget, since there is no one to keep waiting.
+* the rest of the ``n_batch`` budget goes to the oldest prompt still
+  prefilling; while anyone is decoding it gets at most ``chunk_size`` rows
+  per tick (chunked prefill), and when nobody is decoding it may take the
+  whole budget.
+
+Two rules keep outputs exact (measured on this project's CPUs, see
+README "Exactness"): llama.cpp computes a sequence's rows slightly
+differently depending on how many of its tokens share a ubatch, so
+
+* a prompt chunk ends on a multiple of ``align`` (or at the prompt's end),
+  making chunk boundaries the same whatever else runs and whatever prefix
+  was restored from the cache;
+* one prompt per tick, its rows first in the batch, then the decode rows in
+  ascending sequence id: llama.cpp's split for non-unified KV then computes
+  the prompt chunk as one ubatch of its own and all decode rows as another,
+  instead of peeling one prompt token off into the decode ubatch.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ from dataclasses import dataclass
 class SeqProgress:
     """The planner's view of one running request."""
 
-    # Index of the request in the loop's running list.
+    # Index of the request in the loop's running list (admission order).
     key: int
+    seq_id: int
     # Tokens the sequence must have in KV before it samples (prompt length).
     n_prompt: int
     # Tokens already in KV.
@@ -57,24 +70,19 @@ class Tick:
         return any(not s.decoding for s in self.slices)
 
 
-def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int) -> Tick:
-    budget = n_batch
-    slices: list[Slice] = []
-    decoders = [s for s in seqs if s.decoding]
-    for s in decoders:
-        if budget == 0:
-            break
-        slices.append(Slice(s.key, s.n_computed, 1, sample=True, decoding=True))
-        budget -= 1
-    per_prompt = chunk_size if decoders else n_batch
-    for s in seqs:
-        if s.decoding or budget == 0:
-            continue
-        remaining = s.n_prompt - s.n_computed
-        count = min(remaining, per_prompt, budget)
-        if count <= 0:
-            continue
-        done = s.n_computed + count == s.n_prompt
-        slices.append(Slice(s.key, s.n_computed, count, sample=done, decoding=False))
-        budget -= count
-    return Tick(tuple(slices))
+def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int = 1) -> Tick:
+    decoders = sorted((s for s in seqs if s.decoding), key=lambda s: s.seq_id)[:n_batch]
+    decode_slices = [Slice(s.key, s.n_computed, 1, sample=True, decoding=True) for s in decoders]
+    budget = n_batch - len(decode_slices)
+    prompt = next((s for s in seqs if not s.decoding and s.n_computed < s.n_prompt), None)
+    if prompt is None or budget == 0:
+        return Tick(tuple(decode_slices))
+    limit = chunk_size if decoders else n_batch
+    end = prompt.n_computed + min(prompt.n_prompt - prompt.n_computed, limit, budget)
+    if end < prompt.n_prompt and align > 1:
+        aligned = end // align * align
+        # Never stall: a budget smaller than one aligned step still makes progress.
+        end = aligned if aligned > prompt.n_computed else end
+    count = end - prompt.n_computed
+    chunk = Slice(prompt.key, prompt.n_computed, count, sample=end == prompt.n_prompt, decoding=False)
+    return Tick((chunk, *decode_slices))

@@ -26,6 +26,7 @@ class NativeContext:
         options: ModelOptions,
         n_ctx: int,
         *,
+        n_seq: int | None = None,
         embeddings: bool = False,
         pooling: int | None = None,
     ) -> None:
@@ -35,7 +36,7 @@ class NativeContext:
         params.n_ctx = n_ctx
         params.n_batch = options.n_batch
         params.n_ubatch = options.n_ubatch
-        params.n_seq_max = options.n_seq_max if not embeddings else 1
+        params.n_seq_max = n_seq or options.n_seq_max
         params.n_threads = options.n_threads
         params.n_threads_batch = options.n_threads_batch or options.n_threads
         params.flash_attn_type = _FLASH[options.flash_attn]
@@ -88,6 +89,12 @@ class NativeContext:
 
     def clear_sequence(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, p0, p1))
+
+    def move_sequence(self, src: int, dst: int) -> None:
+        """Whole-sequence copy then remove: a bit copy, the only copy non-unified KV allows."""
+        self._lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        self._lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        self._lib.llama_memory_seq_rm(self.memory, src, -1, -1)
 
     def clear_all(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)

@@ -1,0 +1,52 @@
+"""Keeping sequence ids compact: decoding sequences on ids 0..d-1, prompts after them.
+
+Why this exists (measured on this project's machines, see the README's
+architecture notes): with ``kv_unified=False`` llama.cpp splits a batch into
+ubatches of *consecutive* sequence ids with equal token counts. Decode rows
+of sequences {0,1,2,3} run as one ubatch; rows of {0,2,4,6} run as four,
+which cut aggregate decode throughput from 94 to 18 tokens/s. So whenever a
+request finishes or a prompt turns into a decoder, sequences are moved (a
+whole-sequence ``llama_memory_seq_cp``, a bit copy, so outputs are unchanged)
+to restore the layout. One hidden scratch id (``n_seq_max``) breaks cycles.
+
+``plan_moves`` is pure; the loop applies its moves to the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def plan_moves(
+    decoders: Iterable[int], prompts: Iterable[int], scratch: int
+) -> list[tuple[int, int]]:
+    """Moves (src, dst) that put decoders on [0, d) and prompts on [d, d + p).
+
+    Sequences already in their target range stay. Each move's destination is
+    free when it runs; a cycle (every destination occupied) goes through
+    ``scratch``.
+    """
+    dec, pro = set(decoders), set(prompts)
+    d, r = len(dec), len(dec) + len(pro)
+    dec_targets = sorted(set(range(d)) - dec)
+    pro_targets = sorted(set(range(d, r)) - pro)
+    pending = dict(zip(sorted(x for x in dec if x >= d), dec_targets, strict=True))
+    pending.update(zip(sorted(x for x in pro if not d <= x < r), pro_targets, strict=True))
+    occupied = dec | pro
+    moves: list[tuple[int, int]] = []
+    while pending:
+        ready = next((src for src, dst in pending.items() if dst not in occupied), None)
+        if ready is None:
+            # A cycle: park one sequence in the scratch slot and continue.
+            src, dst = next(iter(pending.items()))
+            moves.append((src, scratch))
+            occupied.discard(src)
+            occupied.add(scratch)
+            del pending[src]
+            pending[scratch] = dst
+            continue
+        dst = pending.pop(ready)
+        moves.append((ready, dst))
+        occupied.discard(ready)
+        occupied.add(dst)
+    return moves

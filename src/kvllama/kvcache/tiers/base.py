@@ -1,0 +1,73 @@
+"""The small protocol every tier speaks, so the stack treats RAM, shm and disk alike.
+
+Tiers only store: they do not pick victims, count hits or decide where a row
+goes. The :class:`~kvllama.kvcache.store.TierStack` does, under one lock, so
+budgets are checked in one place. A tier still refuses a put that would take
+it over budget (:class:`TierFullError`): the invariant "a tier never exceeds
+its budget" holds even if the stack has a bug.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvllama.kvcache.keys import CacheKey
+from kvllama.kvcache.rowformat import Row, RowMeta
+
+
+class TierFullError(OSError):
+    """A put that would exceed the tier's budget (an ENOSPC of our own)."""
+
+    def __init__(self, tier: str, need: int, free: int) -> None:
+        super().__init__(errno.ENOSPC, f"tier {tier!r} needs {need} bytes but has {free} free")
+
+
+@dataclass
+class ScanResult:
+    """What a file tier found on start."""
+
+    metas: list[RowMeta] = field(default_factory=list)
+    corrupt: int = 0  # corrupt or truncated rows, deleted
+    stale: int = 0  # valid rows saved with another block size (unreachable), deleted
+    temps: int = 0  # leftover temporaries of dead writers, deleted
+
+
+class Tier(Protocol):
+    name: str
+    budget: int
+    memory_backed: bool  # True if its bytes live in RAM (shedding it relieves memory pressure)
+
+    @property
+    def used_bytes(self) -> int: ...
+
+    @property
+    def n_rows(self) -> int: ...
+
+    def get(self, key: CacheKey) -> Row | None:
+        """The verified row, None if absent; raises CorruptRowError if it fails a check."""
+        ...
+
+    def put(self, row: Row) -> None:
+        """Store (or replace) a row; raises OSError (TierFullError, ENOSPC, ...) on failure."""
+        ...
+
+    def contains(self, key: CacheKey) -> bool: ...
+
+    def remove(self, key: CacheKey) -> bool: ...
+
+    def row_keys(self) -> list[CacheKey]: ...
+
+    def metas(self) -> Iterator[RowMeta]:
+        """Metadata of every row (file tiers read headers, never blobs)."""
+        ...
+
+    def read_meta(self, key: CacheKey) -> RowMeta | None: ...
+
+    def touch(self, key: CacheKey, hits: int, last_used: float) -> None:
+        """Persist popularity (file tiers rewrite the stats block in place)."""
+        ...
+
+    def close(self) -> None: ...

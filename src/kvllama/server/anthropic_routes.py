@@ -1,0 +1,55 @@
+"""Anthropic-compatible routes: /v1/messages (streamed or not) and /v1/messages/count_tokens."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from kvllama.server import anthropic_format, chat_prompt
+from kvllama.server.anthropic_format import AnthropicStreamWriter
+from kvllama.server.generation import complete, first_event, start, stream_frames
+from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
+from kvllama.server.schemas_common import read_json, sampling, validate
+from kvllama.server.sse import sse_response
+from kvllama.server.state import state_of
+
+router = APIRouter()
+
+
+@router.post("/v1/messages")
+async def messages(request: Request) -> Response:
+    started = time.perf_counter()
+    state = state_of(request)
+    body = validate(MessagesRequest, await read_json(request))
+    name, model_id = state.resolve(body.model)
+    prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
+                                tools=body.tools)
+    client_stops = list(body.stop_sequences or [])
+    max_tokens = state.check_max_tokens(body.max_tokens)
+    # TODO(cache_salt): pass body.cache_salt through once the engine accepts it (validated, dropped).
+    params = sampling(
+        max_tokens=max_tokens, stop=prompt.stops_with(client_stops) or None,
+        temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed,
+    )
+    gen = start(state, name, model_id, prompt.text, params, started)
+    mid = anthropic_format.new_id()
+    if not body.stream:
+        result = await complete(request, gen)
+        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens))
+    first = await first_event(request, gen)
+    writer = AnthropicStreamWriter(mid, name, gen.prompt_tokens, client_stops, max_tokens)
+    return sse_response(stream_frames(gen, first, writer))
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    state = state_of(request)
+    body = validate(CountTokensRequest, await read_json(request))
+    _, model_id = state.resolve(body.model)
+    prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
+                                tools=body.tools)
+    count = chat_prompt.count_prompt_tokens(state.engine, model_id, prompt.text)
+    return JSONResponse({"input_tokens": count})

@@ -1,0 +1,77 @@
+"""The app factory: routes, error handlers, middleware, health and metrics.
+
+``create_app(engine, config)`` wires an already-loaded :class:`Engine` into a
+FastAPI app; it owns no model and no thread, so tests build one around a stub
+engine and ``kvllama serve`` around a real one. Every error leaves in its
+route family's JSON shape (see :mod:`kvllama.server.errors`).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+import kvllama
+from kvllama.api.engine import Engine
+from kvllama.errors import KvllamaError
+from kvllama.server import anthropic_routes, openai_routes
+from kvllama.server.config import ServerConfig
+from kvllama.server.errors import ApiError, ClientDisconnected, error_response, family_of
+from kvllama.server.middleware import GuardMiddleware, MetricsMiddleware
+from kvllama.server.state import ServerState, state_of
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    state = ServerState(engine, config)
+    app = FastAPI(title="kvllama", version=kvllama.__version__,
+                  summary="OpenAI- and Anthropic-compatible endpoints over a kvllama Engine")
+    app.state.kvllama = state
+    app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    for exc_type in (ApiError, KvllamaError, ClientDisconnected):
+        app.add_exception_handler(exc_type, _known_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Added last = outermost: the metrics middleware also counts the guard's 401s and 413s.
+    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    routes = [*openai_routes.router.routes, *anthropic_routes.router.routes, *app.routes]
+    paths = frozenset(p for r in routes if "{" not in (p := getattr(r, "path", None) or "{"))
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=paths)
+    return app
+
+
+async def health(request: Request) -> Response:
+    """Liveness without auth (for load balancers); lists the served model names."""
+    return JSONResponse({"status": "ok", "models": sorted(state_of(request).served())})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _known_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc, family_of(request.url.path))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(ApiError(exc.status_code, message), family_of(request.url.path))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return error_response(ApiError(400, problems), family_of(request.url.path))

@@ -1,0 +1,64 @@
+"""Chat messages -> one prompt string, through the engine's chat template.
+
+The engine picks the template (request, GGUF, load option, then the
+documented ``plain`` fallback "User: ...\\nAssistant:"). A base model such as
+the default Gemma 3 270M has no template and no notion of a turn ending, so
+with the fallback it would go on writing the user's next line; the default
+stop sequences ``"\\nUser:"`` and ``"\\nAssistant:"`` end the reply at the turn
+boundary instead. Such a default stop is not the client's, so the Anthropic edge reports it as
+``end_turn``, not
+``stop_sequence``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvllama.api.engine import Engine
+
+PLAIN_SOURCE = "builtin:plain"
+# A new "Assistant:" line is a turn boundary too (base models like to write both sides).
+PLAIN_STOPS = ("\nUser:", "\nAssistant:")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str
+    # Stop sequences the template needs (the client's own come on top).
+    default_stops: tuple[str, ...]
+
+    def stops_with(self, client_stops: Sequence[str]) -> list[str]:
+        merged = list(client_stops)
+        merged.extend(s for s in self.default_stops if s not in merged)
+        return merged
+
+
+def render(
+    engine: Engine,
+    model_id: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    system: str | Sequence[Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> ChatPrompt:
+    text = engine.apply_chat_template(model_id, messages, system=system, tools=tools)
+    return ChatPrompt(text, default_stops(engine, model_id))
+
+
+def default_stops(engine: Engine, model_id: str) -> tuple[str, ...]:
+    source = engine.model_info(model_id).chat_template_source
+    return PLAIN_STOPS if source == PLAIN_SOURCE else ()
+
+
+def count_prompt_tokens(engine: Engine, model_id: str, text: str) -> int:
+    """Tokens ``ainfer`` would queue for ``text``: BOS is added unless the text already starts with it.
+
+    (The rendered template may begin with the BOS text; the engine then adds none.)
+    """
+    tokens = engine.tokenize(model_id, text, add_special=False, parse_special=True)
+    bos = engine.tokenize(model_id, "", add_special=True, parse_special=True)
+    if bos and tokens[:1] != bos[:1]:
+        return len(tokens) + 1
+    return len(tokens)

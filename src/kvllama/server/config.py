@@ -1,0 +1,52 @@
+"""Settings of one HTTP server instance.
+
+The server never creates or loads models itself: the caller builds an
+:class:`~kvllama.Engine`, loads what it wants served, and names here which
+engine model answers to which API model name. That keeps the HTTP layer a thin
+edge over the Python API (the same engine can serve HTTP and Python callers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MIB = 1024 * 1024
+
+# A cache-metrics provider returns {name: number} or {name: {label value: number}}.
+# Names ending in "_total" are exported as counters, the rest as gauges.
+CacheMetricsProvider = Callable[[], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # Served model name -> engine model id. Empty: every engine model under its own id.
+    models: Mapping[str, str] = field(default_factory=dict)
+    # The served name used when a request names no model (None: the only model, if just one).
+    default_model: str | None = None
+    # When set, every route except /health needs `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    api_key: str | None = None
+    # Larger request bodies are refused with 413 before they are parsed.
+    max_body_bytes: int = 4 * MIB
+    # max_tokens above this is a 400 naming the limit; also the default for chat requests.
+    max_tokens_limit: int = 4096
+    # OpenAI's documented default for /v1/completions when max_tokens is omitted.
+    default_completion_max_tokens: int = 16
+    # Requests waiting for a sequence slot, per model, beyond which new ones are refused
+    # (429 on OpenAI routes, 529 overloaded_error on Anthropic routes). None: unbounded.
+    max_queue: int | None = None
+    # Exported on /metrics as kvllama_cache_* when set (the KV cache plugs in here).
+    cache_metrics_provider: CacheMetricsProvider | None = None
+    # TODO(thinking, tools): per-model thinking on/off, budget and tool-call parsing
+    # options go here once the engine emits thinking and tool-call events.
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        if self.max_tokens_limit < 1:
+            raise ValueError("max_tokens_limit must be positive")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise ValueError("max_queue must be >= 0 or None")
+        if self.default_model is not None and self.models and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the served models")

@@ -1,0 +1,55 @@
+"""Anthropic Messages request bodies (pydantic).
+
+``max_tokens`` is required, as in Anthropic's API. Content blocks are kept as
+plain dicts and checked by :mod:`kvllama.chat.messages`, which knows which
+block types a text model can render (text, tool_use, tool_result) and
+refuses the others with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvllama.server.schemas_common import CacheSalt
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Message(_Body):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class _Conversation(_Body):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    # Rendered into the chat template; tool_use output blocks come with tool-call parsing.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    # TODO(thinking): honour {"type": "enabled", "budget_tokens": N} once the engine emits thinking.
+    thinking: dict[str, Any] | None = None
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.model_dump() for m in self.messages]
+
+
+class MessagesRequest(_Conversation):
+    max_tokens: int
+    stop_sequences: list[str] | None = None
+    # Anthropic's documented ranges.
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+    seed: int | None = None
+    cache_salt: CacheSalt | None = None
+
+
+class CountTokensRequest(_Conversation):
+    pass

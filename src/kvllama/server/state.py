@@ -1,0 +1,81 @@
+"""What every route needs: the engine, the config, the metrics, model-name resolution."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from kvllama.api.engine import Engine
+from kvllama.errors import UnknownModelError
+from kvllama.server.config import ServerConfig
+from kvllama.server.errors import ApiError
+from kvllama.server.metrics import ServerMetrics
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    config: ServerConfig
+    metrics: ServerMetrics = field(init=False)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.engine, self.served, self.config.cache_metrics_provider)
+
+    def served(self) -> dict[str, str]:
+        """Served name -> engine model id (the config's mapping, else every loaded model)."""
+        if self.config.models:
+            return dict(self.config.models)
+        return {info.id: info.id for info in self.engine.list_models()}
+
+    def resolve(self, name: str | None) -> tuple[str, str]:
+        """(served name, engine id) for a request's ``model`` field; 404 if unknown."""
+        served = self.served()
+        if not name:
+            name = self.config.default_model
+            if name is None and len(served) == 1:
+                name = next(iter(served))
+            if name is None:
+                raise ApiError(400, "model is required: this server serves "
+                               f"{', '.join(sorted(served)) or 'no models'}", param="model")
+        model_id = served.get(name)
+        if model_id is None:
+            raise ApiError(
+                404,
+                f"model {name!r} not found; this server serves {', '.join(sorted(served)) or 'no models'}",
+                param="model", code="model_not_found",
+            )
+        return name, model_id
+
+    def check_capacity(self, name: str, model_id: str) -> None:
+        """Refuse early (429/529) when this model's queue is at the configured bound."""
+        bound = self.config.max_queue
+        if bound is None:
+            return
+        try:
+            pending = self.engine.model_info(model_id).pending
+        except UnknownModelError:
+            raise ApiError(404, f"model {name!r} is not loaded", param="model",
+                           code="model_not_found") from None
+        if pending >= bound:
+            raise ApiError(
+                429,
+                f"model {name!r} is overloaded: {pending} requests are already queued "
+                f"(this server queues at most {bound}); retry later",
+                code="queue_full",
+            )
+
+    def check_max_tokens(self, value: int) -> int:
+        limit = self.config.max_tokens_limit
+        if value < 1:
+            raise ApiError(400, f"max_tokens must be at least 1, got {value}", param="max_tokens")
+        if value > limit:
+            raise ApiError(400, f"max_tokens is {value} but this server allows at most {limit}",
+                           param="max_tokens")
+        return value
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.kvllama  # type: ignore[no-any-return]
