@@ -47,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(models)
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
+
+    bench = sub.add_parser("bench", help="benchmarks that measure side by side in one run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    tput = bench_sub.add_parser("throughput", help="engine vs a bare llama_decode loop, by concurrency")
+    _add_model_flags(tput)
+    tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
+    tput.add_argument("--prompt-tokens", type=int, default=200)
+    tput.add_argument("--max-tokens", type=int, default=64)
+    tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    tput.set_defaults(func=_cmd_bench_throughput)
     return parser
 
 
@@ -146,6 +156,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 if isinstance(value, dict):
                     value = ", ".join(f"{k}={v}" for k, v in value.items())
                 print(f"{key:22} {value}")
+    return 0
+
+
+def _cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from kvllama.bench.throughput import as_json, format_table, run_throughput
+
+    streams = [int(x) for x in args.streams.split(",") if x.strip()]
+    if not args.n_seq_max:
+        args.n_seq_max = max(streams)
+    with _load(args) as engine:
+        rows = run_throughput(engine, MODEL_ID, streams, args.prompt_tokens, args.max_tokens)
+    print(format_table(rows))
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump({"benchmark": "throughput", "rows": as_json(rows)}, f, indent=2)
     return 0
 
 

@@ -58,6 +58,14 @@ class ModelOptions:
     # A Jinja chat template to use when the GGUF carries none.
     chat_template: str | None = None
     use_mmap: bool = True
+    # llama.cpp's "extra buffer types": CPU weight repacking (and AMX). Off by
+    # default because the repacked kernels compute a row differently depending
+    # on how many rows share the batch, which breaks alone == beside-others.
+    use_extra_bufts: bool = False
+    # Decode rows per forward pass; more decoders run as several passes. 7 keeps
+    # a sequence's tokens identical alone or beside others (llama.cpp's CPU
+    # matmul switches kernels at 8 rows); 0 means no limit (faster at 8+ streams).
+    max_decode_rows: int = 7
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> ModelOptions:
@@ -83,13 +91,14 @@ class ModelOptions:
         _int("n_ubatch", self.n_ubatch, minimum=1)
         _int("n_seq_max", self.n_seq_max, minimum=1, maximum=256)
         _int("n_threads", self.n_threads, minimum=1)
+        _int("max_decode_rows", self.max_decode_rows, minimum=0)
         if self.n_threads_batch is not None:
             _int("n_threads_batch", self.n_threads_batch, minimum=1)
         if self.n_ctx is not None:
             _int("n_ctx", self.n_ctx, minimum=8)
         if self.prefill_chunk_size is not None:
             _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
-        for name in ("swa_full", "kv_unified", "use_mmap"):
+        for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptionError(name, getattr(self, name), "true or false")
         if self.n_ubatch > self.n_batch:

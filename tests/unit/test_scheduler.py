@@ -51,3 +51,15 @@ def test_only_the_chunk_that_completes_the_prompt_samples():
 def test_nothing_to_do_gives_an_empty_tick():
     assert plan([], 64, 16).slices == ()
     assert plan([prog(0, 10, 10)], 64, 16).slices == ()
+
+
+def test_decode_groups_split_many_decoders_into_balanced_passes():
+    from kvllama.engine.scheduler import decode_groups
+
+    seqs = [prog(0, 100, 0, seq=8)] + [prog(i, 5, 5, True) for i in range(1, 9)]
+    tick = plan(seqs, 64, 16)
+    groups = decode_groups(tick.slices, 7)
+    assert [len(g) for g in groups] == [5, 4]  # prompt + 4 decoders, then 4 decoders
+    assert not groups[0][0].decoding and all(s.decoding for s in groups[1])
+    assert decode_groups(tick.slices, 0) == [tick.slices]
+    assert decode_groups((), 7) == []

@@ -75,6 +75,7 @@ class LlamaBackend:
             n_ubatch=options.n_ubatch,
             n_seq_max=options.n_seq_max,
             kv_bytes_estimate=self._kv_bytes(facts),
+            max_decode_rows=options.max_decode_rows,
         )
 
     def _kv_bytes(self, facts: dict[str, Any]) -> int:

@@ -48,6 +48,8 @@ class ContextShape:
     n_seq_max: int
     # Bytes of KV memory the context reserves, estimated from its layout.
     kv_bytes_estimate: int
+    # Most decode rows per forward pass that keep outputs batch-invariant (0: no limit).
+    max_decode_rows: int = 0
 
 
 class Sampler(Protocol):

@@ -47,6 +47,7 @@ class StubConfig:
     # A prompt token that makes any decode containing it fail (fault injection).
     poison_token: int | None = None
     chat_template: str | None = None
+    max_decode_rows: int = 0
 
 
 @dataclass
@@ -68,6 +69,7 @@ class StubBackend:
         self.shape = ContextShape(
             n_ctx=c.n_ctx_seq * c.n_seq_max, n_ctx_seq=c.n_ctx_seq, n_batch=c.n_batch,
             n_ubatch=c.n_batch, n_seq_max=c.n_seq_max, kv_bytes_estimate=0,
+            max_decode_rows=c.max_decode_rows,
         )
         self.seqs: dict[int, _SeqState] = {}
         # Every decode call's rows, in order (tests read this).

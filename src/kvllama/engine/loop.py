@@ -24,7 +24,7 @@ from typing import Any
 
 from kvllama.backend.protocol import Backend, Row
 from kvllama.engine.request import AsyncioSink, Request, Status
-from kvllama.engine.scheduler import SeqProgress, Slice, plan
+from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.engine.slots import plan_moves
 from kvllama.errors import EngineClosedError, KvllamaError
 from kvllama.events import DoneEvent, ErrorEvent, FinishReason, Stats, TextEvent, TokenEvent
@@ -204,11 +204,12 @@ class ModelLoop:
         tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
         if tick.slices:
             self.status.phase = "prefilling" if tick.prefilling else "generating"
-            if not self._forward(tick.slices) and len(tick.slices) > 1:
-                # Isolate the failure: each request alone, so one bad request
-                # ends with its own error and the others go on.
-                for s in tick.slices:
-                    self._forward((s,))
+            for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
+                if not self._forward(group) and len(group) > 1:
+                    # Isolate the failure: each request alone, so one bad request
+                    # ends with its own error and the others go on.
+                    for s in group:
+                        self._forward((s,))
         self._running = [r for r in self._running if not r.done]
 
     def _forward(self, slices: tuple[Slice, ...]) -> bool:

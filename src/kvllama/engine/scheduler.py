@@ -86,3 +86,23 @@ def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int 
     count = end - prompt.n_computed
     chunk = Slice(prompt.key, prompt.n_computed, count, sample=end == prompt.n_prompt, decoding=False)
     return Tick((chunk, *decode_slices))
+
+
+def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple[Slice, ...]]:
+    """Split a tick into forward passes of at most ``max_decode_rows`` decode rows.
+
+    llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
+    but differently from 8 rows on (measured; see README "Exactness"), so a
+    tick with more decoders than that runs as several balanced passes. The
+    prompt chunk, if any, rides with the first group (it is its own ubatch
+    either way). 0 means no limit.
+    """
+    prompt = [s for s in slices if not s.decoding]
+    decode = [s for s in slices if s.decoding]
+    if max_decode_rows <= 0 or len(decode) <= max_decode_rows:
+        return [slices] if slices else []
+    n_groups = -(-len(decode) // max_decode_rows)
+    size = -(-len(decode) // n_groups)
+    groups = [tuple(decode[i : i + size]) for i in range(0, len(decode), size)]
+    groups[0] = (*prompt, *groups[0])
+    return groups

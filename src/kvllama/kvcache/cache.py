@@ -44,6 +44,8 @@ RootLike = bytes | KeyRoot
 
 
 class KvCache:
+    """Token-exact rows in RAM -> shm -> disk; see the module docstring for the threading rules."""
+
     def __init__(
         self,
         config: CacheConfig | None = None,
@@ -141,7 +143,7 @@ class KvCache:
                 if entry is None or entry.tokens != hit.tokens:
                     return None
                 entry.pins += 1
-            tier = self._stack.tier(entry.tier)
+                tier = self._stack.tier(entry.tier)
             try:
                 row = tier.get(hit.key)
             except CorruptRowError as exc:
@@ -206,7 +208,7 @@ class KvCache:
         why = SaveReason.parse(reason)
         digest = self._resolve(root)
         toks = array("i", tokens)  # our own copy: the caller may keep appending to its list
-        if not toks or not self._stack.tiers:
+        if not toks or not self._stack.tiers or self._closed:
             return None
         key = key_of(digest, toks, self.config.block_size)
         with self._mu:
@@ -351,6 +353,9 @@ class KvCache:
             self._metrics.inc("saves_dropped", abandoned)
         if self.config.persist_ram_on_close:
             self._persist_ram(deadline)
+        with self._mu:
+            for entry in self._index.entries():
+                self._index.remove(entry.key)
         for t in self._stack.tiers:
             t.close()
 

@@ -52,7 +52,7 @@ class MemoryWatcher:
         used = 1.0 - available / total
         if used <= self._high:
             return 0
-        freed = self._shed(int((used - self._low) * total))
+        freed = self._shed(round((used - self._low) * total))
         log.info("memory %.0f%% used: shed %d bytes of cached rows", used * 100, freed)
         return freed
 

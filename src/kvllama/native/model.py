@@ -23,6 +23,7 @@ class NativeModel:
         params.split_mode = _SPLIT[options.split_mode]
         params.main_gpu = options.main_gpu
         params.load_mode = lib.LLAMA_LOAD_MODE_MMAP if options.use_mmap else lib.LLAMA_LOAD_MODE_NONE
+        params.use_extra_bufts = options.use_extra_bufts
         if options.tensor_split:
             n = lib.llama_max_devices()
             values = list(options.tensor_split)[:n] + [0.0] * max(0, n - len(options.tensor_split))

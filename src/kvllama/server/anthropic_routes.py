@@ -26,7 +26,7 @@ async def messages(request: Request) -> Response:
     body = validate(MessagesRequest, await read_json(request))
     name, model_id = state.resolve(body.model)
     prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
-                                tools=body.tools)
+                                tools=chat_prompt.tools_as_functions(body.tools))
     client_stops = list(body.stop_sequences or [])
     max_tokens = state.check_max_tokens(body.max_tokens)
     # TODO(cache_salt): pass body.cache_salt through once the engine accepts it (validated, dropped).
@@ -50,6 +50,6 @@ async def count_tokens(request: Request) -> Response:
     body = validate(CountTokensRequest, await read_json(request))
     _, model_id = state.resolve(body.model)
     prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
-                                tools=body.tools)
+                                tools=chat_prompt.tools_as_functions(body.tools))
     count = chat_prompt.count_prompt_tokens(state.engine, model_id, prompt.text)
     return JSONResponse({"input_tokens": count})

@@ -62,3 +62,22 @@ def count_prompt_tokens(engine: Engine, model_id: str, text: str) -> int:
     if bos and tokens[:1] != bos[:1]:
         return len(tokens) + 1
     return len(tokens)
+
+
+def tools_as_functions(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Anthropic tool definitions in the OpenAI function shape that model templates are written for.
+
+    Anthropic server tools (typed, e.g. ``web_search_20250305``, with no input
+    schema) have no meaning for a local model and are left out.
+    """
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if "input_schema" not in tool or tool.get("type") not in (None, "custom"):
+            continue
+        out.append({"type": "function", "function": {
+            "name": tool.get("name", ""), "description": tool.get("description", ""),
+            "parameters": tool["input_schema"],
+        }})
+    return out or None

@@ -39,7 +39,7 @@ async def chat_completions(request: Request) -> Response:
     name, model_id = state.resolve(body.model)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     prompt = chat_prompt.render(state.engine, model_id, messages, tools=body.tools)
-    max_tokens = _first(body.max_completion_tokens, body.max_tokens, state.config.max_tokens_limit)
+    max_tokens = _first(body.max_completion_tokens, body.max_tokens, default=state.config.max_tokens_limit)
     params = _params(state, body, max_tokens, prompt.stops_with(stops(body.stop)))
     params["grammar"] = _grammar(body.response_format, body.grammar)
     return await _generate(request, state, "chat", (name, model_id), prompt.text, params, body, started)
@@ -55,14 +55,15 @@ async def completions(request: Request) -> Response:
         prompt = body.single_prompt()
     except ValueError as exc:
         raise ApiError(400, str(exc), param="prompt") from None
-    max_tokens = _first(body.max_tokens, state.config.default_completion_max_tokens)
+    max_tokens = _first(body.max_tokens, default=state.config.default_completion_max_tokens)
     params = _params(state, body, max_tokens, stops(body.stop))
     params["grammar"] = body.grammar
     return await _generate(request, state, "completion", (name, model_id), prompt, params, body, started)
 
 
-def _first(*values: int | None) -> int:
-    return next(v for v in values if v is not None)  # the last value is never None
+def _first(*values: int | None, default: int) -> int:
+    """The first value the client set (0 included, so that it is refused rather than replaced)."""
+    return next((v for v in values if v is not None), default)
 
 
 def _params(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
 from array import array
 
 from kvllama.kvcache import CacheKey, SaveReason
 from kvllama.kvcache.eviction import EvictionPolicy
 from kvllama.kvcache.index import Entry
+from kvllama.kvcache.rowformat import packed_size
 
 
 def entry(name: str, hits: int, idle: float, size: int = 10, pins: int = 0, now: float = 1e6) -> Entry:
@@ -22,7 +22,8 @@ def test_score_favours_hits_and_recency():
     assert policy.score(0, now, now) == 1.0
     assert policy.score(10, now - 7200, now) == 2.75
     assert policy.score(1000, now - 86400, now) < policy.score(0, now - 60, now)
-    rows = [entry("fresh", 0, 0), entry("popular", 10, 7200), entry("stale", 0, 7200), entry("old-star", 1000, 86400)]
+    rows = [entry("fresh", 0, 0), entry("popular", 10, 7200), entry("stale", 0, 7200),
+            entry("old-star", 1000, 86400)]
     assert [e.key for e in policy.order(rows, now)] == [b"old-star", b"stale", b"fresh", b"popular"]
 
 
@@ -36,6 +37,11 @@ def test_pinned_rows_are_never_victims():
 
 def tokens(i: int, n: int = 20) -> list[int]:
     return [i * 1000 + j for j in range(n)]
+
+
+def rows_of(root, n: int) -> int:
+    """A budget that holds exactly ``n`` rows of 20 tokens and a 2,000-byte blob."""
+    return n * packed_size(20, len(root.describe()), 2000) + 10
 
 
 def test_budgets_are_never_exceeded(make_cache, root, blob):
@@ -57,7 +63,7 @@ def test_budgets_are_never_exceeded(make_cache, root, blob):
 
 
 def test_eviction_follows_the_score(make_cache, root, blob):
-    cache = make_cache(ram_bytes=7_000)  # room for three rows of about 2.3 KB
+    cache = make_cache(ram_bytes=rows_of(root, 3))
     keys = [cache.save(root, tokens(i), blob(i), "cold", sync=True) for i in range(3)]
     for i, loads in ((0, 3), (1, 1)):
         for _ in range(loads):
@@ -70,7 +76,7 @@ def test_eviction_follows_the_score(make_cache, root, blob):
 
 
 def test_a_pinned_row_is_not_evicted(make_cache, root, blob):
-    cache = make_cache(ram_bytes=7_000)
+    cache = make_cache(ram_bytes=rows_of(root, 3))
     first = cache.save(root, tokens(0), blob(0), "cold", sync=True)
     cache._index.get(first).pins += 1  # a reader is loading it
     for i in range(1, 6):
@@ -83,23 +89,23 @@ def test_a_pinned_row_is_not_evicted(make_cache, root, blob):
 
 
 def test_a_row_too_big_for_ram_goes_to_the_next_tier(make_cache, root, blob):
-    cache = make_cache(ram_bytes=3_000, disk=True)
+    cache = make_cache(ram_bytes=rows_of(root, 1), disk=True)
     cache.save(root, tokens(0), blob(0, 5000), "cold", sync=True)
     assert [r.tier for r in cache.rows()] == ["disk"]
 
 
 def test_evicted_rows_are_demoted_down_the_tiers(make_cache, root, blob):
-    cache = make_cache(ram_bytes=3_000, shm=True, shm_bytes=3_000, disk=True)
+    cache = make_cache(ram_bytes=rows_of(root, 1), shm=True, shm_bytes=rows_of(root, 1), disk=True)
     for i in range(3):
         cache.save(root, tokens(i), blob(i), "cold", sync=True)
-    assert {r.n_tokens and r.tier for r in cache.rows()} == {"ram", "shm", "disk"}
+    assert {r.tier for r in cache.rows()} == {"ram", "shm", "disk"}
     by_tier = {r.tier: r.key for r in cache.rows()}
     assert by_tier["disk"] == cache.lookup(root, tokens(0)).key.hex()  # the oldest went furthest
     assert cache.load(cache.lookup(root, tokens(0))) == blob(0)
 
 
 def test_a_demoted_cold_row_does_not_push_a_popular_row_off_the_last_tier(make_cache, root, blob):
-    cache = make_cache(ram_bytes=3_000, disk=True, disk_bytes=3_000)
+    cache = make_cache(ram_bytes=rows_of(root, 1), disk=True, disk_bytes=rows_of(root, 1))
     popular = cache.save(root, tokens(0), blob(0), "cold", sync=True)
     for _ in range(5):
         cache.load(cache.lookup(root, tokens(0)))
@@ -128,6 +134,7 @@ def test_a_row_demoted_while_being_loaded_is_followed(make_cache, root, blob, mo
     real_get = ram.get
 
     def racing_get(key):
+        monkeypatch.setattr(ram, "get", real_get)  # race once
         with cache._stack.lock:  # a writer demotes the row between our pin and our read
             cache._stack.evict(key, ram, cache._stack.below("ram"))
         return real_get(key)
@@ -136,4 +143,3 @@ def test_a_row_demoted_while_being_loaded_is_followed(make_cache, root, blob, mo
     assert hit.tier == "ram"
     assert cache.load(hit) == blob(0)
     assert cache.metrics()["hits_by_tier"] == {"disk": 1}
-    del time

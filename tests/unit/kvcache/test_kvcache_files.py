@@ -48,7 +48,7 @@ def test_restart_adopts_valid_rows_and_their_hit_counts(make_cache, root, blob):
     second = make_cache(ram_bytes=0, disk=True)
     [info] = second.rows()
     assert (info.key, info.hits, info.tier, info.reason) == (key.hex(), 3, "disk", "finish")
-    hit = second.lookup(root, TOKENS + [1, 2, 3])
+    hit = second.lookup(root, [*TOKENS, 1, 2, 3])
     assert hit is not None and hit.kind == "partial" and second.load(hit) == blob(3)
 
 

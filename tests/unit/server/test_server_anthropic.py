@@ -119,3 +119,14 @@ def test_errors_use_the_anthropic_shape(client):
     r = client.post("/v1/messages/count_tokens", content=b"{nope")
     assert r.status_code == 400 and r.json()["type"] == "error"
     assert client.post("/v1/messages", json=messages()).status_code == 200
+
+
+def test_anthropic_tools_are_rendered_in_the_openai_function_shape(make_client):
+    template = ("{% for t in tools or [] %}[{{ t.function.name }}:{{ t.function.parameters.type }}]"
+                "{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}")
+    client = make_client(chat_template=template)[0]
+    tools = [{"name": "get_weather", "description": "d", "input_schema": {"type": "object"}},
+             {"type": "web_search_20250305", "name": "web_search"}]
+    counted = client.post("/v1/messages/count_tokens", json={"model": "s", "tools": tools,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+    assert counted.json()["input_tokens"] == 1 + len("[get_weather:object]hi")

@@ -154,3 +154,21 @@ def test_server_config_rejects_nonsense():
         ServerConfig(models={"a": "b"}, default_model="c")
     with pytest.raises(ValueError, match="max_queue"):
         ServerConfig(max_queue=-1)
+
+
+@pytest.mark.parametrize(("path", "family"), ROUTES)
+def test_an_unexpected_exception_is_a_logged_500_in_the_familys_shape(make_client, monkeypatch, path, family,
+                                                                      caplog):
+    client, engine, _ = make_client()
+
+    def broken(*_args: Any, **_kwargs: Any) -> str:
+        raise RuntimeError("template bug")
+
+    monkeypatch.setattr(engine, "apply_chat_template", broken)
+    r = client.post(path, json=body())
+    assert r.status_code == 500
+    assert error_type(r, family) == ("api_error" if family == "anthropic" else "server_error")
+    assert "template bug" not in r.text  # internals stay in the log
+    assert "template bug" in caplog.text
+    monkeypatch.undo()
+    assert client.post(path, json=body()).status_code == 200
