@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
 
+    srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
+    _add_model_flags(srv)
+    g = srv.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", default=MODEL_ID,
+                   help="model name clients send (default: %(default)s)")
+    g.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"),
+                   help="require this key (default: $KVLLAMA_API_KEY, else no auth)")
+    g.add_argument("--max-tokens-limit", type=int, default=4096)
+    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    g.add_argument("--max-queue", type=int, default=None,
+                   help="refuse (429/529) beyond this many queued requests")
+    g.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    srv.set_defaults(func=_cmd_serve)
+
     bench = sub.add_parser("bench", help="benchmarks that measure side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     tput = bench_sub.add_parser("throughput", help="engine vs a bare llama_decode loop, by concurrency")
@@ -57,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     tput.add_argument("--max-tokens", type=int, default=64)
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     tput.set_defaults(func=_cmd_bench_throughput)
+    bserve = bench_sub.add_parser("serve", help="multi-turn chat workload against an OpenAI-style server")
+    bserve.add_argument("--url", "--base-url", dest="url", default="http://127.0.0.1:8000")
+    bserve.add_argument("--served-model-name", default=MODEL_ID)
+    bserve.add_argument("--users", type=int, default=4)
+    bserve.add_argument("--rounds", type=int, default=4)
+    bserve.add_argument("--system-tokens", type=int, default=1000)
+    bserve.add_argument("--max-tokens", type=int, default=32)
+    bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
+    bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    bserve.set_defaults(func=_cmd_bench_serve)
     return parser
 
 
@@ -157,6 +185,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
                     value = ", ".join(f"{k}={v}" for k, v in value.items())
                 print(f"{key:22} {value}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from kvllama.server import ServerConfig, serve
+
+    name = args.served_model_name
+    config = ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
+                          max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                          max_queue=args.max_queue)
+    with _load(args) as engine:
+        serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _cmd_bench_serve(args: argparse.Namespace) -> int:
+    from kvllama.bench.serve import print_report, run_bench_serve
+
+    report = run_bench_serve(args.url, args.served_model_name, users=args.users, rounds=args.rounds,
+                             system_tokens=args.system_tokens, max_tokens=args.max_tokens,
+                             api_key=args.api_key)
+    print_report(report)
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 1 if report.get("errors") else 0
 
 
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
+from kvllama.bench.serve import print_report, run_bench_serve, system_prompt
 from kvllama.server import ServerConfig, ServerThread, create_app
-from kvllama.server.bench_serve import print_report, run_bench_serve, system_prompt
 
 
 def test_bench_serve_reports_per_round_and_overall(stub_engine):
