@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
     tput.add_argument("--prompt-tokens", type=int, default=200)
     tput.add_argument("--max-tokens", type=int, default=64)
+    tput.add_argument("--repeat", type=int, default=3, help="alternating runs per level (medians)")
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     tput.set_defaults(func=_cmd_bench_throughput)
     bserve = bench_sub.add_parser("serve", help="multi-turn chat workload against an OpenAI-style server")
@@ -106,6 +107,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--swa-full", action="store_true", default=None)
     g.add_argument("--kv-unified", action="store_true", default=None)
     g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
+    g.add_argument("--use-extra-bufts", action="store_true", default=None,
+                   help="llama.cpp CPU weight repacking: faster, not batch-invariant")
+    g.add_argument("--max-decode-rows", type=int, default=None,
+                   help="decode rows per forward pass (default 7; 0 = no limit, not batch-invariant)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -126,7 +131,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "chat_template")
+                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
 
@@ -219,7 +224,8 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     if not args.n_seq_max:
         args.n_seq_max = max(streams)
     with _load(args) as engine:
-        rows = run_throughput(engine, MODEL_ID, streams, args.prompt_tokens, args.max_tokens)
+        rows = run_throughput(engine, MODEL_ID, streams, args.prompt_tokens, args.max_tokens,
+                              repeat=args.repeat)
     print(format_table(rows))
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:

@@ -1,11 +1,13 @@
 """``kvllama bench throughput``: the engine against a bare llama_decode loop.
 
 For each concurrency the same work runs twice in one process, on the same
-llama.cpp context: once through the engine (scheduler, events, streams), and
-once as the floor — a plain loop that prefills each prompt in its own call
-and then decodes every sequence's next token in one batch per step, sampling
-with the same sampler chains the engine builds. The ratio engine/floor is the
-engine's own overhead; everything else (the model, the batch shapes) is equal.
+llama.cpp context: once through the engine (scheduler, events, streams,
+consumer threads), and once as the floor — a bare loop that replays exactly
+the llama.cpp calls the engine made (every batch, sequence move and clear) and
+samples every logits row with the same kind of sampler chain, with no
+scheduler, no events and no Python streams in between. The batch shapes are
+therefore identical by construction, and engine/floor is the engine's own
+overhead.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from kvllama.api.engine import Engine
+from kvllama.backend.protocol import Row
 from kvllama.engine.params import SamplingParams
 from kvllama.events import TokenEvent
 
@@ -80,43 +84,60 @@ def _engine_run(
     return time.perf_counter() - started, sum(counts), [g for per in gaps for g in per]
 
 
-def _floor_run(
-    engine: Engine, model_id: str, prompts: Sequence[list[int]], params: dict
-) -> tuple[float, int]:
-    """The same prefill + batched decode with no scheduler, on the model's own loop thread."""
+class _Recorder:
+    """Stands in for the backend during the engine run and records the llama.cpp work it asks for."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.ops: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def decode(self, rows: Sequence[Row]) -> None:
+        self.ops.append(("decode", list(rows)))
+        self._backend.decode(rows)
+
+    def move_sequence(self, src: int, dst: int) -> None:
+        self.ops.append(("move", src, dst))
+        self._backend.move_sequence(src, dst)
+
+    def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
+        self.ops.append(("clear", seq_id, from_pos))
+        self._backend.clear_sequence(seq_id, from_pos)
+
+
+def _replay(engine: Engine, model_id: str, ops: list[tuple[Any, ...]], params: dict) -> float:
+    """The floor: the engine's exact llama.cpp calls (batches, moves, sampling), no scheduler."""
     model = engine._model(model_id)
     backend = model.backend
-    max_tokens = params["max_tokens"]
     sampling = SamplingParams.from_kwargs(**params)
 
-    def run() -> tuple[float, int]:
-        samplers = [backend.new_sampler(sampling) for _ in prompts]
-        try:
-            started = time.perf_counter()
-            last: list[int] = []
-            for seq, prompt in enumerate(prompts):
-                backend.clear_sequence(seq)
-                step = backend.shape.n_batch
-                for start in range(0, len(prompt), step):
-                    chunk = prompt[start : start + step]
-                    end = start + len(chunk)
-                    backend.decode([(t, start + j, seq, start + j == len(prompt) - 1)
-                                    for j, t in enumerate(chunk)])
-                    if end == len(prompt):
-                        last.append(backend.sample(samplers[seq], len(chunk) - 1))
-            generated = len(prompts)
-            positions = [len(p) for p in prompts]
-            for _ in range(max_tokens - 1):
-                rows = [(last[s], positions[s], s, True) for s in range(len(prompts))]
+    def run() -> float:
+        samplers: dict[int, Any] = {}
+        started = time.perf_counter()
+        for op in ops:
+            if op[0] == "decode":
+                rows = op[1]
                 backend.decode(rows)
-                last = [backend.sample(samplers[s], s) for s in range(len(prompts))]
-                positions = [p + 1 for p in positions]
-                generated += len(prompts)
-            return time.perf_counter() - started, generated
-        finally:
-            for seq, sampler in enumerate(samplers):
-                sampler.close()
-                backend.clear_sequence(seq)
+                for i, (_tok, _pos, seq, want) in enumerate(rows):
+                    if want:
+                        if seq not in samplers:
+                            samplers[seq] = backend.new_sampler(sampling)
+                        backend.sample(samplers[seq], i)
+            elif op[0] == "move":
+                backend.move_sequence(op[1], op[2])
+                if op[1] in samplers:
+                    samplers[op[2]] = samplers.pop(op[1])
+            else:
+                backend.clear_sequence(op[1], op[2])
+                if op[2] == 0 and op[1] in samplers:
+                    samplers.pop(op[1]).close()
+        elapsed = time.perf_counter() - started
+        for seq, sampler in samplers.items():
+            sampler.close()
+            backend.clear_sequence(seq)
+        return elapsed
 
     return model.loop.call(run).result()
 
@@ -128,6 +149,7 @@ def run_throughput(
     prompt_tokens: int = 200,
     max_tokens: int = 64,
     temperature: float = 0.8,
+    repeat: int = 3,
 ) -> list[ThroughputRow]:
     params = {"max_tokens": max_tokens, "temperature": temperature, "seed": 42, "stop_at_eog": False}
     rows = []
@@ -135,9 +157,21 @@ def run_throughput(
     engine.complete(model_id, "warm up", max_tokens=4, temperature=0)
     for n in streams:
         prompts = make_prompts(engine, model_id, n, prompt_tokens)
-        floor_seconds, floor_tokens = _floor_run(engine, model_id, prompts, params)
-        seconds, tokens, gaps = _engine_run(engine, model_id, prompts, params)
-        engine_tps, floor_tps = tokens / seconds, floor_tokens / floor_seconds
+        loop = engine._model(model_id).loop
+        engine_runs, floor_runs, gaps = [], [], []
+        # Alternate engine and floor, then take medians: this VM's speed drifts
+        # by tens of percent over seconds, and alternation spreads that over both.
+        for _ in range(repeat):
+            recorder = _Recorder(loop.backend)
+            loop.backend = recorder  # type: ignore[assignment]
+            try:
+                seconds, tokens, run_gaps = _engine_run(engine, model_id, prompts, params)
+            finally:
+                loop.backend = recorder._backend
+            gaps.extend(run_gaps)
+            engine_runs.append(tokens / seconds)
+            floor_runs.append(tokens / _replay(engine, model_id, recorder.ops, params))
+        engine_tps, floor_tps = statistics.median(engine_runs), statistics.median(floor_runs)
         gaps_ms = sorted(g * 1000 for g in gaps) or [0.0]
         rows.append(ThroughputRow(
             streams=n,
