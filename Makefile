@@ -1,13 +1,19 @@
 # The two commands a fresh machine needs (see README):
-#   make run    set everything up, then run kvllama on the embedded default model
+#   make serve  set everything up, then serve the embedded default model over HTTP
 #   make test   set everything up, then run the whole test suite
 VENV ?= .venv
 PROMPT ?= The capital of France is
 
-.PHONY: setup run test test-quick lint
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup serve run test test-quick lint
 
 setup:
 	@bash scripts/bootstrap.sh
+
+serve: setup
+	$(VENV)/bin/kvllama serve --host $(HOST) --port $(PORT)
 
 run: setup
 	$(VENV)/bin/kvllama complete --max-tokens 32 --temperature 0 --stats "$(PROMPT)"
