@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import os
+import tempfile
+
 import pytest
 
-import kvllama
+# Keep the default /dev/shm tier of every engine the tests create out of the real
+# /dev/shm/kvllama-<uid>: rows from one run must not leak into the next.
+os.environ["KVLLAMA_SHM_DIR"] = tempfile.mkdtemp(prefix="kvllama-test-shm-")
+
+import kvllama  # noqa: E402
 from kvllama.backend.stub import StubBackend, StubConfig
 
 
@@ -31,7 +38,7 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
 
     def make(**config: object) -> tuple[kvllama.Engine, StubBackend]:
         backend = StubBackend(StubConfig(**config))  # type: ignore[arg-type]
-        engine = kvllama.Engine(backend_factory=lambda _path, _opts: backend)
+        engine = kvllama.Engine(cache=None, backend_factory=lambda _path, _opts: backend)
         engine.load_model("s")
         engines.append(engine)
         return engine, backend
@@ -39,3 +46,9 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
     yield make
     for engine in engines:
         engine.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    shutil.rmtree(os.environ["KVLLAMA_SHM_DIR"], ignore_errors=True)

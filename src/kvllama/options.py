@@ -66,6 +66,8 @@ class ModelOptions:
     # a sequence's tokens identical alone or beside others (llama.cpp's CPU
     # matmul switches kernels at 8 rows); 0 means no limit (faster at 8+ streams).
     max_decode_rows: int = 7
+    # How the cache identifies the model file: "sha256" (whole file) or "fast".
+    fingerprint: str = "sha256"
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> ModelOptions:
@@ -85,6 +87,7 @@ class ModelOptions:
         _choice("flash_attn", self.flash_attn, FLASH_ATTN_MODES)
         _choice("type_k", self.type_k, KV_TYPES)
         _choice("type_v", self.type_v, KV_TYPES)
+        _choice("fingerprint", self.fingerprint, ("sha256", "fast"))
         _int("n_gpu_layers", self.n_gpu_layers, minimum=-1)
         _int("main_gpu", self.main_gpu, minimum=0)
         _int("n_batch", self.n_batch, minimum=1)

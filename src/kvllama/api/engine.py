@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +30,16 @@ from kvllama.errors import (
     UnknownModelError,
 )
 from kvllama.models.loaded import LoadedModel, ModelInfo
+from kvllama.engine.loop import PREFILL_ALIGN
+from kvllama.engine.warm import SavePolicy, WarmStart
+from kvllama.kvcache import CacheConfig, KvCache, validate_cache_salt
+from kvllama.models.fingerprint import key_root
 from kvllama.options import ModelOptions
 from kvllama.results import CompletionResult
+
+# Marker for "the default cache": RAM and /dev/shm tiers on, disk off; pass
+# CacheConfig(disk_dir=...) for rows that survive restarts.
+DEFAULT_CACHE = CacheConfig.__new__(CacheConfig)
 
 Prompt = str | Sequence[int]
 # Builds a backend from a GGUF path (None: the embedded default) and options.
@@ -47,8 +56,19 @@ def llama_backend_factory(path: str | None, options: ModelOptions) -> Backend:
 class Engine:
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
-    def __init__(self, *, backend_factory: BackendFactory | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cache: CacheConfig | None = DEFAULT_CACHE,
+        save_policy: SavePolicy | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        """``cache``: tier budgets and directories (None disables the KV cache)."""
         self._factory = backend_factory or llama_backend_factory
+        if cache is DEFAULT_CACHE:
+            cache = CacheConfig()
+        self.cache: KvCache | None = KvCache(cache) if cache is not None else None
+        self._save_policy = save_policy or SavePolicy()
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._streams: weakref.WeakValueDictionary[str, RequestStream | AsyncRequestStream] = (
@@ -78,7 +98,12 @@ class Engine:
         backend = self._factory(os.fspath(path) if path is not None else None, opts)
         try:
             _, source = resolve_template(None, backend.description.chat_template, opts.chat_template)
-            loop = ModelLoop(backend, chunk_size=opts.effective_chunk_size(), name=model_id)
+            warm = None
+            if self.cache is not None:
+                root = key_root(backend, opts)
+                policy = replace(self._save_policy, boundary=min(PREFILL_ALIGN, opts.effective_chunk_size()))
+                warm = WarmStart(self.cache, root, backend, policy)
+            loop = ModelLoop(backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm)
         except BaseException:
             backend.close()
             raise
@@ -158,12 +183,20 @@ class Engine:
         self, model_id: str, prompt: Prompt, params: dict[str, Any], sink: EventSink
     ) -> tuple[LoadedModel, Request]:
         model = self._model(model_id)
+        salt = params.pop("cache_salt", None)
+        if salt is not None:
+            validate_cache_salt(salt)
+        parent_key = params.pop("parent_key", None)
+        if parent_key is not None and not isinstance(parent_key, bytes):
+            raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
         sampling = SamplingParams.from_kwargs(**params).with_seed()
         tokens = self._prompt_tokens(model.backend, prompt)
         n_ctx_seq = model.backend.shape.n_ctx_seq
         if len(tokens) >= n_ctx_seq:
             raise ContextOverflowError(len(tokens), n_ctx_seq)
-        return model, Request(new_request_id(), tuple(tokens), sampling, sink)
+        request = Request(new_request_id(), tuple(tokens), sampling, sink)
+        request.cache_salt, request.parent_key = salt, parent_key
+        return model, request
 
     def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
         self._streams[stream.id] = stream
@@ -190,6 +223,34 @@ class Engine:
                     )
             return tokens
         raise InvalidRequestError("prompt must be a string or a list of token ids")
+
+    def prefill_only(
+        self, model_id: str, prompt: Prompt, parent_key: bytes | None = None,
+        cache_salt: str | None = None,
+    ) -> bytes | None:
+        """Decode a prompt into the cache without sampling; returns its finish key.
+
+        Warms the cache before a burst of follow-ups that share this prefix.
+        None when the cache is disabled or the save was dropped (pool full).
+        """
+        result = self.complete(model_id, prompt, max_tokens=0, parent_key=parent_key,
+                               cache_salt=cache_salt)
+        return result.finish_key
+
+    def list_cached_prefixes(
+        self, model_id: str, tokens: Prompt, cache_salt: str | None = None
+    ) -> int:
+        """Longest cached prefix of ``tokens`` across all tiers, in tokens (for routers)."""
+        model = self._model(model_id)
+        warm = model.loop.warm
+        if warm is None:
+            return 0
+        ids = self._prompt_tokens(model.backend, tokens)
+        return warm.cache.longest_prefix_len(warm.root(cache_salt), ids)
+
+    def cache_metrics(self) -> dict[str, Any]:
+        """Hits, misses, saves, evictions, bytes per tier, timings (empty when disabled)."""
+        return self.cache.metrics() if self.cache is not None else {}
 
     # --- text utilities -----------------------------------------------------
 
@@ -247,6 +308,8 @@ class Engine:
         for m in models:
             m.loop.close()
             m.backend.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def _model(self, model_id: str) -> LoadedModel:
         with self._lock:

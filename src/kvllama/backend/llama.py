@@ -124,6 +124,13 @@ class LlamaBackend:
     def move_sequence(self, src: int, dst: int) -> None:
         self.ctx.move_sequence(src, dst)
 
+    def sequence_state(self, seq_id: int) -> bytes:
+        return self.ctx.state_seq_get(seq_id)
+
+    def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
+        self.ctx.clear_sequence(seq_id)
+        return self.ctx.state_seq_set(seq_id, blob)
+
     def embed(self, tokens: Sequence[int]) -> list[float]:
         """Mean-pooled over the sequence; the last token's vector if pooling is unavailable.
 

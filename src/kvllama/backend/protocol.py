@@ -76,5 +76,11 @@ class Backend(Protocol):
     def move_sequence(self, src: int, dst: int) -> None:
         """Move a whole sequence to another id (``dst`` may be the scratch id n_seq_max)."""
 
+    def sequence_state(self, seq_id: int) -> bytes:
+        """The sequence's KV state as an opaque blob (llama_state_seq_get_data)."""
+
+    def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
+        """Load a blob from sequence_state into ``seq_id``; False if llama.cpp refused it."""
+
     def embed(self, tokens: Sequence[int]) -> list[float]: ...
     def close(self) -> None: ...

@@ -76,6 +76,7 @@ class StubBackend:
         self.decode_log: list[list[Row]] = []
         self.samplers_created = 0
         self.moves: list[tuple[int, int]] = []
+        self.restores = 0
         self.closed = False
         self._last_rows: list[Row] = []
         self._lock = threading.Lock()
@@ -158,6 +159,19 @@ class StubBackend:
             self.seqs[dst] = state
         else:
             self.seqs.pop(dst, None)
+
+    def sequence_state(self, seq_id: int) -> bytes:
+        tokens = self.seqs.get(seq_id, _SeqState()).tokens
+        return b"STUB" + b"".join(t.to_bytes(4, "little") for t in tokens)
+
+    def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
+        if not blob.startswith(b"STUB"):
+            return False
+        body = blob[4:]
+        tokens = [int.from_bytes(body[i : i + 4], "little") for i in range(0, len(body), 4)]
+        self.seqs[seq_id] = _SeqState(tokens=tokens)
+        self.restores += 1
+        return True
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         digest = hashlib.sha256(bytes(str(list(tokens)), "ascii")).digest()

@@ -26,8 +26,17 @@ from kvllama.backend.protocol import Backend, Row
 from kvllama.engine.request import AsyncioSink, Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.engine.slots import plan_moves
+from kvllama.engine.warm import WarmStart
 from kvllama.errors import EngineClosedError, KvllamaError
-from kvllama.events import DoneEvent, ErrorEvent, FinishReason, Stats, TextEvent, TokenEvent
+from kvllama.events import (
+    CacheDelta,
+    DoneEvent,
+    ErrorEvent,
+    FinishReason,
+    Stats,
+    TextEvent,
+    TokenEvent,
+)
 
 log = logging.getLogger("kvllama.engine")
 
@@ -53,8 +62,11 @@ PREFILL_ALIGN = 64
 
 
 class ModelLoop:
-    def __init__(self, backend: Backend, *, chunk_size: int, name: str = "model") -> None:
+    def __init__(
+        self, backend: Backend, *, chunk_size: int, name: str = "model", warm: WarmStart | None = None
+    ) -> None:
         self.backend = backend
+        self.warm = warm
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
         self.align = min(PREFILL_ALIGN, self.chunk_size)
@@ -179,6 +191,11 @@ class ModelLoop:
             except KvllamaError as exc:
                 self._emit_error(r, exc)
                 continue
+            if self.warm is not None:
+                self.warm.restore(r)
+                point = self.warm.cold_save_point(len(r.prompt))
+                r.cold_point = point if point is not None and point > r.n_computed else None
+                self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
             r.status = Status.PREFILLING
             self._running.append(r)
 
@@ -198,7 +215,8 @@ class ModelLoop:
 
     def _tick(self) -> None:
         views = [
-            SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None)  # type: ignore[arg-type]
+            SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
+                        r.cold_point)
             for i, r in enumerate(self._running)
         ]
         tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
@@ -236,6 +254,8 @@ class ModelLoop:
                 r.decode_seconds += elapsed
             else:
                 r.prefill_seconds += elapsed
+                if self.warm is not None:
+                    self.warm.after_prefill_step(r)
         for row_index, r in samples:
             self._sample(r, row_index)
         return True
@@ -297,6 +317,8 @@ class ModelLoop:
             self._finish(r, "length")  # the sequence's context is full
         else:
             r.pending_token = token
+            if self.warm is not None:
+                self.warm.after_token(r)
 
     def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
         if r.done:
@@ -308,6 +330,8 @@ class ModelLoop:
             rest = tail.text + ("" if stop is not None else r.stops.flush())
             if rest:
                 r.sink.put(TextEvent(rest))
+        if self.warm is not None and r.seq_id is not None and reason != "cancelled":
+            self.warm.at_finish(r)
         self._release(r)
         r.sink.put(DoneEvent(
             finish_reason=reason,
@@ -315,6 +339,9 @@ class ModelLoop:
             prompt_tokens=r.prompt,
             stop_sequence=stop,
             committed_tokens=r.n_computed,
+            finish_key=r.finish_key,
+            cache_hit_kind=r.cache_hit_kind,  # type: ignore[arg-type]
+            cache_delta=CacheDelta(read=r.cache_read, created=r.cache_created),
             seed=r.params.seed,
         ))
 

@@ -85,6 +85,17 @@ class Request:
     first_token_at: float | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # --- KV cache (see engine/warm.py) ---
+    cache_salt: str | None = None
+    parent_key: bytes | None = None
+    cache_hit_kind: str = "cold"
+    # Prompt tokens restored from the cache, and the most this request added to it.
+    cache_read: int = 0
+    cache_created: int = 0
+    finish_key: bytes | None = None
+    # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
+    cold_point: int | None = None
+    restore_seconds: float = 0.0
     utf8: Utf8Assembler = field(default_factory=Utf8Assembler)
     stops: StopMatcher = field(init=False)
 

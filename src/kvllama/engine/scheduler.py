@@ -42,6 +42,8 @@ class SeqProgress:
     n_computed: int
     # True once the prompt is done: the request feeds one sampled token per tick.
     decoding: bool
+    # End a prompt chunk exactly here (a cache save point), if not reached yet.
+    stop_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int 
         return Tick(tuple(decode_slices))
     limit = chunk_size if decoders else n_batch
     end = prompt.n_computed + min(prompt.n_prompt - prompt.n_computed, limit, budget)
+    if prompt.stop_at is not None and prompt.n_computed < prompt.stop_at < end:
+        end = prompt.stop_at
     if end < prompt.n_prompt and align > 1:
         aligned = end // align * align
         # Never stall: a budget smaller than one aligned step still makes progress.

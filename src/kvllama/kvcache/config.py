@@ -12,7 +12,10 @@ GiB = 1 << 30
 
 
 def default_shm_dir() -> str | None:
-    """``/dev/shm/kvllama-<uid>`` where /dev/shm exists, else None (tier disabled)."""
+    """``$KVLLAMA_SHM_DIR``, else ``/dev/shm/kvllama-<uid>`` where /dev/shm exists, else None."""
+    override = os.environ.get("KVLLAMA_SHM_DIR")
+    if override:
+        return override
     return f"/dev/shm/kvllama-{os.geteuid()}" if os.path.isdir("/dev/shm") else None
 
 

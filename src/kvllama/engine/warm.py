@@ -1,0 +1,123 @@
+"""The decode loop's use of the KV cache: restore at admission, save at set points.
+
+This is the only engine module that knows about :mod:`kvllama.kvcache`. It
+runs on the loop thread (the state blob must be read and written there);
+the cache's writer pool does the file work off the decode path.
+
+Exactness rules (README "Exactness"): prompt rows are saved only where a
+prompt chunk ends on a multiple of the alignment, and a restore always leaves
+at least ``min_tail`` prompt tokens to prefill, so the restored run computes
+every remaining token in the same kind of ubatch as a cold run. A restored
+prefix therefore gives bit-identical tokens to a cold prefill. Finish rows
+(prompt + reply) hold the KV the conversation itself computed, so resuming
+from one gives exactly what keeping the sequence live would have given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from kvllama.backend.protocol import Backend
+from kvllama.engine.request import Request
+from kvllama.kvcache import CacheHit, KeyRoot, KvCache
+
+
+@dataclass(frozen=True)
+class SavePolicy:
+    # Prompts shorter than this are not saved after prefill ("cold" saves).
+    min_tokens: int = 128
+    # Prompt rows sit on multiples of this (matches the prefill chunk alignment).
+    boundary: int = 64
+    # A restore leaves at least this many prompt tokens to prefill.
+    min_tail: int = 16
+    # Save every this many generated tokens during long generations (0: never).
+    continued_interval: int = 512
+    # A finish row is saved when the request added at least this many tokens.
+    finish_min_new: int = 1
+
+
+class WarmStart:
+    def __init__(self, cache: KvCache, root: KeyRoot, backend: Backend, policy: SavePolicy) -> None:
+        self.cache = cache
+        self.backend = backend
+        self.policy = policy
+        self._base_root = root
+        self._roots: dict[str | None, KeyRoot] = {}
+
+    def root(self, salt: str | None) -> KeyRoot:
+        root = self._roots.get(salt)
+        if root is None:
+            root = replace(self._base_root, cache_salt=salt)
+            self.cache.register_root(root)
+            self._roots[salt] = root
+        return root
+
+    def cold_save_point(self, n_prompt: int) -> int | None:
+        """Where to snapshot a prompt's prefill (an aligned boundary), or None."""
+        p = self.policy
+        point = (n_prompt - p.min_tail) // p.boundary * p.boundary
+        return point if point >= p.min_tokens else None
+
+    def restore(self, r: Request) -> None:
+        """Load the best usable row into the request's sequence.
+
+        A caller's ``parent_key`` (the previous turn's finish row) may cover the
+        prompt up to its last token: resuming a conversation is exact with
+        respect to the live sequence, whatever the new message's length. Other
+        rows must leave ``min_tail`` tokens to prefill, which keeps a restored
+        prompt bit-identical to a cold prefill.
+        """
+        started = time.perf_counter()
+        n = len(r.prompt)
+        root = self.root(r.cache_salt)
+        hit = None
+        if r.parent_key is not None and n > 1:
+            hit = self.cache.lookup(root, r.prompt, max_len=n - 1, parent_key=r.parent_key)
+            if hit is not None and hit.source != "parent":
+                hit = None
+        tail_max = n - self.policy.min_tail
+        if hit is None and tail_max > 0:
+            hit = self.cache.lookup(root, r.prompt, max_len=tail_max)
+        if hit is None or not self._load(r, hit):
+            return
+        # "exact": nothing more of this prompt could have been restored under the rules above.
+        best = n - 1 if hit.source == "parent" else tail_max - self.policy.boundary + 1
+        r.cache_hit_kind = "exact" if hit.n_tokens >= best else "partial"
+        r.restore_seconds = time.perf_counter() - started
+
+    def _load(self, r: Request, hit: CacheHit) -> bool:
+        blob = self.cache.load(hit)
+        assert r.seq_id is not None
+        if blob is None or not self.backend.restore_sequence(r.seq_id, blob):
+            self.backend.clear_sequence(r.seq_id)
+            return False
+        r.n_computed = hit.n_tokens
+        r.cache_read = hit.n_tokens
+        return True
+
+    def save(self, r: Request, reason: str) -> bytes | None:
+        """Snapshot the request's sequence as it is now (its first n_computed context tokens)."""
+        assert r.seq_id is not None
+        n = r.n_computed
+        if n <= 0:
+            return None
+        tokens = (r.prompt + tuple(r.generated))[:n]
+        blob = self.backend.sequence_state(r.seq_id)
+        key = self.cache.save(self.root(r.cache_salt), tokens, blob, reason)
+        if key is not None:
+            r.cache_created = max(r.cache_created, n - r.cache_read)
+        return key
+
+    def after_prefill_step(self, r: Request) -> None:
+        if r.cold_point is not None and r.n_computed == r.cold_point:
+            self.save(r, "cold")
+
+    def after_token(self, r: Request) -> None:
+        interval = self.policy.continued_interval
+        if interval and len(r.generated) % interval == 0 and r.pending_token is not None:
+            self.save(r, "continued")
+
+    def at_finish(self, r: Request) -> None:
+        if r.n_computed - r.cache_read >= self.policy.finish_min_new:
+            r.finish_key = self.save(r, "finish")

@@ -1,0 +1,103 @@
+"""The KV cache on the real model: warm == cold bit for bit, from every tier and after a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+import kvllama
+from kvllama.kvcache import CacheConfig
+
+pytestmark = pytest.mark.slow
+
+WORDS = ("harbor lantern quartz meadow violet engine ledger orchard signal canyon mirror "
+         "falcon pepper thunder garden silver anchor marble compass velvet ember glacier").split()
+
+
+def long_prompt(n_words: int, seed: int = 0) -> str:
+    return "Notes: " + " ".join(WORDS[(i * 7 + seed + i * i) % len(WORDS)] for i in range(n_words))
+
+
+def tiers(tmp_path, which: str) -> CacheConfig:
+    shm, disk = tmp_path / "shm", tmp_path / "disk"
+    if which == "ram":
+        return CacheConfig(shm_dir=None, disk_dir=None, durable=False)
+    if which == "shm":
+        return CacheConfig(ram_bytes=0, shm_dir=shm, disk_dir=None, durable=False)
+    return CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)
+
+
+@pytest.fixture(scope="module")
+def cold_engine():
+    with kvllama.Engine(cache=None) as eng:
+        eng.load_model("m")
+        yield eng
+
+
+@pytest.mark.parametrize("n_words", [150, 700])  # below and above the 512-token sliding window
+@pytest.mark.parametrize("tier", ["ram", "shm", "disk"])
+def test_warm_equals_cold_from_every_tier(tmp_path, cold_engine, tier, n_words):
+    prompt = long_prompt(n_words, seed=n_words)
+    cold = cold_engine.complete("m", prompt, max_tokens=24, temperature=0)
+    with kvllama.Engine(cache=tiers(tmp_path, tier)) as eng:
+        eng.load_model("m")
+        first = eng.complete("m", prompt, max_tokens=24, temperature=0)
+        assert first.cache_hit_kind == "cold" and first.generated_tokens == cold.generated_tokens
+        _wait_for_saves(eng)
+        # Occupy sequence 0 so the warm request is restored into another slot.
+        busy = eng.infer("m", "Something else entirely", max_tokens=40, temperature=0)
+        warm = eng.complete("m", prompt, max_tokens=24, temperature=0)
+        busy.result()
+        assert warm.cache_hit_kind == "exact"
+        assert warm.cache_delta.read >= cold.stats.prompt_tokens - 16 - 64
+        assert warm.generated_tokens == cold.generated_tokens
+        assert warm.stats.prefill_seconds < first.stats.prefill_seconds
+        metrics = eng.cache_metrics()
+        assert metrics["hits_by_tier"][tier] >= 1
+
+
+def test_disk_rows_survive_a_restart(tmp_path, cold_engine):
+    prompt = long_prompt(400, seed=3)
+    cold = cold_engine.complete("m", prompt, max_tokens=16, temperature=0)
+    config = tiers(tmp_path, "disk")
+    with kvllama.Engine(cache=config) as eng:
+        eng.load_model("m")
+        eng.complete("m", prompt, max_tokens=16, temperature=0)
+    with kvllama.Engine(cache=config) as eng:  # a fresh engine: empty RAM, rows adopted from disk
+        eng.load_model("m")
+        assert eng.list_cached_prefixes("m", prompt) > 300
+        warm = eng.complete("m", prompt, max_tokens=16, temperature=0)
+        assert warm.cache_hit_kind == "exact"
+        assert warm.generated_tokens == cold.generated_tokens
+
+
+def test_parent_key_resume_and_prefill_only(tmp_path):
+    with kvllama.Engine(cache=tiers(tmp_path, "ram")) as eng:
+        eng.load_model("m")
+        system = long_prompt(300, seed=9)
+        key = eng.prefill_only("m", system)
+        assert key is not None
+        _wait_for_saves(eng)
+        n_system = len(eng.tokenize("m", system))
+        assert eng.list_cached_prefixes("m", system) == n_system
+        system_tokens = eng.tokenize("m", system)
+        turn1_prompt = system_tokens + eng.tokenize("m", "\nUser: hello\nAssistant:", add_special=False)
+        turn1 = eng.complete("m", turn1_prompt, max_tokens=12, temperature=0, parent_key=key)
+        assert turn1.cache_hit_kind == "partial" and turn1.cache_delta.read == n_system
+        assert turn1.finish_key is not None and turn1.cache_delta.created > 0
+        _wait_for_saves(eng)
+        turn2_prompt = list(turn1.context_tokens) + eng.tokenize("m", "\nUser: more\nAssistant:",
+                                                                add_special=False)
+        turn2 = eng.complete("m", turn2_prompt, max_tokens=8, temperature=0,
+                             parent_key=turn1.finish_key)
+        assert turn2.cache_delta.read == turn1.committed_tokens and turn2.cache_hit_kind == "partial"
+        # Tenants with another salt never see these rows.
+        other = eng.complete("m", turn1_prompt, max_tokens=4, temperature=0, cache_salt="tenant-b")
+        assert other.cache_hit_kind == "cold" and other.cache_delta.read == 0
+
+
+def _wait_for_saves(eng: kvllama.Engine, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while eng.cache is not None and eng.cache.pending_keys() and time.monotonic() < deadline:
+        time.sleep(0.01)
