@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,7 +12,7 @@ import pytest
 # /dev/shm/kvllama-<uid>: rows from one run must not leak into the next.
 os.environ["KVLLAMA_SHM_DIR"] = tempfile.mkdtemp(prefix="kvllama-test-shm-")
 
-import kvllama  # noqa: E402
+import kvllama
 from kvllama.backend.stub import StubBackend, StubConfig
 
 

@@ -9,8 +9,10 @@ from kvllama.kvcache import CacheConfig
 
 pytestmark = pytest.mark.slow
 
-WORDS = ("harbor lantern quartz meadow violet engine ledger orchard signal canyon mirror "
-         "falcon pepper thunder garden silver anchor marble compass velvet ember glacier").split()
+WORDS = (
+    "harbor lantern quartz meadow violet engine ledger orchard signal canyon mirror "
+    "falcon pepper thunder garden silver anchor marble compass velvet ember glacier"
+).split(" ")
 
 
 def long_prompt(n_words: int, seed: int = 0) -> str:

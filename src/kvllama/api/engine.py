@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.backend.protocol import Backend
 from kvllama.chat.templates import render_chat, resolve_template
-from kvllama.engine.loop import ModelLoop
+from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
 from kvllama.engine.params import SamplingParams
 from kvllama.engine.request import EventSink, QueueSink, Request, new_request_id
+from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.errors import (
     ContextOverflowError,
     EngineClosedError,
@@ -29,11 +30,9 @@ from kvllama.errors import (
     ModelExistsError,
     UnknownModelError,
 )
-from kvllama.models.loaded import LoadedModel, ModelInfo
-from kvllama.engine.loop import PREFILL_ALIGN
-from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.kvcache import CacheConfig, KvCache, validate_cache_salt
 from kvllama.models.fingerprint import key_root
+from kvllama.models.loaded import LoadedModel, ModelInfo
 from kvllama.options import ModelOptions
 from kvllama.results import CompletionResult
 

@@ -29,8 +29,8 @@ async def messages(request: Request) -> Response:
                                 tools=chat_prompt.tools_as_functions(body.tools))
     client_stops = list(body.stop_sequences or [])
     max_tokens = state.check_max_tokens(body.max_tokens)
-    # TODO(cache_salt): pass body.cache_salt through once the engine accepts it (validated, dropped).
     params = sampling(
+        cache_salt=body.cache_salt,
         max_tokens=max_tokens, stop=prompt.stops_with(client_stops) or None,
         temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed,
     )

@@ -69,10 +69,10 @@ def _first(*values: int | None, default: int) -> int:
 def _params(
     state: ServerState, body: ChatCompletionRequest | CompletionRequest, max_tokens: int, stop: list[str]
 ) -> dict[str, Any]:
-    # TODO(cache_salt): pass body.cache_salt through as cache_salt=... once the engine accepts it;
-    # until then it is validated (schemas_common.CacheSalt) and dropped.
+    # cache_salt (validated by schemas_common.CacheSalt) isolates tenants in the KV cache.
     return sampling(
-        max_tokens=state.check_max_tokens(max_tokens), stop=stop or None, seed=body.seed,
+        cache_salt=body.cache_salt, max_tokens=state.check_max_tokens(max_tokens),
+        stop=stop or None, seed=body.seed,
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
