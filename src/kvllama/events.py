@@ -56,6 +56,48 @@ class TextEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingEvent:
+    """Text generated between the model's thinking markers (markers themselves excluded)."""
+
+    text: str
+    type: Literal["thinking"] = "thinking"
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingEndEvent:
+    """Thinking is over (end marker seen, or the thinking budget ran out).
+
+    ``signature`` is base64 HMAC-SHA256 of ``text`` (UTF-8) under the engine's
+    thinking key, or "" when no key is configured.
+    """
+
+    text: str
+    signature: str
+    type: Literal["thinking_end"] = "thinking_end"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """Text of a tool call between the model's tool-call markers."""
+
+    text: str
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEndEvent:
+    """One tool call is complete; ``text`` is every ToolCallEvent of it concatenated.
+
+    ``raw`` holds the exact bytes the model sampled, so a client can send the
+    call back verbatim on the next turn and keep the cached prefix matching.
+    """
+
+    text: str
+    raw: bytes
+    type: Literal["tool_call_end"] = "tool_call_end"
+
+
+@dataclass(frozen=True, slots=True)
 class DoneEvent:
     """The last event of a successful (or cancelled) request."""
 
@@ -79,4 +121,13 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
-Event = TokenEvent | TextEvent | DoneEvent | ErrorEvent
+Event = (
+    TokenEvent
+    | TextEvent
+    | ThinkingEvent
+    | ThinkingEndEvent
+    | ToolCallEvent
+    | ToolCallEndEvent
+    | DoneEvent
+    | ErrorEvent
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kvllama.events import (
     CacheDelta,
@@ -14,7 +14,11 @@ from kvllama.events import (
     FinishReason,
     Stats,
     TextEvent,
+    ThinkingEndEvent,
+    ThinkingEvent,
     TokenEvent,
+    ToolCallEndEvent,
+    ToolCallEvent,
 )
 
 
@@ -35,6 +39,11 @@ class CompletionResult:
     cache_delta: CacheDelta
     stats: Stats
     seed: int | None = None
+    # Extended thinking (models loaded with thinking markers): the text and its signature.
+    thinking: str = ""
+    thinking_signature: str = ""
+    # Tool calls, each the exact text between the model's tool-call markers.
+    tool_calls: tuple[str, ...] = ()
 
 
 class ResultBuilder:
@@ -48,6 +57,9 @@ class ResultBuilder:
     def __init__(self) -> None:
         self.chunks: list[str] = []
         self.tokens: list[int] = []
+        self.thinking: list[str] = []
+        self.thinking_signature = ""
+        self.tool_calls: list[str] = []
         self.done: DoneEvent | None = None
         self.error: Exception | None = None
 
@@ -57,6 +69,14 @@ class ResultBuilder:
                 self.tokens.append(token)
             case TextEvent(text=text):
                 self.chunks.append(text)
+            case ThinkingEvent(text=text):
+                self.thinking.append(text)
+            case ThinkingEndEvent(signature=signature):
+                self.thinking_signature = signature
+            case ToolCallEvent():
+                pass  # the end event carries the whole call
+            case ToolCallEndEvent(text=text):
+                self.tool_calls.append(text)
             case DoneEvent():
                 self.done = event
             case ErrorEvent(error=error):
@@ -74,7 +94,12 @@ class ResultBuilder:
             raise self.error
         if self.done is None:
             raise RuntimeError("stream ended without a done event")
-        return result_from(self.done, self.text, tuple(self.tokens))
+        return replace(
+            result_from(self.done, self.text, tuple(self.tokens)),
+            thinking="".join(self.thinking),
+            thinking_signature=self.thinking_signature,
+            tool_calls=tuple(self.tool_calls),
+        )
 
 
 def collect(events: Iterable[Event]) -> CompletionResult:
