@@ -131,6 +131,8 @@ class ModelLoop:
                 if self._running:
                     self._tick()
                     self._compact()
+                elif self._waiting:
+                    time.sleep(0.002)  # only deferred requests: their prefix row is being published
                 self._publish_status()
         except BaseException:  # pragma: no cover - a bug; fail every request loudly
             log.exception("decode loop crashed")
@@ -178,26 +180,38 @@ class ModelLoop:
         return r.cancel_requested or (isinstance(r.sink, AsyncioSink) and r.sink.gone)
 
     def _admit(self) -> None:
-        """FIFO into free sequence ids; after _compact, ids 0..len(running)-1 are taken."""
+        """FIFO into free sequence ids; after _compact, ids 0..len(running)-1 are taken.
+
+        A request that can restore a prefix another request is computing right
+        now waits for it (keeping its place) while later requests go ahead.
+        """
         n_seq_max = self.backend.shape.n_seq_max
+        deferred: list[Request] = []
         while self._waiting and len(self._running) < n_seq_max:
             r = self._waiting.popleft()
-            r.seq_id = len(self._running)
-            r.admitted_at = time.perf_counter()
-            self.status.admitted += 1
-            try:
-                self.backend.clear_sequence(r.seq_id)
-                r.sampler = self.backend.new_sampler(r.params)
-            except KvllamaError as exc:
-                self._emit_error(r, exc)
+            if self.warm is not None and self.warm.should_wait(r, self._running):
+                deferred.append(r)
                 continue
-            if self.warm is not None:
-                self.warm.restore(r)
-                point = self.warm.cold_save_point(len(r.prompt))
-                r.cold_point = point if point is not None and point > r.n_computed else None
-                self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
-            r.status = Status.PREFILLING
-            self._running.append(r)
+            self._start(r)
+        self._waiting.extendleft(reversed(deferred))
+
+    def _start(self, r: Request) -> None:
+        r.seq_id = len(self._running)
+        r.admitted_at = time.perf_counter()
+        self.status.admitted += 1
+        try:
+            self.backend.clear_sequence(r.seq_id)
+            r.sampler = self.backend.new_sampler(r.params)
+        except KvllamaError as exc:
+            self._emit_error(r, exc)
+            return
+        if self.warm is not None:
+            self.warm.restore(r)
+            point = self.warm.cold_save_point(len(r.prompt))
+            r.cold_point = point if point is not None and point > r.n_computed else None
+            self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
+        r.status = Status.PREFILLING
+        self._running.append(r)
 
     def _compact(self) -> None:
         """Decoders on ids [0, d), prompts after them (see slots.py for why)."""

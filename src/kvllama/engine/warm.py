@@ -44,6 +44,8 @@ class WarmStart:
         self.policy = policy
         self._base_root = root
         self._roots: dict[str | None, KeyRoot] = {}
+        # Cold rows handed to the writer pool and maybe not yet visible: key -> (salt, tokens).
+        self._unpublished: dict[bytes, tuple[str | None, tuple[int, ...]]] = {}
 
     def root(self, salt: str | None) -> KeyRoot:
         root = self._roots.get(salt)
@@ -107,7 +109,32 @@ class WarmStart:
         key = self.cache.save(self.root(r.cache_salt), tokens, blob, reason)
         if key is not None:
             r.cache_created = max(r.cache_created, n - r.cache_read)
+            if reason == "cold":
+                self._unpublished[key] = (r.cache_salt, tokens)
         return key
+
+    def should_wait(self, r: Request, running: list[Request]) -> bool:
+        """True while another request prefills (or is still saving) a prompt row ``r`` could restore.
+
+        Agents that start together on one long system prompt then pay for one
+        prefill, not one each: the first computes and saves the shared prefix,
+        the others wait in the queue and restore it.
+        """
+        usable = len(r.prompt) - self.policy.min_tail
+        for q in running:
+            point = q.cold_point
+            if (point is not None and q.n_computed < point <= usable and q.cache_salt == r.cache_salt
+                    and r.prompt[:point] == q.prompt[:point]):
+                return True
+        if not self._unpublished:
+            return False
+        pending = self.cache.pending_keys()
+        for key in [k for k in self._unpublished if k not in pending]:
+            del self._unpublished[key]
+        return any(
+            salt == r.cache_salt and len(toks) <= usable and r.prompt[: len(toks)] == toks
+            for salt, toks in self._unpublished.values()
+        )
 
     def after_prefill_step(self, r: Request) -> None:
         if r.cold_point is not None and r.n_computed == r.cold_point:
