@@ -142,6 +142,18 @@ class DefaultModelUnavailableError(ModelError):
     code = "default_model_unavailable"
 
 
+class SessionBusyError(KvllamaError):
+    """A request for this session_id is already running (HTTP 409)."""
+
+    code = "session_busy"
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} already has a request in flight; wait for it to finish"
+        )
+
+
 class DecodeError(KvllamaError):
     """llama_decode failed; the request that hit it ends with this error."""
 

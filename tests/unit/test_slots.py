@@ -41,3 +41,13 @@ def test_random_layouts_always_compact():
         ids = rng.sample(range(8), rng.randint(0, 8))
         k = rng.randint(0, len(ids))
         check(ids[:k], ids[k:])
+
+
+def test_idle_sessions_go_after_running_sequences():
+    decoders, prompts, parked = [3], [0], [1, 2]
+    moves = plan_moves(decoders, prompts, 8, parked)
+    owner = {s: ("d", s) for s in decoders} | {s: ("p", s) for s in prompts} | {s: ("s", s) for s in parked}
+    for src, dst in moves:
+        assert src in owner and dst not in owner
+        owner[dst] = owner.pop(src)
+    assert owner[0][0] == "d" and owner[1][0] == "p" and {owner[2][0], owner[3][0]} == {"s"}

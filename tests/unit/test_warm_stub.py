@@ -59,7 +59,7 @@ def test_agents_sharing_an_uncached_prefix_prefill_it_once(cached):
 
 
 def test_finish_key_resumes_the_conversation(cached):
-    engine, backend = cached(n_ctx_seq=1024, n_batch=512)
+    engine, _backend = cached(n_ctx_seq=1024, n_batch=512)
     turn1 = engine.complete("s", "y" * 100, max_tokens=6, temperature=0)
     assert turn1.finish_key is not None
     wait_saves(engine)

@@ -28,6 +28,7 @@ from kvllama.errors import (
     InvalidRequestError,
     ModelBusyError,
     ModelExistsError,
+    SessionBusyError,
     UnknownModelError,
 )
 from kvllama.kvcache import CacheConfig, KvCache, validate_cache_salt
@@ -74,6 +75,8 @@ class Engine:
             weakref.WeakValueDictionary()
         )
         self._closed = False
+        # Sessions with a request in flight, per (model id, session id).
+        self._busy_sessions: set[tuple[str, str]] = set()
 
     def __enter__(self) -> Engine:
         return self
@@ -185,6 +188,9 @@ class Engine:
         salt = params.pop("cache_salt", None)
         if salt is not None:
             validate_cache_salt(salt)
+        session_id = params.pop("session_id", None)
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise InvalidRequestError("session_id must be a non-empty string")
         parent_key = params.pop("parent_key", None)
         if parent_key is not None and not isinstance(parent_key, bytes):
             raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
@@ -195,7 +201,39 @@ class Engine:
             raise ContextOverflowError(len(tokens), n_ctx_seq)
         request = Request(new_request_id(), tuple(tokens), sampling, sink)
         request.cache_salt, request.parent_key = salt, parent_key
+        if session_id is not None:
+            self._claim_session(model_id, session_id, request)
         return model, request
+
+    def _claim_session(self, model_id: str, session_id: str, request: Request) -> None:
+        """Fail fast if the session is busy; free it again when the request ends."""
+        slot = (model_id, session_id)
+        with self._lock:
+            if slot in self._busy_sessions:
+                raise SessionBusyError(session_id)
+            self._busy_sessions.add(slot)
+        request.session_id = session_id
+
+        def release() -> None:
+            with self._lock:
+                self._busy_sessions.discard(slot)
+
+        request.on_release = release
+
+    def end_session(self, session_id: str, model_id: str | None = None) -> bool:
+        """Release a sticky session's sequence slot (saving it to the cache first).
+
+        Returns False if no model holds that session idle (unknown, or a request
+        of it is still running: then ``SessionBusyError``).
+        """
+        with self._lock:
+            models = [self._models[model_id]] if model_id in self._models else list(self._models.values())
+            if model_id is not None and model_id not in self._models:
+                raise UnknownModelError(model_id)
+            busy = any((m.id, session_id) in self._busy_sessions for m in models)
+        if busy:
+            raise SessionBusyError(session_id)
+        return any(m.loop.end_session(session_id) for m in models)
 
     def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
         self._streams[stream.id] = stream
@@ -225,7 +263,7 @@ class Engine:
 
     def prefill_only(
         self, model_id: str, prompt: Prompt, parent_key: bytes | None = None,
-        cache_salt: str | None = None,
+        cache_salt: str | None = None, session_id: str | None = None,
     ) -> bytes | None:
         """Decode a prompt into the cache without sampling; returns its finish key.
 
@@ -233,7 +271,7 @@ class Engine:
         None when the cache is disabled or the save was dropped (pool full).
         """
         result = self.complete(model_id, prompt, max_tokens=0, parent_key=parent_key,
-                               cache_salt=cache_salt)
+                               cache_salt=cache_salt, session_id=session_id)
         return result.finish_key
 
     def list_cached_prefixes(

@@ -121,6 +121,9 @@ class LlamaBackend:
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         self.ctx.clear_sequence(seq_id, from_pos, -1)
 
+    def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:
+        return self.ctx.clear_sequence(seq_id, n_keep, -1)
+
     def move_sequence(self, src: int, dst: int) -> None:
         self.ctx.move_sequence(src, dst)
 

@@ -73,6 +73,9 @@ class Backend(Protocol):
     def sample(self, sampler: Sampler, row_index: int) -> int: ...
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         """Forget the sequence's KV from ``from_pos`` on (all of it by default)."""
+    def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:
+        """Keep the first ``n_keep`` tokens; False if the memory cannot cut there (sliding window)."""
+
     def move_sequence(self, src: int, dst: int) -> None:
         """Move a whole sequence to another id (``dst`` may be the scratch id n_seq_max)."""
 

@@ -48,6 +48,8 @@ class StubConfig:
     poison_token: int | None = None
     chat_template: str | None = None
     max_decode_rows: int = 0
+    # Behave like a sliding-window model whose memory cannot be cut mid-sequence.
+    refuse_truncate: bool = False
 
 
 @dataclass
@@ -149,6 +151,12 @@ class StubBackend:
             del self.seqs[seq_id]
         else:
             del state.tokens[from_pos:]
+
+    def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:
+        if self.config.refuse_truncate:
+            return False
+        self.clear_sequence(seq_id, n_keep) if n_keep > 0 else self.clear_sequence(seq_id)
+        return True
 
     def move_sequence(self, src: int, dst: int) -> None:
         if not 0 <= dst <= self.shape.n_seq_max:

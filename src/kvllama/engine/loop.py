@@ -25,6 +25,7 @@ from typing import Any
 from kvllama.backend.protocol import Backend, Row
 from kvllama.engine.request import AsyncioSink, Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
+from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
 from kvllama.engine.slots import plan_moves
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import EngineClosedError, KvllamaError
@@ -63,10 +64,17 @@ PREFILL_ALIGN = 64
 
 class ModelLoop:
     def __init__(
-        self, backend: Backend, *, chunk_size: int, name: str = "model", warm: WarmStart | None = None
+        self,
+        backend: Backend,
+        *,
+        chunk_size: int,
+        name: str = "model",
+        warm: WarmStart | None = None,
+        session_policy: SessionPolicy | None = None,
     ) -> None:
         self.backend = backend
         self.warm = warm
+        self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
         self.align = min(PREFILL_ALIGN, self.chunk_size)
@@ -145,6 +153,8 @@ class ModelLoop:
         finally:
             for r in [*self._running, *self._waiting]:
                 self._finish(r, "cancelled")
+            for session in list(self.sessions.parked.values()):
+                self._release_session(session, "shutdown")
             self.status.phase = "idle"
 
     def _drain_inbox(self, *, block: bool) -> bool:
@@ -180,14 +190,17 @@ class ModelLoop:
         return r.cancel_requested or (isinstance(r.sink, AsyncioSink) and r.sink.gone)
 
     def _admit(self) -> None:
-        """FIFO into free sequence ids; after _compact, ids 0..len(running)-1 are taken.
+        """FIFO into free sequence ids; after _compact, ids 0..used-1 are taken.
 
         A request that can restore a prefix another request is computing right
         now waits for it (keeping its place) while later requests go ahead.
         """
         n_seq_max = self.backend.shape.n_seq_max
+        free = n_seq_max - len(self._running) - len(self.sessions.parked)
+        for session in self.sessions.to_release(len(self._waiting), free):
+            self._release_session(session, "evict")
         deferred: list[Request] = []
-        while self._waiting and len(self._running) < n_seq_max:
+        while self._waiting and len(self._running) + len(self.sessions.parked) < n_seq_max:
             r = self._waiting.popleft()
             if self.warm is not None and self.warm.should_wait(r, self._running):
                 deferred.append(r)
@@ -196,36 +209,70 @@ class ModelLoop:
         self._waiting.extendleft(reversed(deferred))
 
     def _start(self, r: Request) -> None:
-        r.seq_id = len(self._running)
+        session = self.sessions.take(r.session_id) if r.session_id is not None else None
+        r.seq_id = session.seq_id if session else len(self._running) + len(self.sessions.parked)
         r.admitted_at = time.perf_counter()
         self.status.admitted += 1
         try:
-            self.backend.clear_sequence(r.seq_id)
+            if session is None or not self._resume(r, session):
+                self.backend.clear_sequence(r.seq_id)
             r.sampler = self.backend.new_sampler(r.params)
         except KvllamaError as exc:
             self._emit_error(r, exc)
             return
         if self.warm is not None:
-            self.warm.restore(r)
+            if r.n_computed == 0:
+                self.warm.restore(r)
             point = self.warm.cold_save_point(len(r.prompt))
             r.cold_point = point if point is not None and point > r.n_computed else None
-            self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
+        self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
         r.status = Status.PREFILLING
         self._running.append(r)
+
+    def _resume(self, r: Request, session: Session) -> bool:
+        """Continue a parked session in place; False when its sequence cannot be reused."""
+        keep = self.sessions.reusable_prefix(session.tokens, r.prompt)
+        if keep == 0 or session.cache_salt != r.cache_salt:
+            return False
+        if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):
+            return False  # e.g. sliding-window layers: the cache takes over
+        r.n_computed = r.cache_read = keep
+        r.cache_hit_kind = "sticky"
+        return True
+
+    def _release_session(self, session: Session, reason: str) -> None:
+        """Give a parked session's slot back, saving its KV to the cache first."""
+        self.sessions.parked.pop(session.id, None)
+        if self.warm is not None:
+            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason)
+        self.backend.clear_sequence(session.seq_id)
+
+    def end_session(self, session_id: str) -> bool:
+        """Release a parked session (from any thread); False if it is unknown or running."""
+        def end() -> bool:
+            session = self.sessions.parked.get(session_id)
+            if session is None:
+                return False
+            self._release_session(session, "evict")
+            return True
+
+        return bool(self.call(end).result())
 
     def _compact(self) -> None:
         """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
         decoders = [r.seq_id for r in self._running if r.pending_token is not None]
         prompts = [r.seq_id for r in self._running if r.pending_token is None]
-        moves = plan_moves(decoders, prompts, scratch=self.backend.shape.n_seq_max)
+        parked = self.sessions.seq_ids()
+        moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max, parked)
         if not moves:
             return
-        by_id = {r.seq_id: r for r in self._running}
+        by_id: dict[int, Request | Session] = {r.seq_id: r for r in self._running}  # type: ignore[misc]
+        by_id.update({s.seq_id: s for s in self.sessions.parked.values()})
         for src, dst in moves:
             self.backend.move_sequence(src, dst)
-            request = by_id.pop(src)
-            request.seq_id = dst
-            by_id[dst] = request
+            holder = by_id.pop(src)
+            holder.seq_id = dst
+            by_id[dst] = holder
 
     def _tick(self) -> None:
         views = [
@@ -346,6 +393,10 @@ class ModelLoop:
                 r.sink.put(TextEvent(rest))
         if self.warm is not None and r.seq_id is not None and reason != "cancelled":
             self.warm.at_finish(r)
+        if r.session_id is not None and r.seq_id is not None and r.n_computed > 0:
+            context = (r.prompt + tuple(r.generated))[: r.n_computed]
+            self.sessions.park(Session(r.session_id, r.seq_id, context, r.cache_salt))
+            r.seq_id = None  # the sequence now belongs to the session
         self._release(r)
         r.sink.put(DoneEvent(
             finish_reason=reason,
@@ -366,6 +417,8 @@ class ModelLoop:
         r.sink.put(ErrorEvent(exc))
 
     def _release(self, r: Request) -> None:
+        if r.on_release is not None:
+            r.on_release()
         r.status = Status.FINISHED
         r.pending_token = None
         if r.sampler is not None:
@@ -374,7 +427,7 @@ class ModelLoop:
         if r.seq_id is not None:
             self.backend.clear_sequence(r.seq_id)
             r.seq_id = None
-        else:
+        if r.admitted_at is None:
             # Finished while still waiting: count it so `pending` stays right.
             self.status.finished_waiting += 1
         self.status.completed += 1

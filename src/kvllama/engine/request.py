@@ -85,6 +85,9 @@ class Request:
     first_token_at: float | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # Sticky session (engine/sessions.py) and a hook the engine uses to unmark it busy.
+    session_id: str | None = None
+    on_release: Any = None
     # --- KV cache (see engine/warm.py) ---
     cache_salt: str | None = None
     parent_key: bytes | None = None

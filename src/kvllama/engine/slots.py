@@ -18,21 +18,24 @@ from collections.abc import Iterable
 
 
 def plan_moves(
-    decoders: Iterable[int], prompts: Iterable[int], scratch: int
+    decoders: Iterable[int], prompts: Iterable[int], scratch: int, parked: Iterable[int] = ()
 ) -> list[tuple[int, int]]:
-    """Moves (src, dst) that put decoders on [0, d) and prompts on [d, d + p).
+    """Moves (src, dst) that put decoders on [0, d), prompts next, idle sessions last.
 
     Sequences already in their target range stay. Each move's destination is
     free when it runs; a cycle (every destination occupied) goes through
     ``scratch``.
     """
-    dec, pro = set(decoders), set(prompts)
-    d, r = len(dec), len(dec) + len(pro)
-    dec_targets = sorted(set(range(d)) - dec)
-    pro_targets = sorted(set(range(d, r)) - pro)
-    pending = dict(zip(sorted(x for x in dec if x >= d), dec_targets, strict=True))
-    pending.update(zip(sorted(x for x in pro if not d <= x < r), pro_targets, strict=True))
-    occupied = dec | pro
+    groups = [set(decoders), set(prompts), set(parked)]
+    pending: dict[int, int] = {}
+    start = 0
+    for group in groups:
+        end = start + len(group)
+        targets = sorted(set(range(start, end)) - group)
+        misplaced = sorted(x for x in group if not start <= x < end)
+        pending.update(zip(misplaced, targets, strict=True))
+        start = end
+    occupied = set().union(*groups)
     moves: list[tuple[int, int]] = []
     while pending:
         ready = next((src for src, dst in pending.items() if dst not in occupied), None)

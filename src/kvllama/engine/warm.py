@@ -113,6 +113,11 @@ class WarmStart:
                 self._unpublished[key] = (r.cache_salt, tokens)
         return key
 
+    def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: str) -> None:
+        """Save a parked session's sequence before its slot is given back."""
+        if tokens:
+            self.cache.save(self.root(salt), tokens, self.backend.sequence_state(seq_id), reason)
+
     def should_wait(self, r: Request, running: list[Request]) -> bool:
         """True while another request prefills (or is still saving) a prompt row ``r`` could restore.
 

@@ -1,0 +1,33 @@
+"""Sticky sessions on the real model."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvllama.errors import SessionBusyError
+
+MODEL = "gemma"  # loaded once per session by tests/model/conftest.py
+PROMPT = "The history of the printing press begins in"
+
+
+def test_sticky_turn_two_equals_a_cold_run(engine):
+    t1 = engine.complete(MODEL, PROMPT, max_tokens=20, temperature=0, session_id="hist")
+    p2 = list(t1.context_tokens) + engine.tokenize(MODEL, " Later, in the nineteenth century,",
+                                                   add_special=False)
+    t2 = engine.complete(MODEL, p2, max_tokens=20, temperature=0, session_id="hist")
+    assert t2.cache_hit_kind == "sticky" and t2.cache_delta.read == t1.committed_tokens
+    cold = engine.complete(MODEL, p2, max_tokens=20, temperature=0, cache_salt="no-sharing")
+    assert cold.cache_hit_kind != "sticky"
+    assert t2.generated_tokens == cold.generated_tokens
+    assert t2.stats.prefill_seconds < cold.stats.prefill_seconds
+    assert engine.end_session("hist") is True
+
+
+def test_busy_session_and_end_session(engine):
+    stream = engine.infer(MODEL, PROMPT, max_tokens=30, temperature=0, session_id="busy")
+    with pytest.raises(SessionBusyError):
+        engine.complete(MODEL, PROMPT, max_tokens=2, session_id="busy")
+    stream.result()
+    assert engine.model_info(MODEL).in_flight == 0
+    assert engine.end_session("busy") is True
+    assert engine.end_session("busy") is False
