@@ -32,12 +32,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]:
-    """Call with StubConfig fields; returns (engine with model "s" loaded, its stub backend)."""
+    """Call with StubConfig fields (and cache=CacheConfig to enable the KV cache).
+
+    Returns (engine with model "s" loaded, its stub backend).
+    """
     engines: list[kvllama.Engine] = []
 
-    def make(**config: object) -> tuple[kvllama.Engine, StubBackend]:
+    def make(cache: object = None, **config: object) -> tuple[kvllama.Engine, StubBackend]:
         backend = StubBackend(StubConfig(**config))  # type: ignore[arg-type]
-        engine = kvllama.Engine(cache=None, backend_factory=lambda _path, _opts: backend)
+        engine = kvllama.Engine(cache=cache, backend_factory=lambda _path, _opts: backend)  # type: ignore[arg-type]
         engine.load_model("s")
         engines.append(engine)
         return engine, backend

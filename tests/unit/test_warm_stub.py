@@ -6,26 +6,13 @@ import time
 
 import pytest
 
-import kvllama
-from kvllama.backend.stub import StubBackend, StubConfig
 from kvllama.kvcache import CacheConfig
 
 
 @pytest.fixture
-def cached(tmp_path):
-    engines = []
-
-    def make(**config):
-        backend = StubBackend(StubConfig(**config))
-        cache = CacheConfig(shm_dir=None, disk_dir=None, durable=False)
-        engine = kvllama.Engine(cache=cache, backend_factory=lambda _p, _o: backend)
-        engine.load_model("s")
-        engines.append(engine)
-        return engine, backend
-
-    yield make
-    for e in engines:
-        e.close()
+def cached(stub_engine):
+    """A stub engine with a RAM-only KV cache."""
+    return lambda **config: stub_engine(cache=CacheConfig(shm_dir=None, disk_dir=None), **config)
 
 
 def wait_saves(engine):
