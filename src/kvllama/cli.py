@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvllama.cache_cli import add_cache_flags, engine_cache_config
+from kvllama.cache_cli import register as register_cache_command
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
 from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
@@ -31,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kvllama cache list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,16 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("prompt", help="the prompt text ('-' reads standard input)")
     _add_model_flags(complete)
     _add_sampling_flags(complete)
+    add_cache_flags(complete)
     complete.add_argument("--stats", action="store_true", help="print timing stats to stderr")
     complete.set_defaults(func=_cmd_complete)
 
     models = sub.add_parser("models", help="load a model (default: the embedded one) and show its info")
     _add_model_flags(models)
+    add_cache_flags(models)
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
 
     srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
     _add_model_flags(srv)
+    add_cache_flags(srv)
     g = srv.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     g.add_argument("--port", type=int, default=8000)
@@ -70,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     tput = bench_sub.add_parser("throughput", help="engine vs a bare llama_decode loop, by concurrency")
     _add_model_flags(tput)
+    add_cache_flags(tput)
     tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
     tput.add_argument("--prompt-tokens", type=int, default=200)
     tput.add_argument("--max-tokens", type=int, default=64)
@@ -86,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
     bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     bserve.set_defaults(func=_cmd_bench_serve)
+    bcache = bench_sub.add_parser(
+        "cache", help="time to first token cold vs warm per tier, agents sharing a prompt, restart",
+        description="Cold vs warm TTFT per tier, four agents sharing a system prompt with the cache "
+                    "on and off, and the first turn after a restart from the disk tier. The tier "
+                    "directories are temporary; --n-ctx and --n-seq-max are chosen per part.")
+    _add_model_flags(bcache)
+    bcache.add_argument("--sizes", default="512,1024,2048,4096",
+                        help="shared prefix lengths in tokens, multiples of 64 (default: %(default)s)")
+    bcache.add_argument("--repeat", type=int, default=1, help="alternating runs per figure (medians)")
+    bcache.add_argument("--agents", type=int, default=4)
+    bcache.add_argument("--turns", type=int, default=4)
+    bcache.add_argument("--system-tokens", type=int, default=1000)
+    bcache.add_argument("--max-tokens", type=int, default=32, help="reply tokens per agent turn")
+    bcache.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    bcache.set_defaults(func=_cmd_bench_cache)
+    register_cache_command(sub)
     return parser
 
 
@@ -143,7 +168,7 @@ def _pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     from kvllama import Engine
 
-    engine = Engine()
+    engine = Engine(cache=engine_cache_config(args))
     engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
     return engine
 
@@ -220,6 +245,8 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
+    # The engine-vs-floor ratio measures scheduling, so saved prompt rows must not shortcut repeats.
+    args.no_cache = True
     streams = [int(x) for x in args.streams.split(",") if x.strip()]
     if not args.n_seq_max:
         args.n_seq_max = max(streams)
@@ -230,6 +257,22 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
             json.dump({"benchmark": "throughput", "rows": as_json(rows)}, f, indent=2)
+    return 0
+
+
+def _cmd_bench_cache(args: argparse.Namespace) -> int:
+    from kvllama.bench.cache import format_report, run_bench_cache
+
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    options = _pick(args, _MODEL_FLAGS)
+    report = run_bench_cache(args.model, options, sizes=sizes, repeat=args.repeat, agents=args.agents,
+                             turns=args.turns, system_tokens=args.system_tokens,
+                             agent_max_tokens=args.max_tokens,
+                             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
     return 0
 
 

@@ -68,6 +68,12 @@ class ModelOptions:
     max_decode_rows: int = 7
     # How the cache identifies the model file: "sha256" (whole file) or "fast".
     fingerprint: str = "sha256"
+    # Extended thinking / tool-call markers: a preset name (docs/agents.md), and/or
+    # explicit strings: thinking_markers=("<think>", "</think>"),
+    # tool_call_markers={"start": ..., "end": ..., "payload_start": ..., "payload_end": ...}.
+    markers: str | None = None
+    thinking_markers: tuple[str, str] | None = None
+    tool_call_markers: dict[str, str] | None = None
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> ModelOptions:
@@ -115,6 +121,23 @@ class ModelOptions:
                 "f16 or f32 unless flash_attn is 'on' or 'auto' (llama.cpp needs flash "
                 "attention for a quantized V cache)",
             )
+        if self.thinking_markers is not None and not (
+            isinstance(self.thinking_markers, tuple | list) and len(self.thinking_markers) == 2
+            and all(isinstance(m, str) and m for m in self.thinking_markers)
+        ):
+            raise InvalidOptionError(
+                "thinking_markers", self.thinking_markers, "a (start, end) pair of strings"
+            )
+        if self.tool_call_markers is not None and not (
+            isinstance(self.tool_call_markers, dict)
+            and {"start", "end"} <= set(self.tool_call_markers)
+            and set(self.tool_call_markers) <= {"start", "end", "payload_start", "payload_end"}
+            and all(isinstance(v, str) and v for v in self.tool_call_markers.values())
+        ):
+            raise InvalidOptionError(
+                "tool_call_markers", self.tool_call_markers,
+                "a dict with string start, end and optional payload_start, payload_end",
+            )
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise InvalidOptionError("chat_template", self.chat_template, "a Jinja template string")
 
@@ -129,7 +152,8 @@ class ModelOptions:
         return data
 
 
-_NULLABLE = {"n_ctx", "n_threads_batch", "prefill_chunk_size", "chat_template"}
+_NULLABLE = {"n_ctx", "n_threads_batch", "prefill_chunk_size", "chat_template", "markers",
+             "thinking_markers", "tool_call_markers"}
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

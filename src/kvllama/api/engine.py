@@ -19,12 +19,14 @@ from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.backend.protocol import Backend
 from kvllama.chat.templates import render_chat, resolve_template
 from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
+from kvllama.engine.markers import PRESETS, MarkerStrings
 from kvllama.engine.params import SamplingParams
 from kvllama.engine.request import EventSink, QueueSink, Request, new_request_id
 from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.errors import (
     ContextOverflowError,
     EngineClosedError,
+    InvalidOptionError,
     InvalidRequestError,
     ModelBusyError,
     ModelExistsError,
@@ -46,6 +48,21 @@ Prompt = str | Sequence[int]
 BackendFactory = Callable[[str | None, ModelOptions], Backend]
 
 
+def marker_strings(options: ModelOptions) -> MarkerStrings | None:
+    """The model's thinking / tool-call markers from its options (None: no markers)."""
+    thinking = options.thinking_markers
+    tool_call = options.tool_call_markers
+    if options.markers is not None:
+        preset = PRESETS.get(options.markers)
+        if preset is None:
+            raise InvalidOptionError("markers", options.markers, "one of " + ", ".join(sorted(PRESETS)))
+        thinking = thinking or preset.thinking
+        tool_call = tool_call or preset.tool_call
+    if thinking is None and tool_call is None:
+        return None
+    return MarkerStrings(thinking=tuple(thinking) if thinking else None, tool_call=tool_call)  # type: ignore[arg-type]
+
+
 def llama_backend_factory(path: str | None, options: ModelOptions) -> Backend:
     from kvllama.backend.llama import LlamaBackend
     from kvllama.models.default import default_model_path
@@ -61,9 +78,14 @@ class Engine:
         *,
         cache: CacheConfig | None = DEFAULT_CACHE,
         save_policy: SavePolicy | None = None,
+        thinking_key: bytes | str | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:
-        """``cache``: tier budgets and directories (None disables the KV cache)."""
+        """``cache``: tier budgets and directories (None disables the KV cache).
+
+        ``thinking_key`` signs thinking blocks (HMAC-SHA256); without it signatures are empty.
+        """
+        self.thinking_key = thinking_key.encode() if isinstance(thinking_key, str) else thinking_key
         self._factory = backend_factory or llama_backend_factory
         if cache is DEFAULT_CACHE:
             cache = CacheConfig()
@@ -93,6 +115,7 @@ class Engine:
         if not isinstance(model_id, str) or not model_id.strip():
             raise InvalidRequestError("model_id must be a non-empty string")
         opts = ModelOptions.from_kwargs(**options)
+        marker_strings(opts)  # an unknown preset fails before loading
         with self._lock:
             self._check_open()
             if model_id in self._models:
@@ -105,7 +128,10 @@ class Engine:
                 root = key_root(backend, opts)
                 policy = replace(self._save_policy, boundary=min(PREFILL_ALIGN, opts.effective_chunk_size()))
                 warm = WarmStart(self.cache, root, backend, policy)
-            loop = ModelLoop(backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm)
+            loop = ModelLoop(
+                backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
+                markers=marker_strings(opts), signing_key=self.thinking_key,
+            )
         except BaseException:
             backend.close()
             raise

@@ -93,11 +93,16 @@ class LlamaBackend:
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.model.tokenize(text, add_special, parse_special)
 
-    def piece(self, token: int) -> bytes:
-        cached = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """Token bytes (cached); ``special`` renders control tokens as their text (tool-call replay)."""
+        key = -token - 1 if special else token
+        cached = self._pieces.get(key)
         if cached is None:
-            cached = b"" if self.model.is_eog(token) else self.model.piece(token)
-            self._pieces[token] = cached
+            if special:
+                cached = self.model.piece(token, special=True)
+            else:
+                cached = b"" if self.model.is_eog(token) else self.model.piece(token)
+            self._pieces[key] = cached
         return cached
 
     def detokenize(self, tokens: Sequence[int]) -> str:

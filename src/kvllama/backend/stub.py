@@ -30,6 +30,10 @@ class StubSampler:
     params: SamplingParams
     rng: random.Random
     closed: bool = False
+    accepted: list[int] = field(default_factory=list)
+
+    def accept(self, token: int) -> None:
+        self.accepted.append(token)
 
     def close(self) -> None:
         self.closed = True
@@ -89,7 +93,7 @@ class StubBackend:
         body = list(text.encode("utf-8"))
         return [BOS, *body] if add_special else body
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
         return bytes([token]) if 0 <= token < 256 else b""
 
     def detokenize(self, tokens: Sequence[int]) -> str:

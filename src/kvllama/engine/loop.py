@@ -19,10 +19,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvllama.backend.protocol import Backend, Row
+from kvllama.engine.channels import Channels
+from kvllama.engine.markers import MarkerRouter, MarkerStrings
 from kvllama.engine.request import AsyncioSink, Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
@@ -35,7 +37,6 @@ from kvllama.events import (
     ErrorEvent,
     FinishReason,
     Stats,
-    TextEvent,
     TokenEvent,
 )
 
@@ -71,9 +72,14 @@ class ModelLoop:
         name: str = "model",
         warm: WarmStart | None = None,
         session_policy: SessionPolicy | None = None,
+        markers: MarkerStrings | None = None,
+        signing_key: bytes | None = None,
     ) -> None:
         self.backend = backend
         self.warm = warm
+        # Thinking / tool-call markers of this model, and the key that signs thinking.
+        self.markers = markers
+        self.signing_key = signing_key
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
@@ -217,6 +223,7 @@ class ModelLoop:
             if session is None or not self._resume(r, session):
                 self.backend.clear_sequence(r.seq_id)
             r.sampler = self.backend.new_sampler(r.params)
+            self._open_channels(r)
         except KvllamaError as exc:
             self._emit_error(r, exc)
             return
@@ -228,6 +235,20 @@ class ModelLoop:
         self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
         r.status = Status.PREFILLING
         self._running.append(r)
+
+    def _open_channels(self, r: Request) -> None:
+        """Per-request event channels; with markers, a router and (for tool calls) a greedy chain."""
+        markers, router = self.markers, None
+        if markers is not None:
+            p = r.params
+            router = MarkerRouter(
+                markers,
+                thinking_enabled=p.thinking is not False,
+                thinking_budget_tokens=p.thinking_budget_tokens,
+            )
+            if markers.has_tool_calls and not p.greedy:
+                r.greedy_sampler = self.backend.new_sampler(replace(p, temperature=0.0))
+        r.channels = Channels(self.backend.piece, r.sink, r.params.stop, router, self.signing_key)
 
     def _resume(self, r: Request, session: Session) -> bool:
         """Continue a parked session in place; False when its sequence cannot be reused."""
@@ -354,7 +375,12 @@ class ModelLoop:
         if r.params.max_tokens == 0:
             self._finish(r, "length")
             return
-        token = self.backend.sample(r.sampler, row_index)
+        channels = r.channels
+        greedy = r.greedy_sampler is not None and channels is not None and channels.greedy_now
+        token = self.backend.sample(r.greedy_sampler if greedy else r.sampler, row_index)
+        if r.greedy_sampler is not None:
+            # Both chains see every token, so grammar and penalty state stay in step.
+            (r.sampler if greedy else r.greedy_sampler).accept(token)
         now = time.perf_counter()
         if r.first_token_at is None:
             r.first_token_at = now
@@ -364,14 +390,10 @@ class ModelLoop:
             return
         r.generated.append(token)
         r.sink.put(TokenEvent(token))
-        text = r.utf8.push(self.backend.piece(token))
-        if text:
-            result = r.stops.push(text)
-            if result.text:
-                r.sink.put(TextEvent(result.text))
-            if result.matched is not None:
-                self._finish(r, "stop", result.matched)
-                return
+        stop = channels.push(token) if channels is not None else None
+        if stop is not None:
+            self._finish(r, "stop", stop)
+            return
         if len(r.generated) >= r.params.max_tokens:
             self._finish(r, "length")
         elif r.n_computed + 1 >= self.backend.shape.n_ctx_seq:
@@ -384,13 +406,9 @@ class ModelLoop:
     def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
         if r.done:
             return
-        if stop is None:
-            tail = r.stops.push(r.utf8.flush())
-            stop = tail.matched
+        if stop is None and r.channels is not None:
+            stop = r.channels.finish()
             reason = "stop" if stop is not None else reason
-            rest = tail.text + ("" if stop is not None else r.stops.flush())
-            if rest:
-                r.sink.put(TextEvent(rest))
         if self.warm is not None and r.seq_id is not None and reason != "cancelled":
             self.warm.at_finish(r)
         if r.session_id is not None and r.seq_id is not None and r.n_computed > 0:
@@ -421,9 +439,10 @@ class ModelLoop:
             r.on_release()
         r.status = Status.FINISHED
         r.pending_token = None
-        if r.sampler is not None:
-            r.sampler.close()
-            r.sampler = None
+        for sampler in (r.sampler, r.greedy_sampler):
+            if sampler is not None:
+                sampler.close()
+        r.sampler = r.greedy_sampler = None
         if r.seq_id is not None:
             self.backend.clear_sequence(r.seq_id)
             r.seq_id = None

@@ -35,6 +35,10 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     # Stop at an end-of-generation token (off for benchmarks that need exact lengths).
     stop_at_eog: bool = True
+    # Extended thinking, for models loaded with thinking markers: False treats the
+    # markers as plain text; a budget ends thinking after that many tokens.
+    thinking: bool | None = None
+    thinking_budget_tokens: int | None = None
 
     @classmethod
     def from_kwargs(cls, **params: Any) -> SamplingParams:
@@ -54,7 +58,7 @@ class SamplingParams:
             params["stop"] = tuple(stop)
         else:
             raise InvalidSamplingError("stop must be a string or a list of strings")
-        cleaned = {k: v for k, v in params.items() if v is not None or k in ("seed", "grammar")}
+        cleaned = {k: v for k, v in params.items() if v is not None}
         sampling = cls(**cleaned)
         sampling.validate()
         return sampling
@@ -73,6 +77,10 @@ class SamplingParams:
             _int_in("seed", self.seed, 0, 2**32 - 2)
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
             raise InvalidSamplingError("grammar must be a non-empty GBNF string")
+        if self.thinking is not None and not isinstance(self.thinking, bool):
+            raise InvalidSamplingError("thinking must be true or false")
+        if self.thinking_budget_tokens is not None:
+            _int_in("thinking_budget_tokens", self.thinking_budget_tokens, 1, None)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidSamplingError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         for s in self.stop:

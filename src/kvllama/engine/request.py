@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvllama.engine.params import SamplingParams
-from kvllama.engine.text import StopMatcher, Utf8Assembler
 from kvllama.events import Event
 
 _ids = itertools.count(1)
@@ -99,11 +98,9 @@ class Request:
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
     restore_seconds: float = 0.0
-    utf8: Utf8Assembler = field(default_factory=Utf8Assembler)
-    stops: StopMatcher = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.stops = StopMatcher(self.params.stop)
+    # Built at admission (engine/channels.py); a greedy chain for tool-call syntax if the model has markers.
+    channels: Any = None
+    greedy_sampler: Any = None
 
     @property
     def done(self) -> bool:

@@ -63,6 +63,10 @@ class NativeSampler:
         """Sample from the logits of batch row ``index`` and accept the token."""
         return int(self._lib.llama_sampler_sample(self.handle, ctx_handle, index))
 
+    def accept(self, token: int) -> None:
+        """Advance the chain's state (grammar, penalties) by a token another chain sampled."""
+        self._lib.llama_sampler_accept(self.handle, token)
+
     def close(self) -> None:
         handle, self.handle = getattr(self, "handle", None), None
         if handle:

@@ -12,7 +12,9 @@
 Module map: ``app`` (factory, handlers), ``middleware`` (auth, body limit,
 request metrics), ``openai_routes`` / ``anthropic_routes`` (handlers),
 ``schemas_*`` (request bodies), ``openai_format`` / ``anthropic_format``
-(bodies and SSE state machines), ``generation`` (driving one engine request,
+(bodies and SSE state machines; ``anthropic_blocks`` the content-block machine
+both Anthropic replies share), ``tool_calls`` (parsing a model's tool call),
+``agent_params`` (sessions, thinking, signature checks), ``generation`` (driving one engine request,
 disconnect -> cancel), ``chat_prompt``, ``grammar`` (JSON schema -> GBNF),
 ``metrics``, ``errors``, ``sse``, ``runner`` (uvicorn), ``bench_serve``.
 """

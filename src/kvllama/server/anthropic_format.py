@@ -10,10 +10,13 @@ The stream follows Anthropic's documented order exactly::
     message_delta                  (stop_reason, stop_sequence, cumulative usage)
     message_stop
 
-:class:`AnthropicStreamWriter` is a state machine over kvllama events whose
-state is "which block is open"; thinking and tool_use blocks slot in as new
-event cases that open their own block kind. Usage: ``input_tokens`` excludes
-cache reads (Anthropic's convention: input + cache_read + cache_creation is
+:class:`AnthropicStreamWriter` frames the block events of a
+:class:`~kvllama.server.anthropic_blocks.BlockMachine` (thinking, text and
+tool_use blocks, in the order the model produced them); the non-streamed
+reply folds the same block events, so both carry the same content. A reply
+whose last block is a tool call stops with ``tool_use``.
+
+Usage: ``input_tokens`` excludes cache reads (Anthropic's convention: input + cache_read + cache_creation is
 the whole prompt); the cache read is known only at the end, so message_start
 carries the full prompt length and message_delta the corrected cumulative
 counts, which the SDKs overwrite.
@@ -25,15 +28,11 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from kvllama.events import DoneEvent, Event, TextEvent
+from kvllama.events import DoneEvent, Event
 from kvllama.results import CompletionResult
 from kvllama.server import sse
+from kvllama.server.anthropic_blocks import BlockMachine, fold_blocks
 from kvllama.server.errors import error_body, from_exception
-
-_BLOCK_START = {
-    "text": {"type": "text", "text": ""},
-    "thinking": {"type": "thinking", "thinking": "", "signature": ""},
-}
 
 
 def new_id() -> str:
@@ -51,25 +50,47 @@ def usage(result: CompletionResult) -> dict[str, int]:
 
 
 def stop_of(
-    result: CompletionResult, client_stops: Collection[str], max_tokens: int
+    result: CompletionResult, client_stops: Collection[str], max_tokens: int, tool_use: bool = False
 ) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence). Default stops added by the server are an ordinary end_turn."""
+    """(stop_reason, stop_sequence). Default stops added by the server are an ordinary end_turn.
+
+    ``tool_use``: the reply's last block is a tool call, so an ordinary end is "tool_use".
+    """
     if result.finish_reason == "length":
         full = result.stats.generated_tokens < max_tokens
         return ("model_context_window_exceeded" if full else "max_tokens"), None
     if result.stop_sequence is not None and result.stop_sequence in client_stops:
         return "stop_sequence", result.stop_sequence
-    return "end_turn", None
+    return ("tool_use" if tool_use else "end_turn"), None
+
+
+class MessageCollector:
+    """For a non-streamed reply: folds events into content blocks as the stream would show them."""
+
+    def __init__(self) -> None:
+        self.machine = BlockMachine()
+        self._blocks: list[dict[str, Any]] = []
+
+    def add(self, event: Event) -> None:
+        self._blocks += self.machine.on_event(event)
+
+    def content(self) -> list[dict[str, Any]]:
+        return fold_blocks(self._blocks + self.machine.finish())
 
 
 def response(
-    mid: str, model: str, result: CompletionResult, client_stops: Collection[str], max_tokens: int
+    mid: str, model: str, result: CompletionResult, client_stops: Collection[str], max_tokens: int,
+    collected: MessageCollector | None = None,
 ) -> dict[str, Any]:
-    """The whole non-streamed message (always one text block, as the stream has)."""
-    reason, sequence = stop_of(result, client_stops, max_tokens)
+    """The whole non-streamed message: the blocks ``collected`` folded (else one text block)."""
+    if collected is not None:
+        content = collected.content()
+        tool_use = collected.machine.ended_with_tool_use
+    else:
+        content, tool_use = [{"type": "text", "text": result.reply}], False
+    reason, sequence = stop_of(result, client_stops, max_tokens, tool_use)
     return {
-        "id": mid, "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": result.reply}],
+        "id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": reason, "stop_sequence": sequence, "usage": usage(result),
     }
 
@@ -82,8 +103,7 @@ class AnthropicStreamWriter:
     ) -> None:
         self._mid, self._model, self._input_tokens = mid, model, input_tokens
         self._client_stops, self._max_tokens = client_stops, max_tokens
-        self._index = -1
-        self._open: str | None = None
+        self._blocks = BlockMachine()
         self._pinged = False
 
     def start(self) -> list[str]:
@@ -96,18 +116,12 @@ class AnthropicStreamWriter:
         return [sse.event_frame({"type": "message_start", "message": message})]
 
     def on_event(self, event: Event) -> list[str]:
-        if isinstance(event, TextEvent) and event.text:
-            frames = self._open_block("text")
-            frames.append(self._delta({"type": "text_delta", "text": event.text}))
-            return frames
-        # TODO(thinking, tools): ThinkingDelta -> _open_block("thinking") + thinking_delta,
-        # ThinkingEnd -> signature_delta; ToolCallDelta/End -> a tool_use block + input_json_delta.
-        return []
+        return self._frames(self._blocks.on_event(event))
 
     def finish(self, done: DoneEvent, result: CompletionResult) -> list[str]:
-        frames = self._open_block("text") if self._index < 0 else []
-        frames += self._close_block()
-        reason, sequence = stop_of(result, self._client_stops, self._max_tokens)
+        frames = self._frames(self._blocks.finish())
+        reason, sequence = stop_of(result, self._client_stops, self._max_tokens,
+                                   self._blocks.ended_with_tool_use)
         frames.append(sse.event_frame({
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
@@ -119,26 +133,12 @@ class AnthropicStreamWriter:
     def error(self, exc: BaseException) -> list[str]:
         return [sse.event_frame(error_body(from_exception(exc), "anthropic"))]
 
-    def _open_block(self, kind: str, block: dict[str, Any] | None = None) -> list[str]:
-        if self._open == kind:
-            return []
-        frames = self._close_block()
-        self._index += 1
-        self._open = kind
-        frames.append(sse.event_frame({
-            "type": "content_block_start", "index": self._index,
-            "content_block": block if block is not None else dict(_BLOCK_START[kind]),
-        }))
-        if not self._pinged:
-            self._pinged = True
-            frames.append(sse.event_frame({"type": "ping"}))
+    def _frames(self, events: list[dict[str, Any]]) -> list[str]:
+        """SSE frames for block events; one ping right after the first block start, as Anthropic sends."""
+        frames = []
+        for ev in events:
+            frames.append(sse.event_frame(ev))
+            if not self._pinged and ev["type"] == "content_block_start":
+                self._pinged = True
+                frames.append(sse.event_frame({"type": "ping"}))
         return frames
-
-    def _close_block(self) -> list[str]:
-        if self._open is None:
-            return []
-        self._open = None
-        return [sse.event_frame({"type": "content_block_stop", "index": self._index})]
-
-    def _delta(self, delta: dict[str, Any]) -> str:
-        return sse.event_frame({"type": "content_block_delta", "index": self._index, "delta": delta})

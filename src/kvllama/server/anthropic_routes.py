@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kvllama.server import anthropic_format, chat_prompt
-from kvllama.server.anthropic_format import AnthropicStreamWriter
+from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
+from kvllama.server.anthropic_format import AnthropicStreamWriter, MessageCollector
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
 from kvllama.server.schemas_common import read_json, sampling, validate
@@ -25,7 +26,9 @@ async def messages(request: Request) -> Response:
     state = state_of(request)
     body = validate(MessagesRequest, await read_json(request))
     name, model_id = state.resolve(body.model)
-    prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
+    turns = body.message_dicts()
+    check_thinking_signatures(thinking_key(state), turns)
+    prompt = chat_prompt.render(state.engine, model_id, turns, system=body.system,
                                 tools=chat_prompt.tools_as_functions(body.tools))
     client_stops = list(body.stop_sequences or [])
     max_tokens = state.check_max_tokens(body.max_tokens)
@@ -34,11 +37,15 @@ async def messages(request: Request) -> Response:
         max_tokens=max_tokens, stop=prompt.stops_with(client_stops) or None,
         temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed,
     )
+    params.update(session_params(request, body.session_id))
+    if body.thinking is not None:
+        params.update(body.thinking.engine_params())
     gen = start(state, name, model_id, prompt.text, params, started)
     mid = anthropic_format.new_id()
     if not body.stream:
-        result = await complete(request, gen)
-        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens))
+        collected = MessageCollector()
+        result = await complete(request, gen, collected.add)
+        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens, collected))
     first = await first_event(request, gen)
     writer = AnthropicStreamWriter(mid, name, gen.prompt_tokens, client_stops, max_tokens)
     return sse_response(stream_frames(gen, first, writer))

@@ -38,8 +38,11 @@ class ServerConfig:
     max_queue: int | None = None
     # Exported on /metrics as kvllama_cache_* when set (the KV cache plugs in here).
     cache_metrics_provider: CacheMetricsProvider | None = None
-    # TODO(thinking, tools): per-model thinking on/off, budget and tool-call parsing
-    # options go here once the engine emits thinking and tool-call events.
+    # Key that checks the signatures of thinking blocks clients send back (Anthropic routes):
+    # a block whose signature does not verify is a 400. It must be the key the engine signs
+    # with; None: the engine's own `thinking_key`, if it has one, else no check.
+    # (Thinking and tool-call markers are per model, set when the engine loads it.)
+    thinking_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -48,5 +51,7 @@ class ServerConfig:
             raise ValueError("max_tokens_limit must be positive")
         if self.max_queue is not None and self.max_queue < 0:
             raise ValueError("max_queue must be >= 0 or None")
+        if self.thinking_key is not None and not isinstance(self.thinking_key, bytes):
+            raise ValueError("thinking_key must be bytes")
         if self.default_model is not None and self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not one of the served models")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
@@ -65,10 +65,15 @@ class Generation:
         self._meter(event)
         return event
 
-    async def drain(self) -> CompletionResult:
-        """Read to the end; the result, or the request's own typed error raised."""
-        while await self.next_event() is not None:
-            pass
+    async def drain(self, on_event: Callable[[Event], None] | None = None) -> CompletionResult:
+        """Read to the end; the result, or the request's own typed error raised.
+
+        ``on_event`` sees every event too (a non-streamed reply that builds
+        content blocks from the events, exactly as the stream would).
+        """
+        while (event := await self.next_event()) is not None:
+            if on_event is not None:
+                on_event(event)
         return self.builder.result()
 
     def result(self) -> CompletionResult:
@@ -124,10 +129,12 @@ async def first_event(request: Request, gen: Generation) -> Event:
     return event
 
 
-async def complete(request: Request, gen: Generation) -> CompletionResult:
+async def complete(
+    request: Request, gen: Generation, on_event: Callable[[Event], None] | None = None
+) -> CompletionResult:
     """Run a non-streamed request to the end, cancelling it if the client leaves."""
     try:
-        return await until_disconnect(request, gen.drain())
+        return await until_disconnect(request, gen.drain(on_event))
     finally:
         await gen.aclose()
 

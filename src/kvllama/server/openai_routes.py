@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kvllama.server import chat_prompt, openai_format
+from kvllama.server.agent_params import session_params
 from kvllama.server.errors import ApiError
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
@@ -42,6 +43,8 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = _first(body.max_completion_tokens, body.max_tokens, default=state.config.max_tokens_limit)
     params = _params(state, body, max_tokens, prompt.stops_with(stops(body.stop)))
     params["grammar"] = _grammar(body.response_format, body.grammar)
+    params.update(sampling(thinking=body.thinking, thinking_budget_tokens=body.thinking_budget_tokens))
+    params.update(session_params(request, body.session_id))
     return await _generate(request, state, "chat", (name, model_id), prompt.text, params, body, started)
 
 
@@ -58,6 +61,7 @@ async def completions(request: Request) -> Response:
     max_tokens = _first(body.max_tokens, default=state.config.default_completion_max_tokens)
     params = _params(state, body, max_tokens, stops(body.stop))
     params["grammar"] = body.grammar
+    params.update(session_params(request, body.session_id))
     return await _generate(request, state, "completion", (name, model_id), prompt, params, body, started)
 
 
@@ -101,8 +105,9 @@ async def _generate(
     gen = start(state, name, model_id, prompt, {k: v for k, v in params.items() if v is not None}, started)
     rid = openai_format.new_id(kind)
     if not body.stream:
-        result = await complete(request, gen)
-        return JSONResponse(openai_format.response(kind, rid, name, result))
+        collected = openai_format.ChatCollector() if kind == "chat" else None
+        result = await complete(request, gen, collected.add if collected is not None else None)
+        return JSONResponse(openai_format.response(kind, rid, name, result, collected))
     first = await first_event(request, gen)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return sse_response(stream_frames(gen, first, OpenAIStreamWriter(kind, rid, name, include_usage)))

@@ -12,11 +12,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvllama.server.schemas_common import CacheSalt
+from kvllama.server.schemas_common import CacheSalt, SessionId
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class ThinkingConfig(_Body):
+    """``{"type": "enabled", "budget_tokens": N}`` or ``{"type": "disabled"}``.
+
+    Anthropic requires budget_tokens >= 1024; a local model may think less, so
+    any positive budget is accepted, and leaving it out means no budget.
+    """
+
+    type: Literal["enabled", "disabled"]
+    budget_tokens: int | None = Field(default=None, ge=1)
+
+    def engine_params(self) -> dict[str, Any]:
+        if self.type == "disabled":
+            return {"thinking": False}
+        params: dict[str, Any] = {"thinking": True}
+        if self.budget_tokens is not None:
+            params["thinking_budget_tokens"] = self.budget_tokens
+        return params
 
 
 class Message(_Body):
@@ -28,11 +47,10 @@ class _Conversation(_Body):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
-    # Rendered into the chat template; tool_use output blocks come with tool-call parsing.
+    # Rendered into the chat template; calls come back as tool_use blocks (models with tool markers).
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    # TODO(thinking): honour {"type": "enabled", "budget_tokens": N} once the engine emits thinking.
-    thinking: dict[str, Any] | None = None
+    thinking: ThinkingConfig | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump() for m in self.messages]
@@ -49,6 +67,7 @@ class MessagesRequest(_Conversation):
     stream: bool = False
     seed: int | None = None
     cache_salt: CacheSalt | None = None
+    session_id: SessionId | None = None
 
 
 class CountTokensRequest(_Conversation):

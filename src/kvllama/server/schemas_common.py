@@ -32,6 +32,19 @@ def _check_salt(value: str) -> str:
 # A tenant's cache namespace (vLLM / TensorRT-LLM convention).
 CacheSalt = Annotated[str, AfterValidator(_check_salt)]
 
+SESSION_HEADER = "x-session-id"
+MAX_SESSION_ID = 256
+
+
+def _check_session(value: str) -> str:
+    if not 1 <= len(value) <= MAX_SESSION_ID or not value.isprintable():
+        raise ValueError(f"session_id must be 1 to {MAX_SESSION_ID} printable characters")
+    return value
+
+
+# Pins a conversation to one sequence slot (sticky sessions, SPEC §5).
+SessionId = Annotated[str, AfterValidator(_check_session)]
+
 
 async def read_json(request: Request) -> dict[str, Any]:
     body = await request.body()

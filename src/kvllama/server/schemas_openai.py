@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kvllama.server.schemas_common import CacheSalt
+from kvllama.server.schemas_common import CacheSalt, SessionId
 
 
 class _Body(BaseModel):
@@ -57,6 +57,7 @@ class _Sampling(_Body):
     logit_bias: dict[str, float] | None = None
     grammar: str | None = None
     cache_salt: CacheSalt | None = None
+    session_id: SessionId | None = None
 
     @field_validator("n")
     @classmethod
@@ -94,9 +95,12 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
     top_logprobs: int | None = None
-    # Rendered into the chat template; tool-call parsing is not wired yet.
+    # Rendered into the chat template; calls come back as tool_calls (models with tool markers).
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    # kvllama extensions (engine params of the same names); thinking comes back as reasoning_content.
+    thinking: bool | None = None
+    thinking_budget_tokens: int | None = Field(default=None, ge=1)
 
     @field_validator("top_logprobs")
     @classmethod

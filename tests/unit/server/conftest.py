@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,3 +39,50 @@ def make_client(
 def client(make_client: Callable[..., Made]) -> TestClient:
     return make_client()[0]
 
+
+
+class ScriptedStream:
+    """Stands in for AsyncRequestStream: yields a fixed list of events."""
+
+    def __init__(self, events: list[Any], prompt: tuple[int, ...]) -> None:
+        self.events = events
+        self.request = SimpleNamespace(prompt=prompt)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Any]:
+        for event in self.events:
+            yield event
+
+
+@dataclass
+class Scripted:
+    """A client whose engine answers every generation with ``events``; ``calls`` records (prompt, params)."""
+
+    client: TestClient
+    engine: kvllama.Engine
+    events: list[Any]
+    calls: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+
+
+@pytest.fixture
+def scripted(make_client: Callable[..., Made]) -> Callable[..., Scripted]:
+    """scripted(events, config=None) -> Scripted; the stub engine's ainfer replays ``events``."""
+
+    def make(events: list[Any], config: ServerConfig | None = None) -> Scripted:
+        client, engine, _ = make_client(config)
+        made = Scripted(client, engine, list(events))
+
+        def ainfer(model_id: str, prompt: Any, **params: Any) -> ScriptedStream:
+            made.calls.append((prompt, params))
+            return ScriptedStream(made.events, tuple(range(10)))
+
+        engine.ainfer = ainfer  # type: ignore[method-assign]
+        return made
+
+    return make
