@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     g.add_argument("--max-queue", type=int, default=None,
                    help="refuse (429/529) beyond this many queued requests")
+    g.add_argument("--thinking-key", default=os.environ.get("KVLLAMA_THINKING_KEY"),
+                   help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
     g.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     srv.set_defaults(func=_cmd_serve)
@@ -132,6 +134,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--swa-full", action="store_true", default=None)
     g.add_argument("--kv-unified", action="store_true", default=None)
     g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
+    g.add_argument("--markers", default=None,
+                   help="thinking/tool-call marker preset (think, deepseek-r1, qwen3, hermes, gemma-tools)")
     g.add_argument("--use-extra-bufts", action="store_true", default=None,
                    help="llama.cpp CPU weight repacking: faster, not batch-invariant")
     g.add_argument("--max-decode-rows", type=int, default=None,
@@ -156,7 +160,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows")
+                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows", "markers")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
 
@@ -168,7 +172,7 @@ def _pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     from kvllama import Engine
 
-    engine = Engine(cache=engine_cache_config(args))
+    engine = Engine(cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None))
     engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
     return engine
 
@@ -221,10 +225,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from kvllama.server import ServerConfig, serve
 
     name = args.served_model_name
-    config = ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
-                          max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
-                          max_queue=args.max_queue)
     with _load(args) as engine:
+        config = ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
+                              max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                              max_queue=args.max_queue, cache_metrics_provider=engine.cache_metrics)
         serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

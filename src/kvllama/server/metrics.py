@@ -101,7 +101,17 @@ class _CacheCollector(Collector):
             log.exception("cache_metrics_provider failed")
             return
         for name, value in sorted(values.items()):
-            yield _family(f"kvllama_cache_{name}", value)
+            yield from _families(f"kvllama_cache_{name}", value)
+
+
+def _families(name: str, value: Any) -> Iterator[Metric]:
+    """A nested mapping ({tier: {bytes, rows}}) becomes one labelled family per inner field."""
+    if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+        fields = sorted({f for inner in value.values() for f in inner})
+        for f in fields:
+            yield _family(f"{name}_{f}", {k: inner.get(f, 0) for k, inner in value.items()})
+    else:
+        yield _family(name, value)
 
 
 def _family(name: str, value: Any) -> Metric:
