@@ -18,6 +18,9 @@ import kvllama
 from kvllama.server import ServerConfig, ServerThread, create_app
 
 MODEL = "gemma"
+# The same weights loaded with Qwen-style markers, for thinking and tool-call tests.
+AGENT_MODEL = "gemma-agent"
+THINKING_KEY = b"server-test-thinking-key"
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served() -> Iterator[Served]:
-    with kvllama.Engine() as engine:
+    with kvllama.Engine(thinking_key=THINKING_KEY) as engine:
         engine.load_model(MODEL, n_seq_max=2, n_ctx=4096, n_threads=1)
+        engine.load_model(AGENT_MODEL, n_seq_max=2, n_ctx=4096, n_threads=1, markers="qwen3")
         app = create_app(engine, ServerConfig(max_tokens_limit=1024))
         with ServerThread(app) as url:
             yield Served(url, engine)

@@ -66,7 +66,7 @@ def test_embeddings_float_and_base64_agree(oai, served):
 
 
 def test_models_list(oai):
-    assert [m.id for m in oai.models.list()] == [MODEL]
+    assert sorted(m.id for m in oai.models.list()) == [MODEL, "gemma-agent"]
     assert oai.models.retrieve(MODEL).owned_by == "kvllama"
 
 

@@ -114,9 +114,14 @@ class WarmStart:
         return key
 
     def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: str) -> None:
-        """Save a parked session's sequence before its slot is given back."""
+        """Save a parked session's sequence before its slot is given back.
+
+        Synchronous, bounded by the cache's sync timeout: the sequence is about
+        to be cleared, so a dropped save would lose the conversation's state.
+        """
         if tokens:
-            self.cache.save(self.root(salt), tokens, self.backend.sequence_state(seq_id), reason)
+            blob = self.backend.sequence_state(seq_id)
+            self.cache.save(self.root(salt), tokens, blob, reason, sync=True)
 
     def should_wait(self, r: Request, running: list[Request]) -> bool:
         """True while another request prefills (or is still saving) a prompt row ``r`` could restore.

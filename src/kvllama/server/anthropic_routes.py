@@ -36,6 +36,7 @@ async def messages(request: Request) -> Response:
         cache_salt=body.cache_salt,
         max_tokens=max_tokens, stop=prompt.stops_with(client_stops) or None,
         temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed,
+        grammar=body.grammar,
     )
     params.update(session_params(request, body.session_id))
     if body.thinking is not None:

@@ -68,6 +68,8 @@ class MessagesRequest(_Conversation):
     seed: int | None = None
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
+    # Extension (as on the OpenAI routes): a GBNF grammar constraining the reply.
+    grammar: str | None = None
 
 
 class CountTokensRequest(_Conversation):
