@@ -127,7 +127,8 @@ async def _one_request(
     return {
         "ttft": ttft if ttft is not None else total, "seconds": total, "text": "".join(text),
         "prompt_tokens": usage.get("prompt_tokens", 0),
-        "completion_tokens": usage.get("completion_tokens", 0),
+        # Servers that send no usage when streaming: count content chunks (about one per token).
+        "completion_tokens": usage.get("completion_tokens", len(text)),
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
     }
 
