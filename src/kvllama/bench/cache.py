@@ -43,7 +43,7 @@ from kvllama.kvcache import CacheConfig
 from kvllama.results import CompletionResult
 
 MODEL = "bench"
-SUFFIX_TOKENS = 32  # >= the engine's min_tail (16): the warm request prefills only this
+SUFFIX_TOKENS = 16  # >= the engine's min_tail (8): the warm request prefills only this
 ALIGN = 64  # prompt rows are saved on multiples of this (SavePolicy.boundary)
 MIN_PREFIX = 128  # SavePolicy.min_tokens: shorter prompts are not saved after prefill
 TIERS = ("ram", "shm", "disk")

@@ -30,7 +30,7 @@ class SavePolicy:
     # Prompt rows sit on multiples of this (matches the prefill chunk alignment).
     boundary: int = 64
     # A restore leaves at least this many prompt tokens to prefill.
-    min_tail: int = 16
+    min_tail: int = 8
     # Save every this many generated tokens during long generations (0: never).
     continued_interval: int = 512
     # A finish row is saved when the request added at least this many tokens.
