@@ -39,9 +39,14 @@ from kvllama.models.loaded import LoadedModel, ModelInfo
 from kvllama.options import ModelOptions
 from kvllama.results import CompletionResult
 
-# Marker for "the default cache": RAM and /dev/shm tiers on, disk off; pass
-# CacheConfig(disk_dir=...) for rows that survive restarts.
-DEFAULT_CACHE = CacheConfig.__new__(CacheConfig)
+
+class _DefaultCache:
+    """The default cache: RAM and /dev/shm tiers on, disk off (built per engine, so
+    ``$KVLLAMA_SHM_DIR`` is read when the engine starts). Pass
+    ``CacheConfig(disk_dir=...)`` for rows that survive restarts."""
+
+
+DEFAULT_CACHE = _DefaultCache()
 
 Prompt = str | Sequence[int]
 # Builds a backend from a GGUF path (None: the embedded default) and options.
@@ -76,7 +81,7 @@ class Engine:
     def __init__(
         self,
         *,
-        cache: CacheConfig | None = DEFAULT_CACHE,
+        cache: CacheConfig | _DefaultCache | None = DEFAULT_CACHE,
         save_policy: SavePolicy | None = None,
         thinking_key: bytes | str | None = None,
         backend_factory: BackendFactory | None = None,
@@ -87,7 +92,7 @@ class Engine:
         """
         self.thinking_key = thinking_key.encode() if isinstance(thinking_key, str) else thinking_key
         self._factory = backend_factory or llama_backend_factory
-        if cache is DEFAULT_CACHE:
+        if isinstance(cache, _DefaultCache):
             cache = CacheConfig()
         self.cache: KvCache | None = KvCache(cache) if cache is not None else None
         self._save_policy = save_policy or SavePolicy()
