@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
 
+    _add_serve_parser(sub)
+    _add_bench_parsers(sub)
+    register_cache_command(sub)
+    return parser
+
+
+def _add_serve_parser(sub: Any) -> None:
     srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
     _add_model_flags(srv)
     add_cache_flags(srv)
@@ -76,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                    choices=["critical", "error", "warning", "info", "debug"])
     srv.set_defaults(func=_cmd_serve)
 
+
+def _add_bench_parsers(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks that measure side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     tput = bench_sub.add_parser("throughput", help="engine vs a bare llama_decode loop, by concurrency")
@@ -87,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     tput.add_argument("--repeat", type=int, default=3, help="alternating runs per level (medians)")
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     tput.set_defaults(func=_cmd_bench_throughput)
+    _add_bench_serve_parser(bench_sub)
+    _add_bench_cache_parser(bench_sub)
+
+
+def _add_bench_serve_parser(bench_sub: Any) -> None:
     bserve = bench_sub.add_parser("serve", help="multi-turn chat workload against an OpenAI-style server")
     bserve.add_argument("--url", "--base-url", dest="url", default="http://127.0.0.1:8000")
     bserve.add_argument("--served-model-name", default=MODEL_ID)
@@ -97,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
     bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     bserve.set_defaults(func=_cmd_bench_serve)
+
+
+def _add_bench_cache_parser(bench_sub: Any) -> None:
     bcache = bench_sub.add_parser(
         "cache", help="time to first token cold vs warm per tier, agents sharing a prompt, restart",
         description="Cold vs warm TTFT per tier, four agents sharing a system prompt with the cache "
@@ -112,8 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     bcache.add_argument("--max-tokens", type=int, default=32, help="reply tokens per agent turn")
     bcache.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     bcache.set_defaults(func=_cmd_bench_cache)
-    register_cache_command(sub)
-    return parser
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
