@@ -117,5 +117,6 @@ class NativeContext:
         return bytes(memoryview(buf)[:written])
 
     def state_seq_set(self, seq_id: int, blob: bytes) -> bool:
-        buf = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-        return self._lib.llama_state_seq_set_data(self.handle, buf, len(blob), seq_id) > 0
+        # Zero-copy: llama.cpp only reads the buffer, and ``blob`` outlives the call.
+        ptr = ctypes.cast(ctypes.c_char_p(blob), ctypes.POINTER(ctypes.c_uint8))
+        return self._lib.llama_state_seq_set_data(self.handle, ptr, len(blob), seq_id) > 0
