@@ -268,7 +268,12 @@ class Engine:
 
     def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
         self._streams[stream.id] = stream
-        model.loop.submit(stream.request)
+        try:
+            model.loop.submit(stream.request)
+        except BaseException:
+            if stream.request.on_release is not None:
+                stream.request.on_release()  # the session claimed in _prepare is not in use
+            raise
 
     @staticmethod
     def _prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:

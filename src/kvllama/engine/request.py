@@ -97,7 +97,6 @@ class Request:
     finish_key: bytes | None = None
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
-    restore_seconds: float = 0.0
     # Built at admission (engine/channels.py); a greedy chain for tool-call syntax if the model has markers.
     channels: Any = None
     greedy_sampler: Any = None

