@@ -170,5 +170,38 @@ class NoKvSlotError(DecodeError):
     code = "no_kv_slot"
 
 
+class DecodeAbortedError(DecodeError):
+    """llama_decode returned 2: the pass was stopped (its time budget ran out, or abort())."""
+
+    code = "decode_aborted"
+
+
+class DecodeTimeoutError(DecodeAbortedError):
+    """One forward pass ran longer than the model's ``decode_timeout``."""
+
+    code = "decode_timeout"
+
+
+class GrammarExhaustedError(InvalidRequestError):
+    """The request's grammar allows none of the model's tokens at this point.
+
+    The request ends with this error before anything is accepted into the
+    grammar (llama.cpp would otherwise abort the process)."""
+
+    code = "grammar_exhausted"
+
+
+class InternalEngineError(KvllamaError):
+    """A bug inside kvllama ended this request (the loop logged it and serves on)."""
+
+    code = "internal_error"
+
+
+class ContextLostError(KvllamaError):
+    """The model's llama.cpp context failed and was rebuilt; requests in flight ended."""
+
+    code = "context_lost"
+
+
 class EngineClosedError(KvllamaError):
     code = "engine_closed"

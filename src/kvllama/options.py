@@ -68,6 +68,10 @@ class ModelOptions:
     max_decode_rows: int = 7
     # How the cache identifies the model file: "sha256" (whole file) or "fast".
     fingerprint: str = "sha256"
+    # Seconds one forward pass may run before llama.cpp is told to abort it (0: no
+    # limit). The requests of an aborted pass end with DecodeTimeoutError and the
+    # loop goes on; a 512-row prompt chunk of a 1B model takes ~1-2 s on 2 cores.
+    decode_timeout: float = 120.0
     # Extended thinking / tool-call markers: a preset name (docs/agents.md), and/or
     # explicit strings: thinking_markers=("<think>", "</think>"),
     # tool_call_markers={"start": ..., "end": ..., "payload_start": ..., "payload_end": ...}.
@@ -101,6 +105,9 @@ class ModelOptions:
         _int("n_seq_max", self.n_seq_max, minimum=1, maximum=256)
         _int("n_threads", self.n_threads, minimum=1)
         _int("max_decode_rows", self.max_decode_rows, minimum=0)
+        if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)
+                or not 0 <= self.decode_timeout < 1e9):
+            raise InvalidOptionError("decode_timeout", self.decode_timeout, "seconds >= 0 (0: no limit)")
         if self.n_threads_batch is not None:
             _int("n_threads_batch", self.n_threads_batch, minimum=1)
         if self.n_ctx is not None:

@@ -54,9 +54,9 @@ def test_session_table_releases_idle_over_share_and_for_waiters():
     table = SessionTable(4, SessionPolicy(idle_timeout=10, max_share=0.5))
     for i, age in enumerate((100, 5, 3)):
         table.park(Session(f"s{i}", i, (1, 2), None))
-        table.parked[f"s{i}"].last_used = 1000 - age
+        table.parked[(None, f"s{i}")].last_used = 1000 - age
     out = table.to_release(waiting=0, free_slots=1, now=1000)
     assert [s.id for s in out] == ["s0"]  # idle too long; the other two fit the 50 % share
-    table.parked.pop("s0")
+    table.parked.pop((None, "s0"))
     assert [s.id for s in table.to_release(waiting=2, free_slots=1, now=1000)] == ["s1"]
     assert SessionTable.reusable_prefix((1, 2, 3), (1, 2, 3)) == 2  # one token left to decode

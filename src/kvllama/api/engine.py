@@ -8,6 +8,7 @@ typed exception in the caller's thread and never reaches the decode loop.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -49,6 +50,8 @@ class _DefaultCache:
 DEFAULT_CACHE = _DefaultCache()
 
 Prompt = str | Sequence[int]
+# Most texts one embed() call takes (OpenAI's limit for /v1/embeddings).
+MAX_EMBED_INPUTS = 2048
 # Builds a backend from a GGUF path (None: the embedded default) and options.
 BackendFactory = Callable[[str | None, ModelOptions], Backend]
 
@@ -73,6 +76,36 @@ def llama_backend_factory(path: str | None, options: ModelOptions) -> Backend:
     from kvllama.models.default import default_model_path
 
     return LlamaBackend(path if path is not None else default_model_path(), options)
+
+
+def check_text(field: str, text: str) -> None:
+    """Text llama.cpp will see must be valid Unicode: a lone surrogate cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{field} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x} at index "
+            f"{exc.start}); send valid Unicode text"
+        ) from None
+
+
+def _bound_by_model(p: SamplingParams, backend: Backend) -> SamplingParams:
+    """Clamp the values llama.cpp sizes allocations by to what the model can use.
+
+    ``top_k`` above the vocabulary keeps every token and ``penalty_last_n`` above
+    the sequence's context looks at every token it can hold, so clamping changes
+    no output; unclamped, 2**31 made llama.cpp allocate gigabytes. Values that
+    do not fit llama.cpp's int32 are refused (ctypes would silently wrap them).
+    """
+    for name in ("top_k", "penalty_last_n"):
+        value = getattr(p, name)
+        if value > _INT32_MAX:
+            raise InvalidOptionError(name, value, f"at most {_INT32_MAX}")
+    n_vocab, n_ctx_seq = backend.description.n_vocab, backend.shape.n_ctx_seq
+    return replace(p, top_k=min(p.top_k, n_vocab), penalty_last_n=min(p.penalty_last_n, n_ctx_seq))
+
+
+_INT32_MAX = 2**31 - 1
 
 
 class Engine:
@@ -102,8 +135,8 @@ class Engine:
             weakref.WeakValueDictionary()
         )
         self._closed = False
-        # Sessions with a request in flight, per (model id, session id).
-        self._busy_sessions: set[tuple[str, str]] = set()
+        # Sessions with a request in flight, per (model id, cache salt, session id).
+        self._busy_sessions: set[tuple[str, str | None, str]] = set()
 
     def __enter__(self) -> Engine:
         return self
@@ -204,6 +237,22 @@ class Engine:
         self._start(model, stream)
         return stream
 
+    async def asubmit(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncRequestStream:
+        """:meth:`ainfer` with the request's CPU work in a worker thread.
+
+        Tokenizing a long prompt and parsing a grammar can take a while; done on
+        the event loop they would stall every other stream an HTTP server feeds.
+        """
+        sink = asyncio_sink()
+        model, request = await asyncio.to_thread(self._prepare, model_id, prompt, params, sink)
+        stream = AsyncRequestStream(request, model.loop, model_id)
+        try:
+            self._start(model, stream)
+        except BaseException:
+            self._close_samplers(request)
+            raise
+        return stream
+
     def cancel(self, request: RequestStream | AsyncRequestStream | str) -> bool:
         """Idempotent. Returns False if the id is unknown (finished and forgotten)."""
         stream = self._streams.get(request) if isinstance(request, str) else request
@@ -226,19 +275,40 @@ class Engine:
         if parent_key is not None and not isinstance(parent_key, bytes):
             raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
         sampling = SamplingParams.from_kwargs(**params).with_seed()
-        tokens = self._prompt_tokens(model.backend, prompt)
-        n_ctx_seq = model.backend.shape.n_ctx_seq
+        backend = model.backend
+        sampling = _bound_by_model(sampling, backend)
+        tokens = self._prompt_tokens(backend, prompt)
+        n_ctx_seq = backend.shape.n_ctx_seq
         if len(tokens) >= n_ctx_seq:
             raise ContextOverflowError(len(tokens), n_ctx_seq)
         request = Request(new_request_id(), tuple(tokens), sampling, sink)
         request.cache_salt, request.parent_key = salt, parent_key
-        if session_id is not None:
-            self._claim_session(model_id, session_id, request)
+        # Built here, in the caller's thread: a grammar is parsed before the loop sees it.
+        request.sampler = backend.new_sampler(sampling)
+        markers = model.loop.markers
+        try:
+            if markers is not None and markers.has_tool_calls and not sampling.greedy:
+                request.greedy_sampler = backend.new_sampler(replace(sampling, temperature=0.0))
+            if session_id is not None:
+                self._claim_session(model_id, session_id, request)
+        except BaseException:
+            self._close_samplers(request)
+            raise
         return model, request
 
+    @staticmethod
+    def _close_samplers(request: Request) -> None:
+        for sampler in (request.sampler, request.greedy_sampler):
+            if sampler is not None:
+                sampler.close()
+        request.sampler = request.greedy_sampler = None
+
     def _claim_session(self, model_id: str, session_id: str, request: Request) -> None:
-        """Fail fast if the session is busy; free it again when the request ends."""
-        slot = (model_id, session_id)
+        """Fail fast if the session is busy; free it again when the request ends.
+
+        Sessions are per tenant: the same id under another cache salt is another session.
+        """
+        slot = (model_id, request.cache_salt, session_id)
         with self._lock:
             if slot in self._busy_sessions:
                 raise SessionBusyError(session_id)
@@ -251,20 +321,23 @@ class Engine:
 
         request.on_release = release
 
-    def end_session(self, session_id: str, model_id: str | None = None) -> bool:
+    def end_session(
+        self, session_id: str, model_id: str | None = None, cache_salt: str | None = None
+    ) -> bool:
         """Release a sticky session's sequence slot (saving it to the cache first).
 
-        Returns False if no model holds that session idle (unknown, or a request
-        of it is still running: then ``SessionBusyError``).
+        ``cache_salt`` names the tenant the session belongs to. Returns False if
+        no model holds that session idle (unknown, or a request of it is still
+        running: then ``SessionBusyError``).
         """
         with self._lock:
             models = [self._models[model_id]] if model_id in self._models else list(self._models.values())
             if model_id is not None and model_id not in self._models:
                 raise UnknownModelError(model_id)
-            busy = any((m.id, session_id) in self._busy_sessions for m in models)
+            busy = any((m.id, cache_salt, session_id) in self._busy_sessions for m in models)
         if busy:
             raise SessionBusyError(session_id)
-        return any(m.loop.end_session(session_id) for m in models)
+        return any(m.loop.end_session(session_id, cache_salt) for m in models)
 
     def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
         self._streams[stream.id] = stream
@@ -273,6 +346,7 @@ class Engine:
         except BaseException:
             if stream.request.on_release is not None:
                 stream.request.on_release()  # the session claimed in _prepare is not in use
+            self._close_samplers(stream.request)
             raise
 
     @staticmethod
@@ -280,6 +354,7 @@ class Engine:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt is empty")
+            check_text("prompt", prompt)
             bos = backend.description.special_tokens.get("bos_token")
             # A rendered chat template may already start with BOS; never add a second.
             add_special = not (bos and prompt.startswith(bos))
@@ -360,14 +435,25 @@ class Engine:
         )
 
     def embed(self, model_id: str, texts: str | Sequence[str]) -> list[list[float]]:
-        """One pooled vector per text (mean over tokens; last token where pooling is absent)."""
+        """One pooled vector per text (mean over tokens; last token where pooling is absent).
+
+        Runs in the caller's thread on the model's embedding context, never on
+        the decode thread: a call with thousands of inputs does not stall the
+        streams being generated meanwhile. Calls to one model take turns.
+        """
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items or not all(isinstance(t, str) and t for t in items):
             raise InvalidRequestError("texts must be a non-empty string or list of them")
+        if len(items) > MAX_EMBED_INPUTS:
+            raise InvalidRequestError(
+                f"{len(items)} texts in one embed call; at most {MAX_EMBED_INPUTS} (split the batch)"
+            )
+        for i, text in enumerate(items):
+            check_text(f"texts[{i}]", text)
         model = self._model(model_id)
         token_lists = [model.backend.tokenize(t, add_special=True) for t in items]
-        future = model.loop.call(lambda: [model.backend.embed(toks) for toks in token_lists])
-        return future.result()
+        with model.embed_lock:
+            return [model.backend.embed(toks) for toks in token_lists]
 
     # --- lifecycle ----------------------------------------------------------
 

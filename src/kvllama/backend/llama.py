@@ -15,7 +15,7 @@ from kvllama.native.batch import NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
 from kvllama.native.model import NativeModel
-from kvllama.native.sampler import NativeSampler
+from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
 
 _POOLING_MEAN = 1
@@ -42,16 +42,20 @@ class LlamaBackend:
             # One hidden scratch sequence (id n_seq_max) for slot compaction moves.
             n_seq = options.n_seq_max + 1
             # Registered after the model so ExitStack frees the context first.
-            self.ctx = self._stack.enter_context(
-                NativeContext(self.model, options, per_seq * n_seq, n_seq=n_seq)
-            )
+            self.ctx = NativeContext(self.model, options, per_seq * n_seq, n_seq=n_seq)
+            # A callback, not the object: rebuild() swaps the context.
+            self._stack.callback(lambda: self.ctx.close())
             self._stack.callback(self._close_embedding_context)
             self.batch = NativeBatch(self.ctx.n_batch)
             self._stack.callback(self.batch.close)
+            self._flush_batch = NativeBatch(1)
+            self._stack.callback(self._flush_batch.close)
         except BaseException:
             self._stack.close()
             raise
         self._pieces: dict[int, bytes] = {}
+        # Grammar sampling's candidate array, shared (sampling runs on the decode thread only).
+        self._candidates = CandidateBuffer(facts["n_vocab"])
         self.description = ModelDescription(
             path=path,
             architecture=self.gguf.architecture,
@@ -114,7 +118,8 @@ class LlamaBackend:
     # --- decode thread ------------------------------------------------------
 
     def new_sampler(self, params: SamplingParams) -> NativeSampler:
-        return NativeSampler(self.model, params)
+        """Any thread: parsing a grammar happens here, never on the decode thread."""
+        return NativeSampler(self.model, params, self._candidates)
 
     def decode(self, rows: Sequence[Row]) -> None:
         self.batch.fill(rows)
@@ -127,17 +132,47 @@ class LlamaBackend:
         self.ctx.clear_sequence(seq_id, from_pos, -1)
 
     def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:
+        """Cut to ``n_keep`` tokens, unless a sliding window below the cut is already gone.
+
+        llama.cpp's ``seq_rm`` reports success on a sliding-window cache even when
+        the cells the next token must attend to were pruned long ago, so check
+        first (llama-server's rule: the sequence must still hold every position
+        from ``n_keep - n_swa`` on).
+        """
+        n_swa = self.description.extra.get("n_swa", 0)
+        window_gone = n_swa > 0 and self.ctx.seq_pos_min(seq_id) > max(0, n_keep - n_swa)
+        if window_gone and not self.options.swa_full:
+            return False
         return self.ctx.clear_sequence(seq_id, n_keep, -1)
 
     def move_sequence(self, src: int, dst: int) -> None:
         self.ctx.move_sequence(src, dst)
 
     def sequence_state(self, seq_id: int) -> bytes:
+        self._apply_pending_copies()
         return self.ctx.state_seq_get(seq_id)
 
     def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
+        self._apply_pending_copies()
         self.ctx.clear_sequence(seq_id)
         return self.ctx.state_seq_set(seq_id, blob)
+
+    def _apply_pending_copies(self) -> None:
+        # The scratch sequence (id n_seq_max) is free outside compaction.
+        self.ctx.apply_pending_copies(self.shape.n_seq_max, self._flush_batch, token=0)
+
+    def abort(self) -> None:
+        """Stop the forward pass running now (any thread); the loop ends its requests."""
+        self.ctx.abort()
+
+    def rebuild(self) -> None:
+        """A fresh context of the same shape after llama.cpp reported a fatal error.
+
+        Every sequence is gone afterwards; the model's weights are kept.
+        """
+        old = self.ctx
+        old.close()  # first: the memory goes back before the new context takes its own
+        self.ctx = NativeContext(self.model, self.options, old.n_ctx, n_seq=old.n_seq_max)
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         """Mean-pooled over the sequence; the last token's vector if pooling is unavailable.

@@ -68,8 +68,13 @@ class Backend(Protocol):
     def detokenize(self, tokens: Sequence[int]) -> str: ...
     def is_eog(self, token: int) -> bool: ...
 
+    def new_sampler(self, params: SamplingParams) -> Sampler:
+        """Any thread: grammar parsing happens here, before a request reaches the loop."""
+
+    def abort(self) -> None:
+        """Any thread: stop the forward pass running now (decode raises DecodeAbortedError)."""
+
     # --- decode thread only ---
-    def new_sampler(self, params: SamplingParams) -> Sampler: ...
     def decode(self, rows: Sequence[Row]) -> None: ...
     def sample(self, sampler: Sampler, row_index: int) -> int: ...
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
@@ -86,5 +91,10 @@ class Backend(Protocol):
     def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
         """Load a blob from sequence_state into ``seq_id``; False if llama.cpp refused it."""
 
-    def embed(self, tokens: Sequence[int]) -> list[float]: ...
+    def rebuild(self) -> None:
+        """Replace a context llama.cpp reported broken with a fresh one (all sequences lost)."""
+
+    def embed(self, tokens: Sequence[int]) -> list[float]:
+        """Any thread, one caller at a time: embeddings use a context of their own."""
+
     def close(self) -> None: ...

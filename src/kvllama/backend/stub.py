@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kvllama.backend.protocol import ContextShape, ModelDescription, Row
 from kvllama.engine.params import SamplingParams
-from kvllama.errors import BatchOverflowError, DecodeError, GrammarError
+from kvllama.errors import BatchOverflowError, DecodeAbortedError, DecodeError, GrammarError
 
 BOS, EOS = 256, 257
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz     .,"
@@ -50,6 +49,10 @@ class StubConfig:
     decode_delay: float = 0.0
     # A prompt token that makes any decode containing it fail (fault injection).
     poison_token: int | None = None
+    # A prompt token whose decode reports llama.cpp's "fatal error" (the context must be rebuilt).
+    fatal_token: int | None = None
+    # A token whose sampling raises a plain Python error (a bug in sampling code).
+    crash_sample_after: int | None = None
     chat_template: str | None = None
     max_decode_rows: int = 0
     # Behave like a sliding-window model whose memory cannot be cut mid-sequence.
@@ -83,7 +86,9 @@ class StubBackend:
         self.samplers_created = 0
         self.moves: list[tuple[int, int]] = []
         self.restores = 0
+        self.rebuilds = 0
         self.closed = False
+        self._abort = threading.Event()
         self._last_rows: list[Row] = []
         self._lock = threading.Lock()
 
@@ -113,11 +118,18 @@ class StubBackend:
     def decode(self, rows: Sequence[Row]) -> None:
         if len(rows) > self.shape.n_batch:
             raise BatchOverflowError(len(rows), self.shape.n_batch)
+        self._abort.clear()  # like llama.cpp's flag, lowered when a pass starts
         if self.config.decode_delay:
-            time.sleep(self.config.decode_delay)
+            self._abort.wait(self.config.decode_delay)
+        if self._abort.is_set():
+            self._abort.clear()
+            raise DecodeAbortedError(2, "aborted")
         poison = self.config.poison_token
         if poison is not None and any(tok == poison for tok, *_ in rows):
-            raise DecodeError(-2, "stub poison token")
+            raise DecodeError(-1, "stub poison token")
+        fatal = self.config.fatal_token
+        if fatal is not None and any(tok == fatal for tok, *_ in rows):
+            raise DecodeError(-3, "stub fatal error")
         for tok, pos, seq, _want in rows:
             if not 0 <= seq < self.shape.n_seq_max:
                 raise DecodeError(-1, f"sequence id {seq} out of range")
@@ -132,6 +144,9 @@ class StubBackend:
 
     def sample(self, sampler: StubSampler, row_index: int) -> int:
         _tok, pos, seq, want = self._last_rows[row_index]
+        crash = self.config.crash_sample_after
+        if crash is not None and pos >= crash:
+            raise ZeroDivisionError("stub sampling bug")
         if not want:
             raise DecodeError(-1, f"row {row_index} has no logits")
         context = self.seqs[seq].tokens[: pos + 1]
@@ -184,6 +199,13 @@ class StubBackend:
         self.seqs[seq_id] = _SeqState(tokens=tokens)
         self.restores += 1
         return True
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def rebuild(self) -> None:
+        self.seqs.clear()
+        self.rebuilds += 1
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         digest = hashlib.sha256(bytes(str(list(tokens)), "ascii")).digest()

@@ -27,10 +27,18 @@ from kvllama.engine.channels import Channels
 from kvllama.engine.markers import MarkerRouter, MarkerStrings
 from kvllama.engine.request import AsyncioSink, Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
-from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.engine.sessions import Session, SessionKey, SessionPolicy, SessionTable
 from kvllama.engine.slots import plan_moves
 from kvllama.engine.warm import WarmStart
-from kvllama.errors import EngineClosedError, KvllamaError
+from kvllama.errors import (
+    ContextLostError,
+    DecodeAbortedError,
+    DecodeError,
+    DecodeTimeoutError,
+    EngineClosedError,
+    InternalEngineError,
+    KvllamaError,
+)
 from kvllama.events import (
     CacheDelta,
     DoneEvent,
@@ -57,9 +65,23 @@ class LoopStatus:
     admitted: int = 0
     finished_waiting: int = 0
     completed: int = 0
+    # False while the context is being rebuilt after a fatal llama.cpp error.
+    healthy: bool = True
+    # Faults the loop survived: requests it ended with an error it did not expect, rebuilds.
+    faults: int = 0
+    context_rebuilds: int = 0
 
 
 _STOP = object()
+
+
+def _typed(exc: Exception) -> Exception:
+    """What a request sees of a failure: kvllama's typed errors as they are, bugs as InternalEngineError."""
+    if isinstance(exc, KvllamaError):
+        return exc
+    return InternalEngineError(
+        f"internal error in the decode loop ({type(exc).__name__}: {exc}); see the kvllama.engine log"
+    )
 PREFILL_ALIGN = 64
 
 
@@ -88,6 +110,8 @@ class ModelLoop:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
+        # Requests with a prompt chunk in the forward pass running now (read by cancel()).
+        self._prefilling_now: frozenset[Request] = frozenset()
         self._submitted = 0
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -104,8 +128,15 @@ class ModelLoop:
             self._inbox.put(request)
 
     def cancel(self, request: Request) -> None:
-        """Idempotent; takes effect before the next tick."""
+        """Idempotent; takes effect before the next tick.
+
+        A prompt chunk of this request that is being computed right now is
+        aborted (a long prefill pass should not finish for nobody); the other
+        requests of that pass are retried on their own.
+        """
         request.cancel_requested = True
+        if request in self._prefilling_now:
+            self.backend.abort()
         self._inbox.put(None)  # wake the loop if it is idle
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
@@ -116,6 +147,11 @@ class ModelLoop:
                 raise EngineClosedError("this model has been unloaded")
             self._inbox.put((fn, future))
         return future
+
+    @property
+    def healthy(self) -> bool:
+        """The loop thread is serving and its context is not being rebuilt."""
+        return self.status.healthy and self._thread.is_alive() and not self._closed
 
     @property
     def pending(self) -> int:
@@ -139,16 +175,16 @@ class ModelLoop:
             while True:
                 if not self._drain_inbox(block=not (self._running or self._waiting)):
                     break
-                self._sweep_cancelled()
-                self._compact()
-                self._admit()
-                if self._running:
-                    self._tick()
-                    self._compact()
-                elif self._waiting:
-                    time.sleep(0.002)  # only deferred requests: their prefix row is being published
+                try:
+                    self._step()
+                except Exception as exc:
+                    # A bug, not a request's fault: end the requests in flight with an
+                    # error (never leave one unanswered) and keep serving.
+                    log.exception("decode loop step failed; ending the requests in flight")
+                    self.status.faults += 1
+                    self._recover(exc)
                 self._publish_status()
-        except BaseException:  # pragma: no cover - a bug; fail every request loudly
+        except BaseException:  # pragma: no cover - interpreter shutdown or a bug in recovery
             log.exception("decode loop crashed")
             with self._submit_lock:
                 self._closed = True
@@ -162,6 +198,57 @@ class ModelLoop:
             for session in list(self.sessions.parked.values()):
                 self._release_session(session, "shutdown")
             self.status.phase = "idle"
+
+    def _step(self) -> None:
+        self._sweep_cancelled()
+        self._compact()
+        self._admit()
+        if self._running:
+            self._tick()
+            self._compact()
+        elif self._waiting:
+            time.sleep(0.002)  # only deferred requests: their prefix row is being published
+
+    def _recover(self, exc: Exception) -> None:
+        """After an unexpected failure: fail the running requests, then check the context."""
+        if isinstance(exc, DecodeError) and exc.status < -1:
+            self._rebuild_context()
+            return
+        err = _typed(exc)
+        for r in list(self._running):
+            self._fail(r, err)
+        self._running = []
+
+    def _fail(self, r: Request, exc: Exception) -> None:
+        """End one request with an error; anything that goes wrong doing so is only logged."""
+        try:
+            self._emit_error(r, _typed(exc))
+        except Exception:  # pragma: no cover - defensive
+            log.exception("could not end request %s cleanly", r.id)
+            r.status = Status.FINISHED
+
+    def _rebuild_context(self) -> None:
+        """llama.cpp reported a fatal error: save what can be saved, then a fresh context.
+
+        Parked sessions are saved to the cache first (their state may still be
+        readable); the cache itself lives outside the context and is kept.
+        """
+        st = self.status
+        st.healthy = False
+        log.error("llama.cpp context failed; rebuilding it (the KV cache is kept)")
+        lost = ContextLostError("the model's context failed and was rebuilt; retry the request")
+        for r in list(self._running):
+            self._fail(r, lost)
+        self._running = []
+        for session in list(self.sessions.parked.values()):
+            try:
+                self._release_session(session, "evict")
+            except Exception:
+                log.exception("could not save session %s before the rebuild", session.id)
+                self.sessions.parked.pop(session.key, None)
+        self.backend.rebuild()
+        st.context_rebuilds += 1
+        st.healthy = True
 
     def _drain_inbox(self, *, block: bool) -> bool:
         """Returns False when asked to stop."""
@@ -214,27 +301,56 @@ class ModelLoop:
             self._start(r)
         self._waiting.extendleft(reversed(deferred))
 
+    def _free_seq_id(self) -> int:
+        """The lowest id no running request and no parked session holds.
+
+        Never a count: right after sessions are released the ids in use have
+        holes, and ``len(running) + len(parked)`` can name a held sequence.
+        """
+        used = {r.seq_id for r in self._running} | set(self.sessions.seq_ids())
+        return next(i for i in range(self.backend.shape.n_seq_max) if i not in used)
+
     def _start(self, r: Request) -> None:
-        session = self.sessions.take(r.session_id) if r.session_id is not None else None
-        r.seq_id = session.seq_id if session else len(self._running) + len(self.sessions.parked)
+        try:
+            # Samplers and channels first: if they fail, a parked session stays untouched.
+            if r.sampler is None:
+                r.sampler = self.backend.new_sampler(r.params)
+            self._open_channels(r)
+        except Exception as exc:
+            self._fail(r, exc)
+            return
+        key: SessionKey | None = (r.cache_salt, r.session_id) if r.session_id is not None else None
+        session = self.sessions.take(key) if key is not None else None
+        r.seq_id = session.seq_id if session else self._free_seq_id()
         r.admitted_at = time.perf_counter()
         self.status.admitted += 1
         try:
             if session is None or not self._resume(r, session):
+                if session is not None:
+                    self._save_session(session, "evict")  # the new turn diverged: keep the old one
                 self.backend.clear_sequence(r.seq_id)
-            r.sampler = self.backend.new_sampler(r.params)
-            self._open_channels(r)
-        except KvllamaError as exc:
-            self._emit_error(r, exc)
+        except Exception as exc:
+            self._fail(r, exc)
             return
         if self.warm is not None:
             if r.n_computed == 0:
-                self.warm.restore(r)
+                self._restore(r)
             point = self.warm.cold_save_point(len(r.prompt))
             r.cold_point = point if point is not None and point > r.n_computed else None
         self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
         r.status = Status.PREFILLING
         self._running.append(r)
+
+    def _restore(self, r: Request) -> None:
+        """A cache restore that fails for any reason is a miss: the request runs cold."""
+        assert self.warm is not None and r.seq_id is not None
+        try:
+            self.warm.restore(r)
+        except Exception:
+            log.exception("restoring request %s from the cache failed; computing it cold", r.id)
+            self.backend.clear_sequence(r.seq_id)
+            r.n_computed = r.cache_read = 0
+            r.cache_hit_kind = "cold"
 
     def _open_channels(self, r: Request) -> None:
         """Per-request event channels; with markers, a router and (for tool calls) a greedy chain."""
@@ -246,7 +362,7 @@ class ModelLoop:
                 thinking_enabled=p.thinking is not False,
                 thinking_budget_tokens=p.thinking_budget_tokens,
             )
-            if markers.has_tool_calls and not p.greedy:
+            if markers.has_tool_calls and not p.greedy and r.greedy_sampler is None:
                 r.greedy_sampler = self.backend.new_sampler(replace(p, temperature=0.0))
         r.channels = Channels(self.backend.piece, r.sink, r.params.stop, router, self.signing_key)
 
@@ -263,15 +379,22 @@ class ModelLoop:
 
     def _release_session(self, session: Session, reason: str) -> None:
         """Give a parked session's slot back, saving its KV to the cache first."""
-        self.sessions.parked.pop(session.id, None)
-        if self.warm is not None:
-            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason)
+        self.sessions.parked.pop(session.key, None)
+        self._save_session(session, reason)
         self.backend.clear_sequence(session.seq_id)
 
-    def end_session(self, session_id: str) -> bool:
+    def _save_session(self, session: Session, reason: str) -> None:
+        if self.warm is None:
+            return
+        try:
+            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason)
+        except Exception:  # a failed save loses a warm start, never the loop
+            log.exception("saving session %s to the cache failed", session.id)
+
+    def end_session(self, session_id: str, cache_salt: str | None = None) -> bool:
         """Release a parked session (from any thread); False if it is unknown or running."""
         def end() -> bool:
-            session = self.sessions.parked.get(session_id)
+            session = self.sessions.parked.get((cache_salt, session_id))
             if session is None:
                 return False
             self._release_session(session, "evict")
@@ -309,7 +432,8 @@ class ModelLoop:
                     # Isolate the failure: each request alone, so one bad request
                     # ends with its own error and the others go on.
                     for s in group:
-                        self._forward((s,))
+                        if not self._running[s.key].cancel_requested:
+                            self._forward((s,))
         self._running = [r for r in self._running if not r.done]
 
     def _forward(self, slices: tuple[Slice, ...]) -> bool:
@@ -317,17 +441,25 @@ class ModelLoop:
         batch = [self._running[s.key] for s in slices]
         rows, samples = self._rows(slices)
         started = time.perf_counter()
+        self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
         try:
             self.backend.decode(rows)
         except KvllamaError as exc:
+            # An abort asked for by cancel() costs the others of the pass nothing: they
+            # made no progress and are planned again next tick. A timeout is an error.
+            cancelled = isinstance(exc, DecodeAbortedError) and not isinstance(exc, DecodeTimeoutError)
+            if isinstance(exc, DecodeError) and exc.status < -1:
+                raise  # llama.cpp's own "fatal error": the context is suspect (see _recover)
             for s, r in zip(slices, batch, strict=True):
                 # Drop whatever part of the batch llama.cpp kept, so a retry starts clean.
                 self.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
                 if s.decoding:
                     r.pending_token = rows[self._row_of(slices, s)][0]
-                if len(slices) == 1:
+                if len(slices) == 1 and not cancelled:
                     self._emit_error(r, exc)
-            return False
+            return cancelled
+        finally:
+            self._prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
         self.status.ticks += 1
         for s, r in zip(slices, batch, strict=True):
@@ -339,7 +471,13 @@ class ModelLoop:
                 if self.warm is not None:
                     self.warm.after_prefill_step(r)
         for row_index, r in samples:
-            self._sample(r, row_index)
+            try:
+                self._sample(r, row_index)
+            except Exception as exc:  # this request's sampler or channels: end it alone
+                if not isinstance(exc, KvllamaError):
+                    log.exception("sampling request %s failed", r.id)
+                    self.status.faults += 1
+                self._fail(r, exc)
         return True
 
     @staticmethod
@@ -410,7 +548,10 @@ class ModelLoop:
             stop = r.channels.finish()
             reason = "stop" if stop is not None else reason
         if self.warm is not None and r.seq_id is not None and reason != "cancelled":
-            self.warm.at_finish(r)
+            try:
+                self.warm.at_finish(r)
+            except Exception:  # the reply stands; only its finish row is lost
+                log.exception("saving request %s to the cache failed", r.id)
         if r.session_id is not None and r.seq_id is not None and r.n_computed > 0:
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
             self.sessions.park(Session(r.session_id, r.seq_id, context, r.cache_salt))

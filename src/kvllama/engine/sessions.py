@@ -21,6 +21,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+# A session is named by the client's id within its tenant (the cache salt): two
+# tenants that pick the same id never see, wait on or end each other's session.
+SessionKey = tuple[str | None, str]
+
 
 @dataclass
 class Session:
@@ -30,6 +34,10 @@ class Session:
     tokens: tuple[int, ...]
     cache_salt: str | None
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> SessionKey:
+        return (self.cache_salt, self.id)
 
 
 @dataclass(frozen=True)
@@ -43,15 +51,15 @@ class SessionPolicy:
 class SessionTable:
     def __init__(self, n_seq_max: int, policy: SessionPolicy) -> None:
         self.policy = policy
-        self.parked: dict[str, Session] = {}
+        self.parked: dict[SessionKey, Session] = {}
         self._max_parked = max(1, int(n_seq_max * policy.max_share))
 
-    def take(self, session_id: str) -> Session | None:
-        return self.parked.pop(session_id, None)
+    def take(self, key: SessionKey) -> Session | None:
+        return self.parked.pop(key, None)
 
     def park(self, session: Session) -> None:
         session.last_used = time.monotonic()
-        self.parked[session.id] = session
+        self.parked[session.key] = session
 
     def seq_ids(self) -> list[int]:
         return [s.seq_id for s in self.parked.values()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ class ModelInfo:
     last_cache_hit: dict[str, Any]
     chat_template_source: str
     description: str = ""
+    # False while the decode loop rebuilds a failed llama.cpp context, or after the loop died.
+    healthy: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -49,6 +52,8 @@ class LoadedModel:
     options: ModelOptions
     chat_template_source: str
     loaded_at: float = field(default_factory=time.time)
+    # embed() calls take turns on the model's one embedding context (off the decode thread).
+    embed_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> ModelInfo:
         d, shape, status = self.backend.description, self.backend.shape, self.loop.status
@@ -85,4 +90,5 @@ class LoadedModel:
             last_cache_hit=dict(status.last_cache_hit),
             chat_template_source=self.chat_template_source,
             description=d.description,
+            healthy=self.loop.healthy,
         )

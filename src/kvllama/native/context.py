@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import ctypes
 
-from kvllama.errors import DecodeError, ModelOutOfMemoryError, NoKvSlotError
+from kvllama.errors import (
+    DecodeAbortedError,
+    DecodeError,
+    DecodeTimeoutError,
+    ModelOutOfMemoryError,
+    NoKvSlotError,
+)
+from kvllama.native.abort import AbortFlag, DecodeWatchdog
 from kvllama.native.batch import NativeBatch
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
@@ -61,10 +68,18 @@ class NativeContext:
         self.n_ctx_seq: int = lib.llama_n_ctx_seq(handle)
         self.n_batch: int = lib.llama_n_batch(handle)
         self.n_seq_max: int = lib.llama_n_seq_max(handle)
+        # Cross-stream sequence copies llama.cpp has queued but not yet applied (see move_sequence).
+        self.copies_pending = False
+        self._abort = AbortFlag()
+        lib.llama_set_abort_callback(
+            handle, ctypes.cast(self._abort.callback, lib.ggml_abort_callback), self._abort.data
+        )
+        self.watchdog = DecodeWatchdog(self._abort, options.decode_timeout)
 
     def close(self) -> None:
         handle, self.handle = getattr(self, "handle", None), None
         if handle:
+            self.watchdog.close()
             self._lib.llama_free(handle)
 
     def __enter__(self) -> NativeContext:
@@ -77,24 +92,70 @@ class NativeContext:
         self.close()
 
     def decode(self, batch: NativeBatch) -> None:
-        """One forward pass; llama.cpp's status codes become typed exceptions."""
-        status = self._lib.llama_decode(self.handle, batch.struct)
+        """One forward pass; llama.cpp's status codes become typed exceptions.
+
+        The watchdog aborts a pass that outlives the model's ``decode_timeout``.
+        """
+        self.watchdog.arm()
+        try:
+            status = self._lib.llama_decode(self.handle, batch.struct)
+        finally:
+            self.watchdog.disarm()
         if status == 0:
+            self.copies_pending = False  # llama_decode applies queued copies before computing
             return
         if status == 1:
             raise NoKvSlotError(status, "no KV slot for the batch")
         if status == 2:
-            raise DecodeError(status, "aborted")
+            if self.watchdog.timed_out:
+                raise DecodeTimeoutError(
+                    status, f"the forward pass ran past decode_timeout ({self.watchdog.budget:g} s)"
+                )
+            raise DecodeAbortedError(status, "aborted")
         raise DecodeError(status, "invalid batch" if status == -1 else "fatal error")
 
     def clear_sequence(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, p0, p1))
 
+    def abort(self) -> None:
+        """Stop the forward pass running now (from any thread); it raises DecodeAbortedError."""
+        self.watchdog.abort()
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        """Lowest position the sequence still holds (-1 if empty); the sliding-window cache's for iSWA."""
+        return int(self._lib.llama_memory_seq_pos_min(self.memory, seq_id))
+
     def move_sequence(self, src: int, dst: int) -> None:
-        """Whole-sequence copy then remove: a bit copy, the only copy non-unified KV allows."""
+        """Whole-sequence copy then remove: a bit copy, the only copy non-unified KV allows.
+
+        With one KV stream per sequence (``kv_unified=False``) llama.cpp moves the
+        cells' metadata now but only queues the buffer copy, which the next
+        ``llama_decode`` applies. Until then the source stream's buffer still
+        holds the data and the destination's is stale, so the state functions
+        (which do not apply the queue) must not touch either: callers flush
+        with :meth:`apply_pending_copies` first.
+        """
         self._lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
         self._lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         self._lib.llama_memory_seq_rm(self.memory, src, -1, -1)
+        self.copies_pending = True
+
+    def apply_pending_copies(self, scratch_seq: int, batch: NativeBatch, token: int) -> None:
+        """Make llama.cpp apply queued sequence copies now.
+
+        There is no public call for it: llama.cpp applies them at the start of
+        ``llama_decode``. So decode one token, without logits, into the scratch
+        sequence (free between compactions) and forget it again. The other
+        sequences' cells and buffers are untouched, and the pass's logits are
+        never read.
+        """
+        if not self.copies_pending:
+            return
+        batch.fill([(token, 0, scratch_seq, False)])
+        try:
+            self.decode(batch)
+        finally:
+            self.clear_sequence(scratch_seq)
 
     def clear_all(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)
@@ -108,12 +169,14 @@ class NativeContext:
         return list(ptr[:n_embd]) if ptr else None
 
     def state_seq_get(self, seq_id: int) -> bytes:
+        assert not self.copies_pending, "apply_pending_copies() before reading a sequence's state"
         size = self._lib.llama_state_seq_get_size(self.handle, seq_id)
         buf = (ctypes.c_uint8 * size)()
         written = self._lib.llama_state_seq_get_data(self.handle, buf, size, seq_id)
         return bytes(memoryview(buf)[:written])
 
     def state_seq_set(self, seq_id: int, blob: bytes) -> bool:
+        assert not self.copies_pending, "apply_pending_copies() before writing a sequence's state"
         # Zero-copy: llama.cpp only reads the buffer, and ``blob`` outlives the call.
         ptr = ctypes.cast(ctypes.c_char_p(blob), ctypes.POINTER(ctypes.c_uint8))
         return self._lib.llama_state_seq_set_data(self.handle, ptr, len(blob), seq_id) > 0

@@ -1,23 +1,80 @@
-"""The sampler chain handle: one per request, built at admission, freed at finish.
+"""The sampler chain handle: one per request, built before admission, freed at finish.
 
-The chain runs entirely in C (``llama_sampler_sample`` reads the logits row
-itself), so no logits are ever copied into Python on the decode path.
 Order follows llama.cpp's common sampler: penalties, grammar, top-k, top-p,
 min-p, temperature, then the seeded draw (or greedy at temperature 0).
+
+Without a grammar the chain runs entirely in C (``llama_sampler_sample``
+reads the logits row itself), so no logits are copied into Python on the
+decode path. With a grammar, llama.cpp's own sample call is unsafe: when the
+grammar allows none of the candidates it still picks one and accepting it
+throws a C++ exception across the C API, which aborts the process. So the
+grammar is kept out of the chain and applied first, on a candidate array we
+own; if nothing survives, the request ends with GrammarExhaustedError and
+nothing is accepted. Applying the grammar before the penalties picks the same
+token as llama.cpp's order: a rejected token's logit is -inf, which the
+penalties keep at -inf, and they never touch the grammar's choice of tokens.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
+from typing import Any
+
+import numpy as np
+
 from kvllama.engine.params import SamplingParams
-from kvllama.errors import GrammarError
+from kvllama.errors import GrammarError, GrammarExhaustedError
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
 
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+class CandidateBuffer:
+    """The candidate array grammar sampling fills from a logits row (one per context).
+
+    Shared by every grammar request of a context: sampling runs on the decode
+    thread only, one request at a time.
+    """
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+
+    def load(self, logits: Any) -> Any:
+        """Fill from a ``float *`` logits row; returns a llama_token_data_array over it."""
+        lib = llama()
+        self.data["id"] = self._ids
+        self.data["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        self.data["p"] = 0.0
+        return lib.llama_token_data_array(
+            data=self.data.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
+            size=self.n_vocab, selected=-1, sorted=False,
+        )
+
+    def single(self, token: int) -> Any:
+        """A one-candidate array: asks a grammar whether it allows ``token``."""
+        lib = llama()
+        self._one[0] = (token, 0.0, 0.0)
+        return lib.llama_token_data_array(
+            data=self._one.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
+            size=1, selected=-1, sorted=False,
+        )
+
+    def any_allowed(self, size: int) -> bool:
+        return bool(np.isfinite(self.data["logit"][:size]).any())
+
 
 class NativeSampler:
-    def __init__(self, model: NativeModel, params: SamplingParams) -> None:
+    def __init__(self, model: NativeModel, params: SamplingParams,
+                 candidates: CandidateBuffer | None = None) -> None:
         lib = llama()
         self._lib = lib
+        self.grammar: Any = None
+        self._candidates = candidates
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.handle = lib.llama_sampler_chain_init(chain_params)
@@ -29,11 +86,6 @@ class NativeSampler:
 
     def _build(self, model: NativeModel, p: SamplingParams) -> None:
         lib, add = self._lib, self._add
-        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            add(lib.llama_sampler_init_penalties(
-                model.n_vocab, p.penalty_last_n, p.repetition_penalty,
-                p.frequency_penalty, p.presence_penalty,
-            ))
         if p.grammar is not None:
             grammar = lib.llama_sampler_init_grammar(model.vocab, p.grammar.encode(), b"root")
             if not grammar:
@@ -41,7 +93,14 @@ class NativeSampler:
                     "the GBNF grammar did not parse (it needs a 'root' rule; enable DEBUG "
                     "logging on 'kvllama.llama_cpp' for llama.cpp's parser message)"
                 )
-            add(grammar)
+            self.grammar = grammar
+            if self._candidates is None:
+                self._candidates = CandidateBuffer(model.n_vocab)
+        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            add(lib.llama_sampler_init_penalties(
+                model.n_vocab, p.penalty_last_n, p.repetition_penalty,
+                p.frequency_penalty, p.presence_penalty,
+            ))
         if p.greedy:
             add(lib.llama_sampler_init_greedy())
             return
@@ -61,16 +120,49 @@ class NativeSampler:
 
     def sample(self, ctx_handle: object, index: int) -> int:
         """Sample from the logits of batch row ``index`` and accept the token."""
-        return int(self._lib.llama_sampler_sample(self.handle, ctx_handle, index))
+        lib = self._lib
+        if self.grammar is None:
+            return int(lib.llama_sampler_sample(self.handle, ctx_handle, index))
+        cand = self._candidates
+        assert cand is not None
+        cur = cand.load(lib.llama_get_logits_ith(ctx_handle, index))
+        lib.llama_sampler_apply(self.grammar, ctypes.byref(cur))
+        if not cand.any_allowed(cur.size):
+            raise GrammarExhaustedError(
+                "the grammar allows none of the model's tokens here (it may require characters "
+                "no token can produce); the request ended before accepting anything"
+            )
+        lib.llama_sampler_apply(self.handle, ctypes.byref(cur))
+        selected = int(cur.selected)
+        if not 0 <= selected < cur.size or not math.isfinite(cur.data[selected].logit):
+            raise GrammarExhaustedError("the sampler chain selected no token the grammar allows")
+        token = int(cur.data[selected].id)
+        lib.llama_sampler_accept(self.handle, token)
+        lib.llama_sampler_accept(self.grammar, token)
+        return token
 
     def accept(self, token: int) -> None:
-        """Advance the chain's state (grammar, penalties) by a token another chain sampled."""
-        self._lib.llama_sampler_accept(self.handle, token)
+        """Advance the chain's state (grammar, penalties) by a token another chain sampled.
+
+        The grammar is asked first: accepting a token it rejects would abort the process.
+        """
+        lib = self._lib
+        if self.grammar is not None:
+            assert self._candidates is not None
+            one = self._candidates.single(token)
+            lib.llama_sampler_apply(self.grammar, ctypes.byref(one))
+            if not math.isfinite(one.data[0].logit):
+                raise GrammarExhaustedError(f"the grammar does not allow token {token} here")
+            lib.llama_sampler_accept(self.grammar, token)
+        lib.llama_sampler_accept(self.handle, token)
 
     def close(self) -> None:
         handle, self.handle = getattr(self, "handle", None), None
         if handle:
             self._lib.llama_sampler_free(handle)
+        grammar, self.grammar = getattr(self, "grammar", None), None
+        if grammar:
+            self._lib.llama_sampler_free(grammar)
 
     def __del__(self) -> None:
         self.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -28,8 +29,8 @@ async def messages(request: Request) -> Response:
     name, model_id = state.resolve(body.model)
     turns = body.message_dicts()
     check_thinking_signatures(thinking_key(state), turns)
-    prompt = chat_prompt.render(state.engine, model_id, turns, system=body.system,
-                                tools=chat_prompt.tools_as_functions(body.tools))
+    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model_id, turns, system=body.system,
+                                     tools=chat_prompt.tools_as_functions(body.tools))
     client_stops = list(body.stop_sequences or [])
     max_tokens = state.check_max_tokens(body.max_tokens)
     params = sampling(
@@ -41,7 +42,7 @@ async def messages(request: Request) -> Response:
     params.update(session_params(request, body.session_id))
     if body.thinking is not None:
         params.update(body.thinking.engine_params())
-    gen = start(state, name, model_id, prompt.text, params, started)
+    gen = await start(state, name, model_id, prompt.text, params, started)
     mid = anthropic_format.new_id()
     if not body.stream:
         collected = MessageCollector()
@@ -57,7 +58,7 @@ async def count_tokens(request: Request) -> Response:
     state = state_of(request)
     body = validate(CountTokensRequest, await read_json(request))
     _, model_id = state.resolve(body.model)
-    prompt = chat_prompt.render(state.engine, model_id, body.message_dicts(), system=body.system,
-                                tools=chat_prompt.tools_as_functions(body.tools))
-    count = chat_prompt.count_prompt_tokens(state.engine, model_id, prompt.text)
+    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model_id, body.message_dicts(),
+                                     system=body.system, tools=chat_prompt.tools_as_functions(body.tools))
+    count = await run_in_threadpool(chat_prompt.count_prompt_tokens, state.engine, model_id, prompt.text)
     return JSONResponse({"input_tokens": count})

@@ -48,8 +48,22 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
 
 async def health(request: Request) -> Response:
-    """Liveness without auth (for load balancers); lists the served model names."""
-    return JSONResponse({"status": "ok", "models": sorted(state_of(request).served())})
+    """Health without auth (for load balancers): 503 while a served model cannot serve.
+
+    A model is unhealthy while its decode loop rebuilds a failed llama.cpp
+    context, or for good if its loop died; the body names those models.
+    """
+    state = state_of(request)
+    served = state.served()
+    unhealthy = []
+    for name, model_id in sorted(served.items()):
+        try:
+            if not state.engine.model_info(model_id).healthy:
+                unhealthy.append(name)
+        except KvllamaError:
+            unhealthy.append(name)
+    body = {"status": "unhealthy" if unhealthy else "ok", "models": sorted(served), "unhealthy": unhealthy}
+    return JSONResponse(body, status_code=503 if unhealthy else 200)
 
 
 async def metrics(request: Request) -> Response:

@@ -73,6 +73,8 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc), param=getattr(exc, "option", None), code=exc.code)
     if isinstance(exc, kv.SessionBusyError):
         return ApiError(409, str(exc), param="session_id", code=exc.code)
+    if isinstance(exc, kv.DecodeTimeoutError | kv.ContextLostError):
+        return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.EngineClosedError | kv.ModelBusyError):
         return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.KvllamaError):

@@ -101,13 +101,17 @@ class Generation:
             metrics.observe_result(self.name, self.builder.result())
 
 
-def start(
+async def start(
     state: ServerState, name: str, model_id: str, prompt: str | Sequence[int], params: dict[str, Any],
     started: float,
 ) -> Generation:
-    """Queue a request (typed errors such as ContextOverflowError are raised here, before any body)."""
+    """Queue a request (typed errors such as ContextOverflowError are raised here, before any body).
+
+    Tokenizing and grammar parsing run in a worker thread (``Engine.asubmit``),
+    so a huge prompt does not stall the event loop that feeds every stream.
+    """
     state.check_capacity(name, model_id)
-    stream = state.engine.ainfer(model_id, prompt, **params)
+    stream = await state.engine.asubmit(model_id, prompt, **params)
     return Generation(state, name, stream, started)
 
 

@@ -39,7 +39,7 @@ async def chat_completions(request: Request) -> Response:
     body = validate(ChatCompletionRequest, await read_json(request))
     name, model_id = state.resolve(body.model)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    prompt = chat_prompt.render(state.engine, model_id, messages, tools=body.tools)
+    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model_id, messages, tools=body.tools)
     max_tokens = _first(body.max_completion_tokens, body.max_tokens, default=state.config.max_tokens_limit)
     params = _params(state, body, max_tokens, prompt.stops_with(stops(body.stop)))
     params["grammar"] = _grammar(body.response_format, body.grammar)
@@ -102,7 +102,8 @@ async def _generate(
     body: ChatCompletionRequest | CompletionRequest, started: float,
 ) -> Response:
     name, model_id = model
-    gen = start(state, name, model_id, prompt, {k: v for k, v in params.items() if v is not None}, started)
+    given = {k: v for k, v in params.items() if v is not None}
+    gen = await start(state, name, model_id, prompt, given, started)
     rid = openai_format.new_id(kind)
     if not body.stream:
         collected = openai_format.ChatCollector() if kind == "chat" else None
@@ -118,9 +119,11 @@ async def embeddings(request: Request) -> Response:
     state = state_of(request)
     body = validate(EmbeddingRequest, await read_json(request))
     name, model_id = state.resolve(body.model)
-    texts = _embedding_texts(state, model_id, body.input)
+    texts = await run_in_threadpool(_embedding_texts, state, model_id, body.input)
     vectors = await run_in_threadpool(state.engine.embed, model_id, texts)
-    n_tokens = sum(len(state.engine.tokenize(model_id, t)) for t in texts)
+    n_tokens = await run_in_threadpool(
+        lambda: sum(len(state.engine.tokenize(model_id, t)) for t in texts)
+    )
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(vectors)

@@ -72,17 +72,17 @@ class Scripted:
 
 @pytest.fixture
 def scripted(make_client: Callable[..., Made]) -> Callable[..., Scripted]:
-    """scripted(events, config=None) -> Scripted; the stub engine's ainfer replays ``events``."""
+    """scripted(events, config=None) -> Scripted; the stub engine's asubmit replays ``events``."""
 
     def make(events: list[Any], config: ServerConfig | None = None) -> Scripted:
         client, engine, _ = make_client(config)
         made = Scripted(client, engine, list(events))
 
-        def ainfer(model_id: str, prompt: Any, **params: Any) -> ScriptedStream:
+        async def asubmit(model_id: str, prompt: Any, **params: Any) -> ScriptedStream:
             made.calls.append((prompt, params))
             return ScriptedStream(made.events, tuple(range(10)))
 
-        engine.ainfer = ainfer  # type: ignore[method-assign]
+        engine.asubmit = asubmit  # type: ignore[method-assign]
         return made
 
     return make

@@ -36,7 +36,7 @@ def test_api_key_is_required_everywhere_but_health(make_client):
         assert client.post(path, json=body(), headers={"x-api-key": "sekret"}).status_code == 200
     assert client.get("/v1/models").status_code == 401
     assert client.get("/metrics").status_code == 401
-    assert client.get("/health").json() == {"status": "ok", "models": ["s"]}
+    assert client.get("/health").json() == {"status": "ok", "models": ["s"], "unhealthy": []}
     text = client.get("/metrics", headers={"x-api-key": "sekret"}).text
     assert 'kvllama_http_requests_total{method="GET",route="/v1/models",status="401"} 1.0' in text
 
