@@ -19,6 +19,7 @@ from kvllama.cache_cli import register as register_cache_command
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
 from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
+from kvllama.server.config import DEFAULT_MAX_QUEUE
 
 MODEL_ID = "default"
 
@@ -75,8 +76,9 @@ def _add_serve_parser(sub: Any) -> None:
                    help="require this key (default: $KVLLAMA_API_KEY, else no auth)")
     g.add_argument("--max-tokens-limit", type=int, default=4096)
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
-    g.add_argument("--max-queue", type=int, default=None,
-                   help="refuse (429/529) beyond this many queued requests")
+    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help="refuse (429/529) beyond this many queued requests per model "
+                        f"(default {DEFAULT_MAX_QUEUE}; -1: unbounded)")
     g.add_argument("--thinking-key", default=os.environ.get("KVLLAMA_THINKING_KEY"),
                    help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
     g.add_argument("--log-level", default="info",
@@ -155,6 +157,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="llama.cpp CPU weight repacking: faster, not batch-invariant")
     g.add_argument("--max-decode-rows", type=int, default=None,
                    help="decode rows per forward pass (default 7; 0 = no limit, not batch-invariant)")
+    g.add_argument("--decode-timeout", type=float, default=None,
+                   help="seconds one forward pass may run before it is aborted (default 120; 0 = no limit)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -175,7 +179,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows", "markers")
+                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows", "markers",
+                "decode_timeout")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
 
@@ -243,7 +248,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with _load(args) as engine:
         config = ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
-                              max_queue=args.max_queue, cache_metrics_provider=engine.cache_metrics)
+                              max_queue=None if args.max_queue < 0 else args.max_queue,
+                              cache_metrics_provider=engine.cache_metrics)
         serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -18,6 +18,7 @@ from kvllama.events import TokenEvent
 from kvllama.kvcache import CacheConfig
 
 M = "iso"
+pytestmark = pytest.mark.slow
 
 
 def _text(words: int, seed: int = 0) -> str:

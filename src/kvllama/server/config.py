@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MIB = 1024 * 1024
+# Queued requests per model beyond which a server refuses new ones: a burst of
+# clients then hears "overloaded" at once instead of waiting without bound.
+DEFAULT_MAX_QUEUE = 256
 
 # A cache-metrics provider returns {name: number} or {name: {label value: number}}.
 # Names ending in "_total" are exported as counters, the rest as gauges.
@@ -35,7 +38,7 @@ class ServerConfig:
     default_completion_max_tokens: int = 16
     # Requests waiting for a sequence slot, per model, beyond which new ones are refused
     # (429 on OpenAI routes, 529 overloaded_error on Anthropic routes). None: unbounded.
-    max_queue: int | None = None
+    max_queue: int | None = DEFAULT_MAX_QUEUE
     # Exported on /metrics as kvllama_cache_* when set (the KV cache plugs in here).
     cache_metrics_provider: CacheMetricsProvider | None = None
     # Key that checks the signatures of thinking blocks clients send back (Anthropic routes):
