@@ -2,11 +2,12 @@
 
 The cache commands look after the *file* tiers (shm and disk) without
 loading a model: the RAM tier lives inside a running kvllama process, so
-there is nothing to see of it from outside. They open the directories with a
-:class:`~kvllama.kvcache.KvCache` whose RAM tier is off and whose budgets are
-unlimited, so looking at a cache never evicts from it (the engine enforces
-its own budgets when it starts). A directory that does not exist is an empty
-tier here: listing a cache must not create one.
+there is nothing to see of it from outside. ``list``, ``inspect`` and
+``verify`` open the directories read-only (``CacheConfig.read_only``): they
+delete nothing, not even corrupt rows or leftover temporaries, and evict
+nothing; a running engine may be using the files. Only ``verify --repair``
+and ``clear`` delete. A directory that does not exist is an empty tier here:
+listing a cache must not create one.
 
 Like the engine, these commands should not run while another process writes
 the same directory: each keeps its own index (see docs/cache-format.md).
@@ -28,6 +29,7 @@ from typing import Any, TextIO
 from kvllama.kvcache import CacheConfig, KvCache, RowInfo, default_disk_dir, default_shm_dir
 from kvllama.kvcache.errors import CorruptRowError
 from kvllama.kvcache.tiers import FileTier
+from kvllama.kvcache.tiers.files import ROW_SUFFIX
 
 TIERS = ("ram", "shm", "disk")
 # Budgets for the admin commands: large enough that opening a cache never evicts a row.
@@ -96,9 +98,12 @@ def register(sub: Any) -> None:
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.set_defaults(func=cmd_inspect)
 
-    ver = cache_sub.add_parser("verify", help="check every row's checksum; delete corrupt rows")
+    ver = cache_sub.add_parser("verify", help="check every row's checksum (--repair: delete corrupt rows)")
     _tier_flag(ver)
     ver.add_argument("--json", action="store_true", help="print JSON")
+    ver.add_argument("--repair", action="store_true",
+                     help="delete corrupt and stale rows and dead writers' temporaries "
+                          "(default: only report)")
     ver.set_defaults(func=cmd_verify)
 
     clr = cache_sub.add_parser("clear", help="delete every row (of one tier with --tier)")
@@ -128,13 +133,17 @@ def _file_tiers(args: argparse.Namespace) -> dict[str, Path]:
 
 
 @contextmanager
-def open_cache(tiers: dict[str, Path]) -> Iterator[KvCache]:
-    """A KvCache on the given file tiers only: no RAM tier, unlimited budgets, nothing evicted."""
+def open_cache(tiers: dict[str, Path], *, writable: bool = False) -> Iterator[KvCache]:
+    """A KvCache on the given file tiers only: no RAM tier, unlimited budgets, nothing evicted.
+
+    Read-only unless ``writable``: opening a cache to look at it must not
+    delete what its start-up scan would clean up.
+    """
     config = CacheConfig(
         ram_bytes=0,
         shm_dir=tiers.get("shm"), shm_bytes=UNLIMITED,
         disk_dir=tiers.get("disk"), disk_bytes=UNLIMITED,
-        writer_threads=1, persist_ram_on_close=False,
+        writer_threads=1, persist_ram_on_close=False, read_only=not writable,
     )
     cache = KvCache(config)
     try:
@@ -196,41 +205,52 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verify_tiers(_file_tiers(args), progress=sys.stderr)
+    repair = getattr(args, "repair", False)
+    report = verify_tiers(_file_tiers(args), progress=sys.stderr, repair=repair)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        head = f"{'tier':<5} {'ok':>6} {'corrupt':>8} {'stale':>6} {'checked':>10}"
+        head = f"{'tier':<5} {'ok':>6} {'corrupt':>8} {'stale':>6} {'skipped':>8} {'checked':>10}"
         print(head)
         print("-" * len(head))
         for name, r in report.items():
-            print(f"{name:<5} {r['ok']:>6} {r['corrupt']:>8} {r['stale']:>6} {human_bytes(r['bytes']):>10}")
+            print(f"{name:<5} {r['ok']:>6} {r['corrupt']:>8} {r['stale']:>6} {r['skipped']:>8} "
+                  f"{human_bytes(r['bytes']):>10}")
             for key in r["corrupt_keys"]:
-                print(f"      deleted corrupt row {key}")
+                print(f"      deleted corrupt row {key}" if repair else f"      corrupt row {key}")
+        if not repair and any(r["corrupt"] or r["stale"] for r in report.values()):
+            print("nothing was deleted; `kvllama cache verify --repair` deletes corrupt and stale rows")
     return 1 if any(r["corrupt"] for r in report.values()) else 0
 
 
-def verify_tiers(tiers: dict[str, Path], progress: TextIO | None = None) -> dict[str, dict[str, Any]]:
-    """Check every row of each tier in full; delete corrupt ones.
+def verify_tiers(
+    tiers: dict[str, Path], progress: TextIO | None = None, *, repair: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Check every row of each tier in full; with ``repair``, delete the bad ones.
 
     Goes through :class:`FileTier` row by row rather than ``KvCache.verify``
     so that it can report progress. The checks are the same: the start-up
-    scan (headers, sizes, leftovers; rows of another block size are stale and
-    deleted) and then the full checksum of every row (``FileTier.get``).
+    scan (headers, sizes; rows of another block size are stale; entries that
+    are not regular files are skipped) and then the full checksum of every row
+    (``FileTier.get``). Without ``repair`` the tiers are opened read-only and
+    nothing is deleted, not even dead writers' temporaries.
     """
     report: dict[str, dict[str, Any]] = {}
     block_size = CacheConfig.block_size
     for name, directory in tiers.items():
-        tier = FileTier(name, directory, UNLIMITED, block_size, memory_backed=name == "shm")
+        tier = FileTier(name, directory, UNLIMITED, block_size, memory_backed=name == "shm",
+                        read_only=not repair)
         scan = tier.scan()
-        r = report[name] = {"ok": 0, "corrupt": scan.corrupt, "stale": scan.stale,
-                            "temps_removed": scan.temps, "bytes": 0, "corrupt_keys": []}
+        r = report[name] = {"ok": 0, "corrupt": scan.corrupt, "stale": scan.stale, "skipped": scan.skipped,
+                            "temps_removed": scan.temps, "bytes": 0,
+                            "corrupt_keys": [n.removesuffix(ROW_SUFFIX) for n in scan.corrupt_names]}
         bar = Progress(f"verifying {name}", len(scan.metas), sum(m.size for m in scan.metas), progress)
         for meta in scan.metas:
             try:
                 ok = tier.get(meta.key) is not None
-            except CorruptRowError:
-                tier.remove(meta.key)
+            except (CorruptRowError, OSError):
+                if repair:
+                    tier.remove(meta.key)
                 r["corrupt"] += 1
                 r["corrupt_keys"].append(meta.key.hex())
                 ok = False
@@ -247,7 +267,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
     if not tiers:
         print("0 rows removed (no cache directory to clear)")
         return 0
-    with open_cache(tiers) as cache:
+    with open_cache(tiers, writable=True) as cache:
         removed = cache.clear()
     print(f"{removed} rows removed from {', '.join(f'{n} {p}' for n, p in tiers.items())}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import kvllama
@@ -97,12 +99,9 @@ def test_parent_key_resume_and_prefill_only(tmp_path):
         assert other.cache_hit_kind == "cold" and other.cache_delta.read == 0
 
 
-def _wait_for_saves(eng: kvllama.Engine, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while eng.cache is not None and eng.cache.pending_keys() and time.monotonic() < deadline:
-        time.sleep(0.01)
+def _wait_for_saves(eng: kvllama.Engine, timeout: float = 30.0) -> None:
+    """Every queued save is published: the writer pool's own signal, never the clock."""
+    assert eng.cache is not None and eng.cache.flush(timeout)
 
 
 @pytest.mark.parametrize("tail", [8, 9, 13])  # the smallest suffixes a restore may leave
@@ -116,3 +115,27 @@ def test_warm_equals_cold_with_the_shortest_tails(tmp_path, cold_engine, tail):
         warm = eng.complete("m", tokens, max_tokens=16, temperature=0)
         assert warm.cache_delta.read == 5 * 64 and warm.cache_hit_kind == "exact"
         assert warm.generated_tokens == cold.generated_tokens
+
+
+def test_rows_of_another_stream_count_are_never_restored(tmp_path, cold_engine):
+    """n_seq_max is in the root; and a blob llama.cpp refuses is a miss, forgotten, never an error."""
+    prompt = long_prompt(150, seed=11)
+    cold = cold_engine.complete("m", prompt, max_tokens=8, temperature=0)  # n_seq_max=8, the default
+    config = tiers(tmp_path, "disk")
+    with kvllama.Engine(cache=config) as eng:
+        eng.load_model("m")
+        eng.complete("m", prompt, max_tokens=8, temperature=0)
+    with kvllama.Engine(cache=config) as eng:
+        eng.load_model("m", n_seq_max=4)
+        assert eng.list_cached_prefixes("m", prompt) == 0  # another root: the 8-stream rows are invisible
+        # Force the 8-stream root, as a cache written before n_seq_max was hashed would have it:
+        # llama.cpp refuses the blob ("n_stream mismatch"), and the cache forgets the row.
+        warm = eng._models["m"].loop.warm
+        warm._base_root = replace(warm._base_root, n_seq_max=8)
+        warm._roots.clear()
+        assert eng.list_cached_prefixes("m", prompt) > 0
+        refused = eng.complete("m", prompt, max_tokens=8, temperature=0)
+        assert refused.cache_hit_kind == "cold" and refused.cache_delta.read == 0
+        assert refused.generated_tokens == cold.generated_tokens
+        metrics = eng.cache_metrics()
+        assert metrics["restore_failures"] == 1 and metrics["hits"]["exact"] == 0

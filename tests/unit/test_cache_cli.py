@@ -106,24 +106,54 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_verify_reports_and_deletes_corrupt_rows(capsys, tiers):
+def test_verify_reports_corrupt_rows_and_only_repair_deletes_them(capsys, tiers):
     disk = Path(tiers["disk"])  # type: ignore[arg-type]
     bad_blob = disk / f"{tiers['disk_keys'][0]}.kvr"
     flip_byte(bad_blob, -100)  # inside the state blob: only the full checksum sees it
     bad_header = Path(tiers["shm"]) / f"{tiers['shm_keys'][0]}.kvr"  # type: ignore[arg-type]
     flip_byte(bad_header, 20)  # the header: caught by the start-up scan
     code, out, err = run(capsys, "cache", "verify", *where(tiers), "--json")
-    assert code == 1  # corruption was found (and repaired by deleting)
+    assert code == 1  # corruption was found
     report = json.loads(out)
     assert report["disk"]["ok"] == 2 and report["disk"]["corrupt"] == 1
     assert report["disk"]["corrupt_keys"] == [tiers["disk_keys"][0]]
     assert report["shm"]["ok"] == 1 and report["shm"]["corrupt"] == 1
-    assert not bad_blob.exists() and not bad_header.exists()
+    assert report["shm"]["corrupt_keys"] == [tiers["shm_keys"][0]]
+    assert bad_blob.exists() and bad_header.exists()  # a check is a read
     assert err == ""  # no progress bar when stderr is not a terminal
+    code, out, _ = run(capsys, "cache", "verify", *where(tiers))
+    assert code == 1 and "corrupt row" in out and "--repair" in out
+    assert bad_blob.exists() and bad_header.exists()
+    code, out, _ = run(capsys, "cache", "verify", *where(tiers), "--repair")
+    assert code == 1 and "deleted corrupt row" in out
+    assert not bad_blob.exists() and not bad_header.exists()
     code, out, _ = run(capsys, "cache", "verify", *where(tiers))
     assert code == 0 and "disk" in out and "corrupt" in out
     code, out, _ = run(capsys, "cache", "list", *where(tiers), "--json")
     assert len(json.loads(out)) == 3
+
+
+def test_list_and_inspect_delete_nothing(capsys, tiers):
+    disk = Path(tiers["disk"])  # type: ignore[arg-type]
+    corrupt = disk / f"{tiers['disk_keys'][0]}.kvr"
+    flip_byte(corrupt, 20)  # fails the header check every start-up scan makes
+    temp = disk / f".{'ab' * 16}.999999999.0000.tmp"  # a temporary of a writer that is gone
+    temp.write_bytes(b"partial")
+    stale_dir = Path(tiers["shm"]) / "stale"  # type: ignore[arg-type]
+    save_rows(stale_dir, "shm", 1)  # default block size; read below with another one
+    before = sorted(p.name for p in disk.iterdir())
+    code, out, _ = run(capsys, "cache", "list", *where(tiers), "--json")
+    assert code == 0 and len(json.loads(out)) == 4  # the corrupt row is not listed ...
+    code, _, _ = run(capsys, "cache", "inspect", tiers["disk_keys"][1], *where(tiers), "--json")
+    assert code == 0
+    code, _, _ = run(capsys, "cache", "verify", *where(tiers), "--json")
+    assert code == 1
+    assert sorted(p.name for p in disk.iterdir()) == before  # ... and not deleted either
+    ro = CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=stale_dir, block_size=32, read_only=True)
+    with KvCache(ro) as cache:
+        assert cache.rows() == [] and cache.metrics()["stale_rows"] == {"disk": 1}
+        assert cache.save(ROOT, list(range(64)), b"x" * 64, "cold", sync=True) is None
+    assert len(list(stale_dir.glob("*.kvr"))) == 1
 
 
 def test_verify_draws_progress_on_a_terminal(tiers):

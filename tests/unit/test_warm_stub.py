@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import gc
+import tracemalloc
 
 import pytest
 
-from kvllama.kvcache import CacheConfig
+from kvllama.engine.warm import MAX_SALT_ROOTS, SavePolicy, WarmStart
+from kvllama.kvcache import CacheConfig, KeyRoot, KvCache
 
 
 @pytest.fixture
@@ -16,9 +18,8 @@ def cached(stub_engine):
 
 
 def wait_saves(engine):
-    deadline = time.monotonic() + 5
-    while engine.cache.pending_keys() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    """Every save handed to the writer pool is published (or failed): the pool's signal, not the clock."""
+    assert engine.cache.flush(10)
 
 
 def test_repeat_prompt_restores_and_prefills_only_the_tail(cached):
@@ -54,3 +55,73 @@ def test_finish_key_resumes_the_conversation(cached):
     turn2 = engine.complete("s", prompt2, max_tokens=3, temperature=0, parent_key=turn1.finish_key)
     assert turn2.cache_delta.read == turn1.committed_tokens
     assert turn2.cache_hit_kind == "partial"
+
+
+def test_a_restore_the_backend_refuses_is_a_miss_and_is_not_hit_again(cached):
+    engine, backend = cached(n_ctx_seq=1024, n_batch=512)
+    prompt = "z" * 300
+    cold = engine.complete("s", prompt, max_tokens=5, temperature=0)
+    wait_saves(engine)
+    refused: list[int] = []
+
+    def refuse(seq_id: int, blob: bytes) -> bool:
+        refused.append(seq_id)
+        return False
+
+    backend.restore_sequence = refuse  # type: ignore[method-assign]
+    second = engine.complete("s", prompt, max_tokens=5, temperature=0)
+    assert second.cache_hit_kind == "cold" and second.cache_delta.read == 0
+    assert second.generated_tokens == cold.generated_tokens  # prefilled from scratch, same tokens
+    m = engine.cache_metrics()
+    assert m["restore_failures"] == 1 and m["hits"]["exact"] == 0 and m["hits"]["partial"] == 0
+    assert m["misses"] == 2  # the cold lookup and the refused restore
+    wait_saves(engine)
+    # The refused row was forgotten, so the second request's cold save wrote it anew
+    # (an existing row would have been skipped, as the identical finish row is).
+    m = engine.cache_metrics()
+    assert m["saves"]["cold"] == 2 and m["saves"]["finish"] == 1 and m["saves_skipped"] == 1
+    third = engine.complete("s", prompt, max_tokens=5, temperature=0)
+    assert len(refused) == 2 and third.cache_hit_kind == "cold"
+    assert engine.cache_metrics()["restore_failures"] == 2
+
+
+def test_an_empty_state_blob_is_never_saved(cached):
+    engine, backend = cached(n_ctx_seq=1024, n_batch=512)
+    backend.sequence_state = lambda seq_id: b""  # type: ignore[method-assign]
+    result = engine.complete("s", "e" * 300, max_tokens=5, temperature=0)
+    wait_saves(engine)
+    m = engine.cache_metrics()
+    assert m["saves_refused"] == 2  # the cold row and the finish row
+    assert sum(m["saves"].values()) == 0 and engine.cache.rows() == []
+    assert result.finish_key is None and result.cache_delta.created == 0
+
+
+def test_random_salts_do_not_grow_the_roots_past_their_bound():
+    """100k distinct cache_salts: both the engine's and the cache's roots stay bounded."""
+    base = KeyRoot(model_fingerprint="<stub>", type_k="f16", type_v="f16", flash_attn="off",
+                   kv_unified=False, n_seq_max=4, state_version="stub", numerics={"n_batch": 512})
+    with KvCache(CacheConfig(shm_dir=None, disk_dir=None)) as cache:
+        warm = WarmStart(cache, base, backend=None, policy=SavePolicy())  # type: ignore[arg-type]
+
+        def salts(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                warm.root(f"tenant-{i}")
+
+        salts(0, 100_000)
+        assert len(warm._roots) == MAX_SALT_ROOTS
+        assert cache.known_roots() == cache.config.max_roots == 4096
+        # Steady state: once every remembered root was made under tracing, more salts add nothing.
+        tracemalloc.start()
+        try:
+            salts(100_000, 100_000 + 2 * MAX_SALT_ROOTS)
+            gc.collect()
+            full = tracemalloc.get_traced_memory()[0]
+            salts(100_000 + 2 * MAX_SALT_ROOTS, 100_000 + 3 * MAX_SALT_ROOTS)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - full
+        finally:
+            tracemalloc.stop()
+        assert full > 1 << 20  # sanity: the bounded roots themselves were traced (~1 KB each)
+        assert grown < 64 * 1024, f"roots grew by {grown} bytes over {MAX_SALT_ROOTS} more salts"
+        last = f"tenant-{100_000 + 3 * MAX_SALT_ROOTS - 1}"
+        assert warm.root(last) is warm.root(last)  # recent ones are kept

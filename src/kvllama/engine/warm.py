@@ -15,11 +15,16 @@ from one gives exactly what keeping the sequence live would have given.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.request import Request
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache
+
+# Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
+# every request must not grow the engine's memory. A dropped root is rebuilt on its next use.
+MAX_SALT_ROOTS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,21 @@ class WarmStart:
         self.backend = backend
         self.policy = policy
         self._base_root = root
-        self._roots: dict[str | None, KeyRoot] = {}
+        self._roots: OrderedDict[str | None, KeyRoot] = OrderedDict()
         # Cold rows handed to the writer pool and maybe not yet visible: key -> (salt, tokens).
         self._unpublished: dict[bytes, tuple[str | None, tuple[int, ...]]] = {}
 
     def root(self, salt: str | None) -> KeyRoot:
+        """The key root of one tenant; the most recent ``MAX_SALT_ROOTS`` are kept."""
         root = self._roots.get(salt)
-        if root is None:
-            root = replace(self._base_root, cache_salt=salt)
-            self.cache.register_root(root)
-            self._roots[salt] = root
+        if root is not None:
+            self._roots.move_to_end(salt)
+            return root
+        root = replace(self._base_root, cache_salt=salt)
+        self.cache.register_root(root)
+        self._roots[salt] = root
+        if len(self._roots) > MAX_SALT_ROOTS:
+            self._roots.popitem(last=False)
         return root
 
     def cold_save_point(self, n_prompt: int) -> int | None:
@@ -86,9 +96,19 @@ class WarmStart:
         r.cache_hit_kind = "exact" if hit.n_tokens >= best else "partial"
 
     def _load(self, r: Request, hit: CacheHit) -> bool:
+        """Restore ``hit`` into the request's sequence; False (sequence left empty) if unusable.
+
+        A blob llama.cpp refuses (a stream count or layout from another
+        configuration, a format change) is handed back to the cache as a miss
+        and forgotten there, so the next request does not hit it again.
+        """
         blob = self.cache.load(hit)
         assert r.seq_id is not None
-        if blob is None or not self.backend.restore_sequence(r.seq_id, blob):
+        if blob is None:  # vanished or corrupt: load() counted the miss
+            self.backend.clear_sequence(r.seq_id)
+            return False
+        if not self.backend.restore_sequence(r.seq_id, blob):
+            self.cache.reject(hit)
             self.backend.clear_sequence(r.seq_id)
             return False
         r.n_computed = hit.n_tokens
@@ -103,6 +123,7 @@ class WarmStart:
             return None
         tokens = (r.prompt + tuple(r.generated))[:n]
         blob = self.backend.sequence_state(r.seq_id)
+        # An empty or truncated blob is refused (and counted) by the cache: None, nothing recorded.
         key = self.cache.save(self.root(r.cache_salt), tokens, blob, reason)
         if key is not None:
             r.cache_created = max(r.cache_created, n - r.cache_read)
@@ -115,6 +136,7 @@ class WarmStart:
 
         Synchronous, bounded by the cache's sync timeout: the sequence is about
         to be cleared, so a dropped save would lose the conversation's state.
+        An empty blob is refused and counted by the cache like any other save.
         """
         if tokens:
             blob = self.backend.sequence_state(seq_id)

@@ -10,7 +10,9 @@ takes for ``sync=True`` saves (bounded by a timeout).
 A row is served only for the exact token ids it was saved with: lookups
 confirm candidates by comparing tokens, and ``load`` verifies the checksum
 and compares the tokens read back, so a collision, a stale or a corrupt row
-is a miss (counted), never wrong output.
+is a miss (counted), never wrong output. A row that passes every check but
+that llama.cpp still refuses is handed back with :meth:`KvCache.reject`: a
+miss too, and forgotten in every tier so it is not hit again.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import logging
 import threading
 import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from kvllama.errors import InvalidOptionError
 from kvllama.kvcache.config import CacheConfig
-from kvllama.kvcache.errors import CorruptRowError
+from kvllama.kvcache.errors import CorruptRowError, ReadOnlyCacheError
 from kvllama.kvcache.eviction import EvictionPolicy
 from kvllama.kvcache.index import Entry, Index
 from kvllama.kvcache.keys import CacheKey, KeyRoot, key_of, token_array
@@ -33,7 +36,7 @@ from kvllama.kvcache.lookup import Finder
 from kvllama.kvcache.metrics import Metrics
 from kvllama.kvcache.pressure import MemoryReader, MemoryWatcher, read_meminfo
 from kvllama.kvcache.records import CacheHit, RowInfo
-from kvllama.kvcache.rowformat import Row, RowMeta, SaveReason
+from kvllama.kvcache.rowformat import MIN_BLOB_BYTES, Row, RowMeta, SaveReason
 from kvllama.kvcache.store import TierStack
 from kvllama.kvcache.tiers import FileTier, Tier, build_tiers
 from kvllama.kvcache.writer import SaveJob, Submitted, WriterPool
@@ -41,6 +44,10 @@ from kvllama.kvcache.writer import SaveJob, Submitted, WriterPool
 log = logging.getLogger("kvllama.kvcache")
 
 RootLike = bytes | KeyRoot
+# Where the last few successful loads came from, so reject() un-counts the right tier's hit.
+_RECENT_LOADS = 64
+# How many of the least recently used roots register_root looks through for one without rows.
+_ROOT_SCAN = 16
 
 
 class KvCache:
@@ -58,10 +65,13 @@ class KvCache:
         self._index = Index()
         self._metrics = Metrics()
         self._policy = EvictionPolicy(self.config.half_life)
-        self._roots: dict[bytes, str] = {}  # root digest -> KeyRoot description, for new rows
+        # root digest -> KeyRoot description, for new rows; an LRU of at most config.max_roots.
+        self._roots: OrderedDict[bytes, str] = OrderedDict()
+        self._recent_loads: OrderedDict[CacheKey, str] = OrderedDict()  # key -> tier, under _mu
         self._stack = TierStack(
             build_tiers(self.config) if tiers is None else tiers,
             self._index, self._mu, self._metrics, self._policy, demote=self.config.demote,
+            read_only=self.config.read_only,
         )
         self._stack.adopt()
         c = self.config
@@ -83,11 +93,49 @@ class KvCache:
     # --- roots ----------------------------------------------------------------
 
     def register_root(self, root: KeyRoot) -> bytes:
-        """The root bytes of ``root``; rows saved under them record its description."""
+        """The root bytes of ``root``; rows saved under them record its description.
+
+        Roots are kept in an LRU of ``config.max_roots`` (one root per model
+        and cache_salt, so a client sending random salts would otherwise grow
+        this map forever). Forgetting a root loses nothing: a stored row keeps
+        its own copy of the description, and every save and lookup that passes
+        a KeyRoot registers it again. Roots without live rows go first.
+        """
         digest = root.digest
-        if digest not in self._roots:
-            self._roots[digest] = root.describe()
+        with self._mu:
+            if digest in self._roots:
+                self._roots.move_to_end(digest)
+                return digest
+        description = root.describe()
+        with self._mu:
+            self._roots[digest] = description
+            self._roots.move_to_end(digest)
+            while len(self._roots) > self.config.max_roots:
+                self._roots.pop(self._root_to_drop(keep=digest))
         return digest
+
+    def _root_to_drop(self, keep: bytes) -> bytes:
+        """The LRU root with no live rows among the oldest few, else the oldest (caller holds _mu)."""
+        oldest = next(iter(self._roots))
+        for i, digest in enumerate(self._roots):
+            if digest == keep or i >= _ROOT_SCAN:
+                break
+            if not self._index.lengths(digest):
+                return digest
+        return oldest
+
+    def known_roots(self) -> int:
+        """How many root descriptions are remembered (at most ``config.max_roots``)."""
+        with self._mu:
+            return len(self._roots)
+
+    def _description(self, root: RootLike, digest: bytes) -> str:
+        """What a new row records about its root (a KeyRoot describes itself; the LRU may have let go)."""
+        if isinstance(root, KeyRoot):
+            return root.describe()
+        with self._mu:
+            known = self._roots.get(digest)
+        return known or json.dumps({"root": digest.hex()})
 
     def _resolve(self, root: RootLike) -> bytes:
         return self.register_root(root) if isinstance(root, KeyRoot) else bytes(root)
@@ -136,6 +184,28 @@ class KvCache:
             self._metrics.inc("hits_by_source", by=hit.source)
         return blob
 
+    def reject(self, hit: CacheHit, why: str = "llama.cpp refused the state") -> None:
+        """The caller could not use the blob ``load(hit)`` returned: a miss, and the row is forgotten.
+
+        The row passed every check of ours (checksum, key, tokens), yet the
+        runtime refused it (llama_state_seq_set_data returned 0: a stream count
+        or layout from another configuration, a state format change). Serving
+        it again would fail again, so it is removed from the index and from
+        every tier, and the hit that load() counted becomes a miss.
+        """
+        with self._mu:
+            tier = self._recent_loads.pop(hit.key, None)
+        if tier is not None:  # undo what load() counted; a load that failed counted its own miss
+            self._metrics.inc("hits", -1, by=hit.kind)
+            self._metrics.inc("hits_by_source", -1, by=hit.source)
+            self._metrics.inc("hits_by_tier", -1, by=tier)
+            self._metrics.inc("misses")
+        self._metrics.inc("restore_failures")
+        log.warning("cache row %s (%d tokens) could not be restored (%s); forgetting it",
+                    hit.key.hex(), hit.n_tokens, why)
+        if not self.config.read_only:
+            self._stack.forget_everywhere(hit.key)
+
     def _load(self, hit: CacheHit) -> bytes | None:
         for _attempt in range(3):  # the row may be demoted while we read; follow it
             with self._mu:
@@ -149,6 +219,10 @@ class KvCache:
             except CorruptRowError as exc:
                 self._forget_corrupt(hit.key, tier, exc)
                 return None
+            except OSError as exc:  # unreadable, or not a regular file any more: a miss, never a crash
+                log.warning("cannot read cache row %s in %s: %s", hit.key.hex(), tier.name, exc)
+                self._forget(hit.key, tier)
+                return None
             finally:
                 with self._mu:
                     entry.pins -= 1
@@ -160,7 +234,15 @@ class KvCache:
             if row.meta.tokens != hit.tokens or row.meta.root != entry.root:
                 self._forget_corrupt(hit.key, tier, CorruptRowError("stored tokens differ from the index"))
                 return None
+            if len(row.blob) < MIN_BLOB_BYTES:
+                self._forget_corrupt(hit.key, tier, CorruptRowError("state blob too short"))
+                return None
             self._bump(entry, tier)
+            with self._mu:
+                self._recent_loads[hit.key] = tier.name
+                self._recent_loads.move_to_end(hit.key)
+                if len(self._recent_loads) > _RECENT_LOADS:
+                    self._recent_loads.popitem(last=False)
             return row.blob
         return None
 
@@ -176,6 +258,8 @@ class KvCache:
             log.debug("could not persist hit count of %s: %s", entry.key.hex(), exc)
 
     def _forget(self, key: CacheKey, tier: Tier) -> None:
+        if self.config.read_only:
+            return
         with self._mu:
             entry = self._index.get(key)
             if entry is not None and entry.tier == tier.name:
@@ -203,12 +287,20 @@ class KvCache:
 
         Async by default: never blocks (a full writer queue drops the save).
         ``sync=True`` writes in this thread, waiting at most ``timeout``
-        (default ``config.sync_timeout``) for other writes to finish.
+        (default ``config.sync_timeout``) for other writes to finish. A blob
+        shorter than ``MIN_BLOB_BYTES`` (b"" when llama.cpp could not produce a
+        state) is refused and counted: restored, it would be an empty sequence
+        under a key that claims ``tokens``.
         """
         why = SaveReason.parse(reason)
+        if len(blob) < MIN_BLOB_BYTES:
+            self._metrics.inc("saves_refused")
+            log.warning("refusing to cache a %d-byte state blob for %d tokens (%s save)",
+                        len(blob), len(tokens), why.label)
+            return None
         digest = self._resolve(root)
         toks = array("i", tokens)  # our own copy: the caller may keep appending to its list
-        if not toks or not self._stack.tiers or self._closed:
+        if not toks or not self._stack.tiers or self._closed or self.config.read_only:
             return None
         key = key_of(digest, toks, self.config.block_size)
         with self._mu:
@@ -217,7 +309,7 @@ class KvCache:
             same = existing.root == digest and existing.tokens == toks
             self._metrics.inc("saves_skipped" if same else "collisions")
             return key if same else None
-        inputs = self._roots.get(digest) or json.dumps({"root": digest.hex()})
+        inputs = self._description(root, digest)
         job = SaveJob(key, digest, toks, bytes(blob), why, inputs, time.time())
         if sync:
             ok = self._write_job(job, self.config.sync_timeout if timeout is None else timeout)
@@ -274,6 +366,10 @@ class KvCache:
         """Wait up to ``timeout`` s for a pending save of ``key``; True if none is pending now."""
         return self._pool.wait(key, timeout)
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued save is written (or failed); False if ``timeout`` s passed first."""
+        return self._pool.flush(timeout)
+
     # --- start, pressure, admin -------------------------------------------------
 
     def check_memory_pressure(self) -> int:
@@ -312,16 +408,25 @@ class KvCache:
         inputs = json.loads(meta.inputs) if meta is not None else None
         return _info(entry, time.time(), inputs)
 
-    def verify(self) -> dict[str, dict[str, int]]:
-        """Read and check every row; delete corrupt ones. ``{tier: {"ok": n, "corrupt": n}}``."""
+    def verify(self, *, repair: bool = False) -> dict[str, dict[str, int]]:
+        """Read and check every row in full. ``{tier: {"ok": n, "corrupt": n}}``.
+
+        Only reports by default: looking at a cache must not change it.
+        ``repair=True`` deletes the corrupt rows (counted in ``corrupt_rows``).
+        Rows the start-up scan already rejected are not listed here (see
+        ``metrics()["corrupt_rows"]``); a file that cannot be read counts as corrupt.
+        """
+        if repair and self.config.read_only:
+            raise ReadOnlyCacheError("verify(repair=True) needs a cache opened writable")
         report = {t.name: {"ok": 0, "corrupt": 0} for t in self._stack.tiers}
         for tier in self._stack.tiers:
             for key in tier.row_keys():
                 try:
                     row = tier.get(key)
-                except CorruptRowError as exc:
-                    self._forget_corrupt(key, tier, exc)
+                except (CorruptRowError, OSError) as exc:
                     report[tier.name]["corrupt"] += 1
+                    if repair:
+                        self._forget_corrupt(key, tier, exc)
                     continue
                 if row is not None:
                     report[tier.name]["ok"] += 1
@@ -329,6 +434,8 @@ class KvCache:
 
     def clear(self, tier: str | None = None) -> int:
         """Delete every row (of one tier, if named); the number deleted."""
+        if self.config.read_only:
+            raise ReadOnlyCacheError("clear() needs a cache opened writable")
         names = [t.name for t in self._stack.tiers]
         if tier is not None and tier not in names:
             raise InvalidOptionError("tier", tier, " | ".join(names) or "no tier is enabled")

@@ -47,6 +47,13 @@ class CacheConfig:
     pressure_high: float = 0.90  # fraction of MemTotal in use that triggers shedding
     pressure_low: float = 0.80  # shed RAM and shm rows down to this fraction
     pressure_interval: float = 1.0  # seconds between readings
+    # Key roots remembered (one per model and cache_salt): an LRU, so random salts cannot grow
+    # memory without bound. A forgotten root costs nothing but recomputing its description.
+    max_roots: int = 4096
+    # Open the file tiers to look only: the start-up scan deletes nothing (corrupt rows, stale
+    # rows and temporaries are counted and left), saves are refused, budgets are not enforced.
+    # ``kvllama cache list/inspect/verify`` use it: reading a cache must never change it.
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ram_bytes", "shm_bytes", "disk_bytes"):
@@ -64,5 +71,7 @@ class CacheConfig:
                 (self.pressure_low, self.pressure_high),
                 "0 < pressure_low < pressure_high <= 1",
             )
+        if self.max_roots < 1:
+            raise InvalidOptionError("max_roots", self.max_roots, "at least 1")
         if self.half_life <= 0:
             raise InvalidOptionError("half_life", self.half_life, "a positive number of seconds")

@@ -1,7 +1,7 @@
 """Errors of the KV cache.
 
-Only :class:`InvalidCacheSaltError` and :class:`UnsafeCacheDirError` ever
-reach callers. :class:`CorruptRowError` is raised by the row reader and
+Only :class:`InvalidCacheSaltError`, :class:`UnsafeCacheDirError` and
+:class:`ReadOnlyCacheError` ever reach callers. :class:`CorruptRowError` is raised by the row reader and
 always handled inside the cache: a corrupt row is a miss, counted and
 deleted, never an exception into the decode loop.
 """
@@ -31,3 +31,9 @@ class CorruptRowError(KvllamaError):
     """A stored row failed a structural or checksum check (internal)."""
 
     code = "corrupt_cache_row"
+
+
+class ReadOnlyCacheError(KvllamaError):
+    """A deleting command (clear, verify with repair) on a cache opened read-only."""
+
+    code = "read_only_cache"

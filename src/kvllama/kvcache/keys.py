@@ -1,9 +1,10 @@
 """Cache keys: a root per KV layout and tenant, chained over aligned token blocks.
 
 A row's key must change whenever anything that changes the llama.cpp state
-changes, so the root (:class:`KeyRoot`) folds in the model, KV layout, state
-format version, LoRA adapters and the tenant's ``cache_salt``. Tokens are
-then chained block by block::
+changes, so the root (:class:`KeyRoot`) folds in the model, KV layout (types,
+stream count, SWA cache), state format version, LoRA adapters, the options
+that change the computed numbers (``numerics``) and the tenant's
+``cache_salt``. Tokens are then chained block by block::
 
     h0      = H(root)
     h(i+1)  = H(h(i) || tokens of block i)            (int32 little endian)
@@ -22,7 +23,7 @@ import json
 import re
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from hashlib import blake2b
@@ -38,7 +39,9 @@ DIGEST_SIZE = 16
 _ROOT = b"kvllama.root"
 _CHAIN = b"kvllama.chain"
 _KEY = b"kvllama.key"
-_ROOT_FORMAT = 1
+# 2: n_seq_max always hashed, swa_full and numerics added. Bumping it makes
+# every row saved under an older root unreachable (a miss), never misread.
+_ROOT_FORMAT = 2
 
 _SALT_RE = re.compile(r"[A-Za-z0-9._:-]+")
 _SALT_MAX = 256
@@ -90,28 +93,58 @@ def tokens_from_bytes(data: bytes | memoryview) -> array:
     return tokens
 
 
+def _numeric(name: object, value: object) -> NumericValue:
+    """A JSON scalar (sequences become their canonical string), so the digest is well defined."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value), separators=(",", ":"))
+    raise TypeError(f"KeyRoot.numerics[{name!r}] must be a JSON scalar, got {type(value).__name__}")
+
+
 def _digest(data: bytes, person: bytes) -> bytes:
     return blake2b(data, digest_size=DIGEST_SIZE, person=person).digest()
 
 
+NumericValue = str | int | float | bool | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class KeyRoot:
-    """Everything besides the token ids that determines a row's state."""
+    """Everything besides the token ids that determines a row's state bytes or numbers.
+
+    Every field is hashed into :attr:`digest` unconditionally: a field that is
+    only sometimes hashed is how a restorable-looking row from another
+    configuration gets served (llama.cpp then refuses it, or worse, accepts it).
+    """
 
     model_fingerprint: str  # identifies the GGUF weights (e.g. a content hash)
     type_k: str  # KV cache element types: a q8_0 cache restores differently from f16
     type_v: str
-    flash_attn: bool  # restored state is only bit-exact with one setting (see LLAMA_CPP_NOTES)
+    flash_attn: bool | str  # the option as given ("off", "on", "auto"): each computes differently
     kv_unified: bool
-    n_seq_max: int  # only folded into the digest when kv_unified is True
+    # The blob of a non-unified cache holds one cell list per stream (n_stream =
+    # n_seq_max) and llama.cpp refuses a blob whose stream count differs.
+    n_seq_max: int
     state_version: str  # llama.cpp / llama-cpp-python state blob format
+    swa_full: bool = False  # a full-size SWA cache saves every cell, not just the window
     adapters: tuple[tuple[str, float], ...] = ()  # (name, scale), sorted on construction
+    # Options that change the computed numbers but not the blob layout (batch
+    # shapes, kernels, devices, the llama.cpp build and CPU features): a row
+    # computed under other numbers would not restore bit-identically to a cold
+    # run here. (name, value) pairs, sorted on construction; a Mapping is accepted.
+    numerics: tuple[tuple[str, NumericValue], ...] = ()
     cache_salt: str | None = None  # tenant isolation: different salts never share rows
 
     def __post_init__(self) -> None:
         validate_cache_salt(self.cache_salt)
         adapters = tuple(sorted((str(name), float(scale)) for name, scale in self.adapters))
         object.__setattr__(self, "adapters", adapters)
+        pairs = self.numerics.items() if isinstance(self.numerics, Mapping) else self.numerics
+        numerics = tuple(sorted((str(name), _numeric(name, value)) for name, value in pairs))
+        if len({name for name, _ in numerics}) != len(numerics):
+            raise ValueError("KeyRoot.numerics names must be unique")
+        object.__setattr__(self, "numerics", numerics)
 
     def _fields(self, salt: str | None) -> dict[str, object]:
         return {
@@ -119,11 +152,13 @@ class KeyRoot:
             "model_fingerprint": self.model_fingerprint,
             "type_k": self.type_k,
             "type_v": self.type_v,
-            "flash_attn": bool(self.flash_attn),
+            "flash_attn": self.flash_attn,
             "kv_unified": bool(self.kv_unified),
-            "n_seq_max": int(self.n_seq_max) if self.kv_unified else None,
+            "n_seq_max": int(self.n_seq_max),
+            "swa_full": bool(self.swa_full),
             "state_version": self.state_version,
             "adapters": [[name, scale] for name, scale in self.adapters],
+            "numerics": dict(self.numerics),
             "cache_salt": salt,
         }
 

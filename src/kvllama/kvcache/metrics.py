@@ -15,12 +15,14 @@ from kvllama.kvcache.rowformat import SaveReason
 
 COUNTERS = (
     "lookups",  # lookup() calls
-    "misses",  # lookups without a hit, plus loads that found the row gone or corrupt
+    "misses",  # lookups without a hit, loads that found the row gone or corrupt, rejected restores
     "load_misses",  # loads that found the row gone or corrupt
     "collisions",  # a key matched but the stored tokens differed (a miss)
     "saves_dropped",  # async saves refused because the writer queue was full
     "saves_failed",  # saves that could not be written (ENOSPC, I/O error, no room, timeout)
     "saves_skipped",  # saves of a row already cached or already in flight
+    "saves_refused",  # saves of an empty or too short state blob (never stored)
+    "restore_failures",  # rows loaded but refused by llama.cpp: un-counted as hits, a miss, forgotten
     "rows_dropped",  # rows evicted with nowhere to demote them
 )
 MAPS = (
@@ -31,9 +33,10 @@ MAPS = (
     "evictions",  # by tier the row left
     "demotions",  # by tier the row went to
     "write_errors",  # by tier: puts that failed (ENOSPC, I/O error); the row tried the next tier
-    "corrupt_rows",  # by tier: rejected on start, load or verify; always deleted
+    "corrupt_rows",  # by tier: rejected on start, load or verify (deleted, except by read-only scans)
     "stale_rows",  # by tier: valid rows of another block size, deleted on start
     "temps_removed",  # by tier: leftover temporaries of dead writers
+    "files_skipped",  # by tier: not regular files (or unreadable) named like rows; left alone
 )
 SECONDS = ("pack", "save", "load", "lookup")
 

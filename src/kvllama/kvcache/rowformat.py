@@ -39,6 +39,11 @@ STATS = struct.Struct("<QdII")
 TRAILER = struct.Struct("<I")
 STATS_OFFSET = HEADER.size
 BODY_OFFSET = HEADER.size + STATS.size
+# The smallest blob that can be a llama.cpp sequence state: its stream count and one
+# stream's cell count (uint32 each). Anything shorter (b"" from a failed
+# llama_state_seq_get_data) would restore as an empty sequence under a key that
+# claims n tokens, so it is never saved, and a stored one is corrupt.
+MIN_BLOB_BYTES = 8
 
 
 class SaveReason(enum.IntEnum):
@@ -162,6 +167,8 @@ def read_row(read: Reader, size: int, *, with_blob: bool) -> tuple[RowMeta, byte
     )
     if magic != MAGIC or version != FORMAT_VERSION:
         raise CorruptRowError(f"bad magic or version ({magic!r}, {version})")
+    if blob_len < MIN_BLOB_BYTES:
+        raise CorruptRowError(f"state blob of {blob_len} bytes is too short to be a state")
     expected = packed_size(n_tokens, inputs_len, blob_len)
     if size != expected:
         raise CorruptRowError(f"size is {size} bytes, header says {expected}")

@@ -41,11 +41,13 @@ class TierStack:
         policy: EvictionPolicy,
         *,
         demote: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.tiers = list(tiers)
         self.lock = threading.Lock()  # serializes every mutation of the tiers
         self._index, self._mu, self._metrics, self._policy = index, mu, metrics, policy
         self._demote = demote
+        self.read_only = read_only  # adopt only: delete nothing, evict nothing
         self._pos = {tier.name: i for i, tier in enumerate(self.tiers)}
 
     def tier(self, name: str) -> Tier:
@@ -125,6 +127,9 @@ class TierStack:
         except CorruptRowError:
             self._metrics.inc("corrupt_rows", by=tier.name)
             return None
+        except OSError as exc:  # unreadable now (EIO, a directory in its place): drop it, never crash a save
+            log.warning("cannot read cache row %s in %s to demote it: %s", key.hex(), tier.name, exc)
+            return None
         if row is None:
             return None
         with self._mu:
@@ -139,6 +144,18 @@ class TierStack:
         for tier in self.tiers:
             if entry is None or tier.name == entry.tier or tier.contains(key):
                 tier.remove(key)
+
+    def forget_everywhere(self, key: CacheKey) -> None:
+        """Drop a row from the index and from every tier, accounted there or not.
+
+        For a row that must never be served again (llama.cpp refused it): a
+        crash mid-demotion can leave a second copy in a tier that never
+        adopted it, so every tier is asked, not just the one the index names.
+        """
+        with self._mu:
+            self._index.remove(key)
+        for tier in self.tiers:
+            tier.remove(key)
 
     def shed(self, nbytes: int) -> int:
         """Free about ``nbytes`` from the memory-backed tiers (lowest scores first)."""
@@ -160,14 +177,15 @@ class TierStack:
         """Rebuild the index from the file tiers' headers, then bring every tier within budget.
 
         Lower tiers are scanned first, so when a crash left a row in two
-        tiers (mid-demotion) the higher copy wins and the lower one is deleted.
+        tiers (mid-demotion) the higher copy wins and the lower one is deleted
+        (a read-only stack only indexes the higher one and deletes nothing).
         """
         for tier in reversed(self.tiers):
             if not isinstance(tier, FileTier):
                 continue
             found = tier.scan()
             for name, count in (("corrupt_rows", found.corrupt), ("stale_rows", found.stale),
-                                ("temps_removed", found.temps)):
+                                ("temps_removed", found.temps), ("files_skipped", found.skipped)):
                 if count:
                     self._metrics.inc(name, count, by=tier.name)
             for meta in found.metas:
@@ -177,10 +195,11 @@ class TierStack:
                     if older is not None:
                         entry.hits = max(entry.hits, older.hits)
                     self._index.add(entry)
-                if older is not None:
+                if older is not None and not self.read_only:
                     self.tier(older.tier).remove(meta.key)
-        with self.lock:
-            self.enforce_budgets()
+        if not self.read_only:
+            with self.lock:
+                self.enforce_budgets()
 
     def enforce_budgets(self) -> None:
         """Bring every tier within budget (after adopting rows saved under a larger one)."""

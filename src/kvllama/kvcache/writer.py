@@ -83,6 +83,22 @@ class WriterPool:
         event = self._pending.get(key)
         return True if event is None else event.wait(timeout)
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until no save is queued or being written; False if ``timeout`` s passed first.
+
+        For shutdown paths and tests that must see every submitted save
+        published (or failed) before reading metrics or files: waiting on the
+        pool's own condition, never on the clock.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -113,4 +129,5 @@ class WriterPool:
             self._jobs.clear()
             for job in abandoned:
                 self._pending.pop(job.key).set()
+            self._cond.notify_all()  # wake flush() waiters: nothing abandoned is pending any more
         return len(abandoned)

@@ -125,7 +125,7 @@ def test_a_flipped_blob_byte_is_a_counted_miss_on_load_and_the_row_is_deleted(ma
     assert cache.lookup(root, TOKENS) is None
 
 
-def test_verify_reports_and_deletes_corrupt_rows(make_cache, root, blob, dirs):
+def test_verify_reports_corrupt_rows_and_deletes_them_only_when_asked(make_cache, root, blob, dirs):
     cache = make_cache(disk=True, ram_bytes=0)
     key = saved_row(cache, root, blob, TOKENS[:10])
     saved_row(cache, root, blob, TOKENS[:20])
@@ -134,7 +134,12 @@ def test_verify_reports_and_deletes_corrupt_rows(make_cache, root, blob, dirs):
     data[-5] ^= 0x10
     path.write_bytes(bytes(data))
     assert cache.verify() == {"disk": {"ok": 1, "corrupt": 1}}
+    assert path.exists() and len(cache.rows()) == 2  # a check is a read: nothing deleted
+    assert cache.metrics()["corrupt_rows"] == {}
+    assert cache.verify(repair=True) == {"disk": {"ok": 1, "corrupt": 1}}
     assert not path.exists() and len(cache.rows()) == 1
+    assert cache.metrics()["corrupt_rows"] == {"disk": 1}
+    assert cache.verify() == {"disk": {"ok": 1, "corrupt": 0}}
 
 
 def test_enospc_is_a_counted_failed_save_with_no_visible_row(make_cache, root, blob, dirs, monkeypatch):

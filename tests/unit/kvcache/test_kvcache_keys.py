@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import struct
 from hashlib import blake2b
 
@@ -28,6 +29,13 @@ def test_same_inputs_give_the_same_key(make_root):
         {"state_version": "llama-cpp-python 0.3.37"},
         {"model_fingerprint": "sha256:ffff"},
         {"adapters": (("style.gguf", 0.5),)},
+        {"n_seq_max": 8},  # a non-unified blob embeds one cell list per stream
+        {"kv_unified": True, "n_seq_max": 8},
+        {"swa_full": True},
+        {"flash_attn": "auto"},
+        {"numerics": {"n_ubatch": 256}},
+        {"numerics": {"use_extra_bufts": True}},
+        {"numerics": {"system": "CPU : AVX2 = 1 |"}},
     ],
 )
 def test_anything_that_changes_the_state_changes_the_key(make_root, change):
@@ -41,9 +49,25 @@ def test_adapter_scale_and_salt_values_matter_and_adapter_order_does_not(make_ro
     assert make_root(cache_salt="x").digest != make_root(cache_salt="y").digest
 
 
-def test_n_seq_max_only_matters_with_a_unified_kv_cache(make_root):
-    assert make_root(n_seq_max=2).digest == make_root(n_seq_max=8).digest
+def test_n_seq_max_is_hashed_with_and_without_a_unified_kv_cache(make_root):
+    # llama.cpp writes n_stream (= n_seq_max when not unified) into every sequence blob and
+    # refuses one whose count differs: rows of another n_seq_max must be another root.
+    assert make_root(n_seq_max=2).digest != make_root(n_seq_max=8).digest
     assert make_root(kv_unified=True, n_seq_max=2).digest != make_root(kv_unified=True, n_seq_max=8).digest
+
+
+def test_numerics_are_order_free_hashed_by_value_and_described(make_root):
+    a = make_root(numerics={"n_batch": 512, "n_ubatch": 512, "tensor_split": (3.0, 1.0)})
+    b = make_root(numerics=[("tensor_split", [3.0, 1.0]), ("n_ubatch", 512), ("n_batch", 512)])
+    assert a.digest == b.digest and a.numerics == b.numerics
+    assert a.digest != make_root(numerics={"n_batch": 512, "n_ubatch": 512}).digest
+    swapped = make_root(numerics={"n_batch": 512, "n_ubatch": 512, "tensor_split": (1.0, 3.0)})
+    assert a.digest != swapped.digest
+    described = json.loads(a.describe())
+    assert described["numerics"] == {"n_batch": 512, "n_ubatch": 512, "tensor_split": "[3.0,1.0]"}
+    assert described["format"] == 2 and described["n_seq_max"] == 4 and described["swa_full"] is False
+    with pytest.raises(TypeError):
+        make_root(numerics={"bad": object()})
 
 
 def test_one_changed_token_or_length_changes_the_key(root):

@@ -30,9 +30,11 @@ class ScanResult:
     """What a file tier found on start."""
 
     metas: list[RowMeta] = field(default_factory=list)
-    corrupt: int = 0  # corrupt or truncated rows, deleted
-    stale: int = 0  # valid rows saved with another block size (unreachable), deleted
-    temps: int = 0  # leftover temporaries of dead writers, deleted
+    corrupt: int = 0  # corrupt or truncated rows, deleted (read-only: only counted)
+    corrupt_names: list[str] = field(default_factory=list)  # their file names
+    stale: int = 0  # valid rows saved with another block size (unreachable), deleted (ditto)
+    temps: int = 0  # leftover temporaries of dead writers, deleted (never by a read-only scan)
+    skipped: int = 0  # not regular files, or unreadable: left alone, with a warning
 
 
 class Tier(Protocol):

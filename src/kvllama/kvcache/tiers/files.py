@@ -8,12 +8,23 @@ catch truncation); valid rows are adopted with their persisted hit counts,
 the others are deleted and counted. The full checksum is checked on every
 ``get``. The in-memory ``_rows`` map is the tier's own accounting; the
 cache-wide index lives in :mod:`~kvllama.kvcache.index`.
+
+Anything in the directory that is not a regular file (a directory, FIFO,
+socket or symlink named like a row) is skipped by the start-up scan with a
+warning and never deleted there: it is not ours. Row files are never opened
+in a way that could block (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``), so
+one swapped in under a row's name later is a miss on load (and the name is
+cleared as far as ``unlink`` can), never a hang. A *read-only* tier (``kvllama cache list``,
+``inspect``, ``verify`` without ``--repair``) deletes nothing at all: it
+counts what a writable start would clean up and leaves it in place.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +35,41 @@ from kvllama.kvcache.rowformat import STATS_OFFSET, Row, RowMeta, pack_stats, re
 from kvllama.kvcache.tiers.base import ScanResult, TierFullError
 from kvllama.kvcache.tiers.publish import ensure_private_dir, publish, sweep_temps, write_temp
 
+log = logging.getLogger("kvllama.kvcache")
+
 ROW_SUFFIX = ".kvr"
+# Opening a FIFO for reading blocks until a writer appears; O_NONBLOCK makes it return at
+# once (and is a no-op on regular files). O_NOFOLLOW: a row is never a symlink.
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+class NotARowFileError(OSError):
+    """Something that is not a regular file sits where a row file should be."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISLNK, "symlink"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "unknown file type"  # pragma: no cover
+
+
+def open_regular(path: Path, flags: int) -> int:
+    """``os.open`` that never blocks on a FIFO and refuses anything but a regular file."""
+    fd = os.open(path, flags | _OPEN_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARowFileError(path, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _pread_exact(fd: int, offset: int, length: int) -> bytes:
@@ -43,8 +88,12 @@ def _pread_exact(fd: int, offset: int, length: int) -> bytes:
 
 
 def read_file(path: Path, *, with_blob: bool) -> tuple[RowMeta, bytes | None]:
-    """Read and check one row file (FileNotFoundError if absent, CorruptRowError if bad)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Read and check one row file.
+
+    FileNotFoundError if absent, CorruptRowError if bad, NotARowFileError for a
+    directory/FIFO/socket/symlink, other OSErrors (EACCES, EIO) as they come.
+    """
+    fd = open_regular(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         return read_row(lambda off, n: _pread_exact(fd, off, n), size, with_blob=with_blob)
@@ -62,6 +111,7 @@ class FileTier:
         *,
         memory_backed: bool,
         durable: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.name = name
         self.budget = budget
@@ -69,6 +119,7 @@ class FileTier:
         self.directory = Path(directory)
         self._block_size = block_size
         self._durable = durable
+        self.read_only = read_only
         self._rows: dict[CacheKey, int] = {}  # key -> file size
         self._used = 0
         self._lock = threading.Lock()
@@ -88,24 +139,39 @@ class FileTier:
     # --- start ----------------------------------------------------------------
 
     def scan(self) -> ScanResult:
-        """Clean leftovers and adopt every valid row on disk (headers only, no blobs)."""
-        result = ScanResult(temps=sweep_temps(self.directory))
+        """Clean leftovers and adopt every valid row on disk (headers only, no blobs).
+
+        Read-only: adopt the valid rows, count the rest, delete nothing.
+        """
+        result = ScanResult(temps=0 if self.read_only else sweep_temps(self.directory))
         with os.scandir(self.directory) as entries:
             paths = [Path(e.path) for e in entries if e.name.endswith(ROW_SUFFIX)]
         for path in sorted(paths):
             try:
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISREG(mode):  # never open it: a FIFO would block, a symlink may point anywhere
+                    raise NotARowFileError(path, mode)
                 meta, _ = read_file(path, with_blob=False)
                 if path.name != f"{meta.key.hex()}{ROW_SUFFIX}":
                     raise CorruptRowError("file name does not match the key in its header")
             except FileNotFoundError:
                 continue
-            except (CorruptRowError, OSError):
+            except CorruptRowError as exc:
                 result.corrupt += 1
-                self._unlink(path)
+                result.corrupt_names.append(path.name)
+                if not self.read_only:
+                    log.warning("deleting corrupt cache row %s: %s", path, exc)
+                    self._unlink(path)
+                continue
+            except OSError as exc:  # a directory, FIFO, socket or symlink; unreadable; I/O error
+                result.skipped += 1
+                log.warning("skipping %s in the %s cache tier: %s", path.name, self.name,
+                            exc.strerror or exc)
                 continue
             if meta.block_size != self._block_size:
                 result.stale += 1
-                self._unlink(path)
+                if not self.read_only:
+                    self._unlink(path)
                 continue
             self._account(meta.key, meta.size)
             result.metas.append(meta)
@@ -124,6 +190,8 @@ class FileTier:
         return Row(meta, blob)
 
     def put(self, row: Row) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, f"the {self.name} tier is open read-only")
         with self._lock:
             free = self.budget - self._used + self._rows.get(row.key, 0)
         if row.size > free:
@@ -143,6 +211,8 @@ class FileTier:
         return key in self._rows
 
     def remove(self, key: CacheKey) -> bool:
+        if self.read_only:
+            return False
         with self._lock:
             size = self._rows.pop(key, None)
             if size is not None:
@@ -162,14 +232,16 @@ class FileTier:
     def read_meta(self, key: CacheKey) -> RowMeta | None:
         try:
             meta, _ = read_file(self.path(key), with_blob=False)
-        except (FileNotFoundError, CorruptRowError):
+        except (OSError, CorruptRowError):
             return None
         return meta
 
     def touch(self, key: CacheKey, hits: int, last_used: float) -> None:
         """Rewrite the stats block in place (one small pwrite, no fsync: popularity is a hint)."""
+        if self.read_only:
+            return
         try:
-            fd = os.open(self.path(key), os.O_WRONLY | os.O_CLOEXEC)
+            fd = open_regular(self.path(key), os.O_WRONLY)
         except FileNotFoundError:
             return
         try:
@@ -192,5 +264,10 @@ class FileTier:
 
     @staticmethod
     def _unlink(path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Delete a row file; what cannot be deleted (a directory in its place) is logged, not raised."""
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not delete %s: %s", path, exc.strerror or exc)

@@ -103,14 +103,26 @@ def _writer_alive(name: str) -> bool:
 
 
 def sweep_temps(directory: Path) -> int:
-    """Delete leftover temporaries of writers that died between write and publish."""
+    """Delete leftover temporaries of writers that died between write and publish.
+
+    Only regular files: a directory or FIFO named like a temporary is not one
+    of ours, so it is left alone (with a warning) instead of breaking start-up.
+    """
     removed = 0
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
+            if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    log.warning("skipping %s in %s: not a regular file", entry.name, directory)
+                    continue
                 if _writer_alive(entry.name):
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not delete temporary %s: %s", entry.path, exc.strerror or exc)
     return removed
