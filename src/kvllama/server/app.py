@@ -22,6 +22,7 @@ from kvllama.server import anthropic_routes, openai_routes
 from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError, ClientDisconnected, error_response, family_of
 from kvllama.server.middleware import GuardMiddleware, MetricsMiddleware
+from kvllama.server.openapi import publish_request_bodies
 from kvllama.server.state import ServerState, state_of
 
 
@@ -35,6 +36,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.include_router(anthropic_routes.router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    publish_request_bodies(app)
     for exc_type in (ApiError, KvllamaError, ClientDisconnected):
         app.add_exception_handler(exc_type, _known_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

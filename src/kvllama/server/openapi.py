@@ -1,0 +1,51 @@
+"""The request bodies in ``/openapi.json``.
+
+The routes read the raw JSON themselves (``schemas_common.read_json``) so that
+depth, size and Unicode checks run before pydantic, which leaves FastAPI
+without a body model to publish. This adds each POST route's pydantic model,
+the same one the route validates with, as its ``requestBody``: clients and
+fuzzers (the hostile suite runs schemathesis over this document) see the real
+schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
+from kvllama.server.schemas_openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
+}
+
+
+def publish_request_bodies(app: FastAPI) -> None:
+    """Make ``app.openapi()`` describe every POST route's JSON body."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in REQUEST_MODELS.items():
+            operation = document.get("paths", {}).get(path, {}).get("post")
+            if operation is None:
+                continue
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
