@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvllama.engine.gbnf import check_grammar
 from kvllama.errors import InvalidSamplingError
 
 MAX_STOP_SEQUENCES = 16
@@ -75,17 +76,25 @@ class SamplingParams:
         _int_in("penalty_last_n", self.penalty_last_n, -1, None)
         if self.seed is not None:
             _int_in("seed", self.seed, 0, 2**32 - 2)
-        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
-            raise InvalidSamplingError("grammar must be a non-empty GBNF string")
+        if self.grammar is not None:
+            if not isinstance(self.grammar, str) or not self.grammar:
+                raise InvalidSamplingError("grammar must be a non-empty GBNF string")
+            # Here, not at admission: llama.cpp parses it on the decode loop's
+            # thread, where a bad grammar can abort or exhaust the process.
+            check_grammar(self.grammar)
         if self.thinking is not None and not isinstance(self.thinking, bool):
             raise InvalidSamplingError("thinking must be true or false")
         if self.thinking_budget_tokens is not None:
             _int_in("thinking_budget_tokens", self.thinking_budget_tokens, 1, None)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidSamplingError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        for s in self.stop:
+        for i, s in enumerate(self.stop):
             if not isinstance(s, str) or not s:
                 raise InvalidSamplingError("stop sequences must be non-empty strings")
+            if _has_surrogate(s):
+                # The loop encodes stops to UTF-8 to match them against token bytes.
+                raise InvalidSamplingError(f"stop sequence {i} contains a lone surrogate; "
+                                           "it is not valid Unicode text")
 
     @property
     def greedy(self) -> bool:
@@ -96,6 +105,10 @@ class SamplingParams:
         if self.seed is not None:
             return self
         return replace(self, seed=secrets.randbelow(2**32 - 1))
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _int_in(name: str, value: object, low: int, high: int | None) -> None:

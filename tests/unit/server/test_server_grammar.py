@@ -218,3 +218,33 @@ def test_literal_escapes_for_gbnf():
 def test_unsupported_schemas_are_clear_errors(schema, where):
     with pytest.raises(InvalidRequestError, match=re.escape(where)):
         json_schema_grammar(schema)
+
+
+def test_array_bounds_with_and_without_a_minimum():
+    g = Grammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}, "maxItems": 2}))
+    assert g.matches("[]") and g.matches("[1]") and g.matches("[1, 2]")
+    assert not g.matches("[1, 2, 3]") and not g.matches("[,]")
+    g = Grammar(json_schema_grammar({"type": "array", "items": {"type": "integer"}, "minItems": 2}))
+    assert g.matches("[1, 2]") and g.matches("[1, 2, 3, 4]")
+    assert not g.matches("[]") and not g.matches("[1]")
+
+
+@pytest.mark.parametrize(("schema", "where"), [
+    ({"type": "string", "minLength": 3, "maxLength": 2}, "schema: minLength (3) is greater than maxLength"),
+    ({"type": "array", "minItems": 3, "maxItems": 1}, "schema: minItems (3) is greater than maxItems"),
+    ({"type": "string", "minLength": "3"}, "schema.minLength must be a non-negative integer"),
+    ({"type": "string", "maxLength": False}, "schema.maxLength must be a non-negative integer"),
+    ({"properties": {"a": {"type": "array", "maxItems": -1}}}, "schema.properties.a.maxItems"),
+    ({"items": {"type": "array", "maxItems": 2001}, "type": "array"}, "schema.items.maxItems is 2001"),
+])
+def test_bounds_are_checked_before_they_become_repetitions(schema, where):
+    with pytest.raises(InvalidRequestError, match=re.escape(where)):
+        json_schema_grammar(schema)
+
+
+def test_every_generated_grammar_passes_the_gbnf_checker():
+    from kvllama.engine.gbnf import check_grammar
+
+    for schema in (PERSON, {"type": "array", "maxItems": 2000}, {"type": "string", "maxLength": 2000},
+                   {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(300)}}):
+        check_grammar(json_schema_grammar(schema))
