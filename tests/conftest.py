@@ -19,7 +19,7 @@ from kvllama.backend.stub import StubBackend, StubConfig
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Quick subset first: stub unit tests, then real-model tests, slow ones last."""
     for item in items:
-        if "tests/model/" in str(item.fspath) or "tests/server/" in str(item.fspath):
+        if any(part in str(item.fspath) for part in ("tests/model/", "tests/server/", "tests/hostile/")):
             item.add_marker(pytest.mark.model)
 
     def rank(item: pytest.Item) -> int:
