@@ -1,0 +1,161 @@
+"""Admission: waiting requests into free sequence ids, sticky sessions, cache restores.
+
+Also slot compaction (see slots.py for why decoders sit on ids 0..d-1) and
+cancellation sweeps: everything that decides which request holds which
+sequence before a tick runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from kvllama.engine.channels import Channels
+from kvllama.engine.loop_state import LoopState
+from kvllama.engine.markers import MarkerRouter
+from kvllama.engine.request import AsyncioSink, Request, Status
+from kvllama.engine.sessions import Session, SessionKey
+from kvllama.engine.slots import plan_moves
+
+log = logging.getLogger("kvllama.engine")
+
+
+class Admission(LoopState):
+    def _sweep_cancelled(self) -> None:
+        for r in [r for r in self._waiting if self._wants_cancel(r)]:
+            self._waiting.remove(r)
+            self._finish(r, "cancelled")
+        for r in [r for r in self._running if self._wants_cancel(r)]:
+            self._finish(r, "cancelled")
+        self._running = [r for r in self._running if not r.done]
+
+    @staticmethod
+    def _wants_cancel(r: Request) -> bool:
+        return r.cancel_requested or (isinstance(r.sink, AsyncioSink) and r.sink.gone)
+
+    def _admit(self) -> None:
+        """FIFO into free sequence ids; after _compact, ids 0..used-1 are taken.
+
+        A request that can restore a prefix another request is computing right
+        now waits for it (keeping its place) while later requests go ahead.
+        """
+        n_seq_max = self.backend.shape.n_seq_max
+        free = n_seq_max - len(self._running) - len(self.sessions.parked)
+        for session in self.sessions.to_release(len(self._waiting), free):
+            self._release_session(session, "evict")
+        deferred: list[Request] = []
+        while self._waiting and len(self._running) + len(self.sessions.parked) < n_seq_max:
+            r = self._waiting.popleft()
+            if self.warm is not None and self.warm.should_wait(r, self._running):
+                deferred.append(r)
+                continue
+            self._start(r)
+        self._waiting.extendleft(reversed(deferred))
+
+    def _free_seq_id(self) -> int:
+        """The lowest id no running request and no parked session holds.
+
+        Never a count: right after sessions are released the ids in use have
+        holes, and ``len(running) + len(parked)`` can name a held sequence.
+        """
+        used = {r.seq_id for r in self._running} | set(self.sessions.seq_ids())
+        return next(i for i in range(self.backend.shape.n_seq_max) if i not in used)
+
+    def _start(self, r: Request) -> None:
+        try:
+            # Samplers and channels first: if they fail, a parked session stays untouched.
+            if r.sampler is None:
+                r.sampler = self.backend.new_sampler(r.params)
+            self._open_channels(r)
+        except Exception as exc:
+            self._fail(r, exc)
+            return
+        key: SessionKey | None = (r.cache_salt, r.session_id) if r.session_id is not None else None
+        session = self.sessions.take(key) if key is not None else None
+        r.seq_id = session.seq_id if session else self._free_seq_id()
+        r.admitted_at = time.perf_counter()
+        self.status.admitted += 1
+        try:
+            if session is None or not self._resume(r, session):
+                if session is not None:
+                    self._save_session(session, "evict")  # the new turn diverged: keep the old one
+                self.backend.clear_sequence(r.seq_id)
+        except Exception as exc:
+            self._fail(r, exc)
+            return
+        if self.warm is not None:
+            if r.n_computed == 0:
+                self._restore(r)
+            point = self.warm.cold_save_point(len(r.prompt))
+            r.cold_point = point if point is not None and point > r.n_computed else None
+        self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
+        r.status = Status.PREFILLING
+        self._running.append(r)
+
+    def _restore(self, r: Request) -> None:
+        """A cache restore that fails for any reason is a miss: the request runs cold."""
+        assert self.warm is not None and r.seq_id is not None
+        try:
+            self.warm.restore(r)
+        except Exception:
+            log.exception("restoring request %s from the cache failed; computing it cold", r.id)
+            self.backend.clear_sequence(r.seq_id)
+            r.n_computed = r.cache_read = 0
+            r.cache_hit_kind = "cold"
+
+    def _open_channels(self, r: Request) -> None:
+        """Per-request event channels; with markers, a router and (for tool calls) a greedy chain."""
+        markers, router = self.markers, None
+        if markers is not None:
+            p = r.params
+            router = MarkerRouter(
+                markers,
+                thinking_enabled=p.thinking is not False,
+                thinking_budget_tokens=p.thinking_budget_tokens,
+            )
+            if markers.has_tool_calls and not p.greedy and r.greedy_sampler is None:
+                r.greedy_sampler = self.backend.new_sampler(replace(p, temperature=0.0))
+        r.channels = Channels(self.backend.piece, r.sink, r.params.stop, router, self.signing_key)
+
+    def _resume(self, r: Request, session: Session) -> bool:
+        """Continue a parked session in place; False when its sequence cannot be reused."""
+        keep = self.sessions.reusable_prefix(session.tokens, r.prompt)
+        if keep == 0 or session.cache_salt != r.cache_salt:
+            return False
+        if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):
+            return False  # e.g. sliding-window layers: the cache takes over
+        r.n_computed = r.cache_read = keep
+        r.cache_hit_kind = "sticky"
+        return True
+
+    def _release_session(self, session: Session, reason: str) -> None:
+        """Give a parked session's slot back, saving its KV to the cache first."""
+        self.sessions.parked.pop(session.key, None)
+        self._save_session(session, reason)
+        self.backend.clear_sequence(session.seq_id)
+
+    def _save_session(self, session: Session, reason: str) -> None:
+        if self.warm is None:
+            return
+        try:
+            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason)
+        except Exception:  # a failed save loses a warm start, never the loop
+            log.exception("saving session %s to the cache failed", session.id)
+
+    def _compact(self) -> None:
+        """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
+        decoders = [r.seq_id for r in self._running if r.pending_token is not None]
+        prompts = [r.seq_id for r in self._running if r.pending_token is None]
+        parked = self.sessions.seq_ids()
+        moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max, parked)
+        if not moves:
+            return
+        by_id: dict[int, Request | Session] = {r.seq_id: r for r in self._running}  # type: ignore[misc]
+        by_id.update({s.seq_id: s for s in self.sessions.parked.values()})
+        for src, dst in moves:
+            self.backend.move_sequence(src, dst)
+            holder = by_id.pop(src)
+            holder.seq_id = dst
+            by_id[dst] = holder
+

@@ -1,0 +1,90 @@
+"""Finishing requests: done events with stats, errors, and giving their slots back."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kvllama.engine.loop_state import LoopState, typed_error
+from kvllama.engine.request import Request, Status
+from kvllama.engine.sessions import Session
+from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stats
+
+log = logging.getLogger("kvllama.engine")
+
+
+class Finishing(LoopState):
+    def _fail(self, r: Request, exc: Exception) -> None:
+        """End one request with an error; anything that goes wrong doing so is only logged."""
+        try:
+            self._emit_error(r, typed_error(exc))
+        except Exception:  # pragma: no cover - defensive
+            log.exception("could not end request %s cleanly", r.id)
+            r.status = Status.FINISHED
+
+    def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
+        if r.done:
+            return
+        if stop is None and r.channels is not None:
+            stop = r.channels.finish()
+            reason = "stop" if stop is not None else reason
+        if self.warm is not None and r.seq_id is not None and reason != "cancelled":
+            try:
+                self.warm.at_finish(r)
+            except Exception:  # the reply stands; only its finish row is lost
+                log.exception("saving request %s to the cache failed", r.id)
+        if r.session_id is not None and r.seq_id is not None and r.n_computed > 0:
+            context = (r.prompt + tuple(r.generated))[: r.n_computed]
+            self.sessions.park(Session(r.session_id, r.seq_id, context, r.cache_salt))
+            r.seq_id = None  # the sequence now belongs to the session
+        self._release(r)
+        r.sink.put(DoneEvent(
+            finish_reason=reason,
+            stats=self._stats(r),
+            prompt_tokens=r.prompt,
+            stop_sequence=stop,
+            committed_tokens=r.n_computed,
+            finish_key=r.finish_key,
+            cache_hit_kind=r.cache_hit_kind,  # type: ignore[arg-type]
+            cache_delta=CacheDelta(read=r.cache_read, created=r.cache_created),
+            seed=r.params.seed,
+        ))
+
+    def _emit_error(self, r: Request, exc: Exception) -> None:
+        if r.done:
+            return
+        self._release(r)
+        r.sink.put(ErrorEvent(exc))
+
+    def _release(self, r: Request) -> None:
+        if r.on_release is not None:
+            r.on_release()
+        r.status = Status.FINISHED
+        r.pending_token = None
+        for sampler in (r.sampler, r.greedy_sampler):
+            if sampler is not None:
+                sampler.close()
+        r.sampler = r.greedy_sampler = None
+        if r.seq_id is not None:
+            self.backend.clear_sequence(r.seq_id)
+            r.seq_id = None
+        if r.admitted_at is None:
+            # Finished while still waiting: count it so `pending` stays right.
+            self.status.finished_waiting += 1
+        self.status.completed += 1
+
+    def _stats(self, r: Request) -> Stats:
+        n = len(r.generated)
+        ttft = None if r.first_token_at is None else r.first_token_at - r.submitted_at
+        queued = (r.admitted_at or time.perf_counter()) - r.submitted_at
+        return Stats(
+            prompt_tokens=len(r.prompt),
+            generated_tokens=n,
+            queue_seconds=queued,
+            prefill_seconds=r.prefill_seconds,
+            decode_seconds=r.decode_seconds,
+            time_to_first_token=ttft,
+            # The first token comes out of the prefill pass; the rest cost one decode each.
+            tokens_per_second=(n - 1) / r.decode_seconds if r.decode_seconds > 0 else 0.0,
+        )
+

@@ -1,0 +1,76 @@
+"""What the decode loop's parts share: its state, its status, and how a failure reads.
+
+:class:`ModelLoop` (loop.py) is assembled from three parts, one concern each:
+admission and sessions (admission.py), the runner that turns a plan into
+forward passes and samples (runner.py), and finishing requests (finishing.py).
+They share the attributes declared here, all owned by the loop thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kvllama.backend.protocol import Backend
+from kvllama.engine.markers import MarkerStrings
+from kvllama.engine.request import Request
+from kvllama.engine.sessions import SessionTable
+from kvllama.engine.warm import WarmStart
+from kvllama.errors import InternalEngineError, KvllamaError
+
+if TYPE_CHECKING:
+    from kvllama.events import FinishReason
+
+
+@dataclass
+class LoopStatus:
+    """Written only by the loop thread; safe to read from any thread."""
+
+    phase: str = "idle"  # idle | prefilling | generating
+    in_flight: int = 0
+    waiting: int = 0
+    last_cache_hit: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "cold", "prefix_len": 0}
+    )
+    ticks: int = 0
+    admitted: int = 0
+    finished_waiting: int = 0
+    completed: int = 0
+    # False while the context is being rebuilt after a fatal llama.cpp error.
+    healthy: bool = True
+    # Faults the loop survived: requests it ended with an error it did not expect, rebuilds.
+    faults: int = 0
+    context_rebuilds: int = 0
+
+
+def typed_error(exc: Exception) -> Exception:
+    """What a request sees of a failure: kvllama's typed errors as they are, bugs as InternalEngineError."""
+    if isinstance(exc, KvllamaError):
+        return exc
+    return InternalEngineError(
+        f"internal error in the decode loop ({type(exc).__name__}: {exc}); see the kvllama.engine log"
+    )
+
+
+class LoopState:
+    """The attributes every part of the loop reads and writes (set in ModelLoop.__init__)."""
+
+    backend: Backend
+    warm: WarmStart | None
+    # Thinking / tool-call markers of this model, and the key that signs thinking.
+    markers: MarkerStrings | None
+    signing_key: bytes | None
+    sessions: SessionTable
+    chunk_size: int
+    align: int
+    status: LoopStatus
+    _waiting: deque[Request]
+    _running: list[Request]
+    # Requests with a prompt chunk in the forward pass running now (read by cancel()).
+    _prefilling_now: frozenset[Request]
+
+    if TYPE_CHECKING:  # the parts call each other through self
+        def _fail(self, r: Request, exc: Exception) -> None: ...
+        def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None: ...
+        def _emit_error(self, r: Request, exc: Exception) -> None: ...

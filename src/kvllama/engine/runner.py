@@ -1,0 +1,141 @@
+"""The runner: a tick's plan becomes forward passes, and sampled rows become tokens."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kvllama.backend.protocol import Row
+from kvllama.engine.loop_state import LoopState
+from kvllama.engine.request import Request, Status
+from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
+from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
+from kvllama.events import TokenEvent
+
+log = logging.getLogger("kvllama.engine")
+
+
+class Runner(LoopState):
+    def _tick(self) -> None:
+        views = [
+            SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
+                        r.cold_point)
+            for i, r in enumerate(self._running)
+        ]
+        tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
+        if tick.slices:
+            self.status.phase = "prefilling" if tick.prefilling else "generating"
+            for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
+                if not self._forward(group) and len(group) > 1:
+                    # Isolate the failure: each request alone, so one bad request
+                    # ends with its own error and the others go on.
+                    for s in group:
+                        if not self._running[s.key].cancel_requested:
+                            self._forward((s,))
+        self._running = [r for r in self._running if not r.done]
+
+    def _forward(self, slices: tuple[Slice, ...]) -> bool:
+        """Decode these slices in one batch, then sample; False if the decode failed."""
+        batch = [self._running[s.key] for s in slices]
+        rows, samples = self._rows(slices)
+        started = time.perf_counter()
+        self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
+        try:
+            self.backend.decode(rows)
+        except KvllamaError as exc:
+            # An abort asked for by cancel() costs the others of the pass nothing: they
+            # made no progress and are planned again next tick. A timeout is an error.
+            cancelled = isinstance(exc, DecodeAbortedError) and not isinstance(exc, DecodeTimeoutError)
+            if isinstance(exc, DecodeError) and exc.status < -1:
+                raise  # llama.cpp's own "fatal error": the context is suspect (see _recover)
+            for s, r in zip(slices, batch, strict=True):
+                # Drop whatever part of the batch llama.cpp kept, so a retry starts clean.
+                self.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
+                if s.decoding:
+                    r.pending_token = rows[self._row_of(slices, s)][0]
+                if len(slices) == 1 and not cancelled:
+                    self._emit_error(r, exc)
+            return cancelled
+        finally:
+            self._prefilling_now = frozenset()
+        elapsed = time.perf_counter() - started
+        self.status.ticks += 1
+        for s, r in zip(slices, batch, strict=True):
+            r.n_computed += s.count
+            if s.decoding:
+                r.decode_seconds += elapsed
+            else:
+                r.prefill_seconds += elapsed
+                if self.warm is not None:
+                    self.warm.after_prefill_step(r)
+        for row_index, r in samples:
+            try:
+                self._sample(r, row_index)
+            except Exception as exc:  # this request's sampler or channels: end it alone
+                if not isinstance(exc, KvllamaError):
+                    log.exception("sampling request %s failed", r.id)
+                    self.status.faults += 1
+                self._fail(r, exc)
+        return True
+
+    @staticmethod
+    def _row_of(slices: tuple[Slice, ...], target: Slice) -> int:
+        """Index of ``target``'s first row in the batch built from ``slices``."""
+        index = 0
+        for s in slices:
+            if s is target:
+                return index
+            index += s.count
+        raise ValueError("slice not in batch")
+
+    def _rows(self, slices: tuple[Slice, ...]) -> tuple[list[Row], list[tuple[int, Request]]]:
+        rows: list[Row] = []
+        samples: list[tuple[int, Request]] = []
+        for s in slices:
+            r = self._running[s.key]
+            seq = r.seq_id
+            assert seq is not None
+            if s.decoding:
+                rows.append((r.pending_token, s.start, seq, True))  # type: ignore[arg-type]
+                r.pending_token = None
+            else:
+                last = s.start + s.count - 1
+                prompt = r.prompt
+                rows.extend((prompt[p], p, seq, s.sample and p == last)
+                            for p in range(s.start, s.start + s.count))
+            if s.sample:
+                samples.append((len(rows) - 1, r))
+        return rows, samples
+
+    def _sample(self, r: Request, row_index: int) -> None:
+        if r.params.max_tokens == 0:
+            self._finish(r, "length")
+            return
+        channels = r.channels
+        greedy = r.greedy_sampler is not None and channels is not None and channels.greedy_now
+        token = self.backend.sample(r.greedy_sampler if greedy else r.sampler, row_index)
+        if r.greedy_sampler is not None:
+            # Both chains see every token, so grammar and penalty state stay in step.
+            (r.sampler if greedy else r.greedy_sampler).accept(token)
+        now = time.perf_counter()
+        if r.first_token_at is None:
+            r.first_token_at = now
+            r.status = Status.DECODING
+        if r.params.stop_at_eog and self.backend.is_eog(token):
+            self._finish(r, "stop")
+            return
+        r.generated.append(token)
+        r.sink.put(TokenEvent(token))
+        stop = channels.push(token) if channels is not None else None
+        if stop is not None:
+            self._finish(r, "stop", stop)
+            return
+        if len(r.generated) >= r.params.max_tokens:
+            self._finish(r, "length")
+        elif r.n_computed + 1 >= self.backend.shape.n_ctx_seq:
+            self._finish(r, "length")  # the sequence's context is full
+        else:
+            r.pending_token = token
+            if self.warm is not None:
+                self.warm.after_token(r)
+
