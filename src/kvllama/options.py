@@ -1,4 +1,4 @@
-"""Model load options: the llama.cpp knobs SPEC §1 names, validated up front.
+"""Model load options: the llama.cpp knobs a loaded model exposes, validated up front.
 
 Validation happens here, before any file is opened, so a typo costs a clear
 :class:`InvalidOptionError` instead of a half-loaded model. Values are kept as
@@ -6,7 +6,7 @@ the user-facing names ("q8_0", "layer", "off"); the native layer translates
 them to llama.cpp's enum numbers.
 
 Defaults favour exact outputs over the last percent of speed (see
-LLAMA_CPP_NOTES.md): flash attention is pinned off, because with it a
+docs/llama-cpp-facts.md): flash attention is pinned off, because with it a
 restored sequence longer than the sliding window diverges from a cold run, and
 ``kv_unified`` is off, because with it decoding one sequence beside others
 changed its greedy tokens.
@@ -149,7 +149,7 @@ class ModelOptions:
             raise InvalidOptionError("chat_template", self.chat_template, "a Jinja template string")
 
     def effective_chunk_size(self) -> int:
-        """SPEC §3: default max(64, n_batch // 4), never above n_batch."""
+        """Default max(64, n_batch // 4), never above n_batch."""
         size = self.prefill_chunk_size or max(64, self.n_batch // 4)
         return min(size, self.n_batch)
 

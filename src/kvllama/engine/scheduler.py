@@ -1,7 +1,7 @@
 """Planning one tick: which rows of which sequences go into the next forward pass.
 
 ``plan`` is a pure function of the running sequences' progress, so it is
-unit-tested without a model. The policy (SPEC §3):
+unit-tested without a model. The policy:
 
 * every sequence that is generating gets its one decode row, so running
   streams keep producing tokens whatever else arrives;

@@ -1,7 +1,7 @@
 """Loading llama.cpp once, and routing its log lines into Python ``logging``.
 
 This package (``kvllama.native``) is the only place that touches ctypes.
-llama-cpp-python's own log filter maps levels wrongly (LLAMA_CPP_NOTES.md),
+llama-cpp-python's own log filter maps levels wrongly (docs/llama-cpp-facts.md),
 so we install our own callback and keep a reference to it: if the ctypes
 function object were collected, llama.cpp would call freed memory.
 """

@@ -51,7 +51,7 @@ def _check_session(value: str) -> str:
     return value
 
 
-# Pins a conversation to one sequence slot (sticky sessions, SPEC §5).
+# Pins a conversation to one sequence slot (sticky sessions, README "Agents").
 SessionId = Annotated[str, AfterValidator(_check_session)]
 
 
