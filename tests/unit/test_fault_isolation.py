@@ -48,7 +48,7 @@ def test_a_released_session_never_hands_a_held_id_to_a_new_request(stub_engine):
     engine.complete("s", "session a turn one", max_tokens=4, temperature=0, session_id="a")
     b1 = engine.complete("s", "session b turn one", max_tokens=4, temperature=0, session_id="b")
     long_one = engine.infer("s", "the long one", max_tokens=60, temperature=0)
-    while long_one.request.first_token_at is None:  # L holds its sequence and is decoding
+    while long_one.request.timing.first_token_at is None:  # L holds its sequence and is decoding
         threading.Event().wait(0.001)
     gate = threading.Event()
     loop.call(gate.wait)  # hold the loop so that both newcomers arrive in one drain

@@ -12,29 +12,33 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from kvllama.api.requests import (
+    Prompt,
+    build_request,
+    check_text,
+    close_samplers,
+    prompt_tokens,
+)
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
-from kvllama.backend.protocol import Backend
 from kvllama.chat.templates import render_chat, resolve_template
 from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
-from kvllama.engine.markers import PRESETS, MarkerStrings
-from kvllama.engine.params import SamplingParams
-from kvllama.engine.request import EventSink, QueueSink, Request, new_request_id
+from kvllama.engine.markers import markers_from_options
+from kvllama.engine.request import EventSink, QueueSink, Request
 from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.errors import (
-    ContextOverflowError,
     EngineClosedError,
-    InvalidOptionError,
     InvalidRequestError,
     ModelBusyError,
     ModelExistsError,
     SessionBusyError,
     UnknownModelError,
 )
-from kvllama.kvcache import CacheConfig, KvCache, validate_cache_salt
+from kvllama.kvcache import CacheConfig, KvCache
+from kvllama.models.factory import BackendFactory, llama_backend_factory
 from kvllama.models.fingerprint import key_root
 from kvllama.models.loaded import LoadedModel, ModelInfo
 from kvllama.options import ModelOptions
@@ -49,67 +53,12 @@ class _DefaultCache:
 
 DEFAULT_CACHE = _DefaultCache()
 
-Prompt = str | Sequence[int]
 # Most texts and tokens one embed() call takes. Embedding through a generative
 # model computes its output layer for every token (llama.cpp cannot prune it),
 # measured with the default model on one thread at ~55 ms per text plus 7-17 ms
 # per token, so these bounds keep one call under ~30 s (README "Reliability").
 MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
-# Builds a backend from a GGUF path (None: the embedded default) and options.
-BackendFactory = Callable[[str | None, ModelOptions], Backend]
-
-
-def marker_strings(options: ModelOptions) -> MarkerStrings | None:
-    """The model's thinking / tool-call markers from its options (None: no markers)."""
-    thinking = options.thinking_markers
-    tool_call = options.tool_call_markers
-    if options.markers is not None:
-        preset = PRESETS.get(options.markers)
-        if preset is None:
-            raise InvalidOptionError("markers", options.markers, "one of " + ", ".join(sorted(PRESETS)))
-        thinking = thinking or preset.thinking
-        tool_call = tool_call or preset.tool_call
-    if thinking is None and tool_call is None:
-        return None
-    return MarkerStrings(thinking=tuple(thinking) if thinking else None, tool_call=tool_call)  # type: ignore[arg-type]
-
-
-def llama_backend_factory(path: str | None, options: ModelOptions) -> Backend:
-    from kvllama.backend.llama import LlamaBackend
-    from kvllama.models.default import default_model_path
-
-    return LlamaBackend(path if path is not None else default_model_path(), options)
-
-
-def check_text(field: str, text: str) -> None:
-    """Text llama.cpp will see must be valid Unicode: a lone surrogate cannot be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidRequestError(
-            f"{field} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x} at index "
-            f"{exc.start}); send valid Unicode text"
-        ) from None
-
-
-def _bound_by_model(p: SamplingParams, backend: Backend) -> SamplingParams:
-    """Clamp the values llama.cpp sizes allocations by to what the model can use.
-
-    ``top_k`` above the vocabulary keeps every token and ``penalty_last_n`` above
-    the sequence's context looks at every token it can hold, so clamping changes
-    no output; unclamped, 2**31 made llama.cpp allocate gigabytes. Values that
-    do not fit llama.cpp's int32 are refused (ctypes would silently wrap them).
-    """
-    for name in ("top_k", "penalty_last_n"):
-        value = getattr(p, name)
-        if value > _INT32_MAX:
-            raise InvalidOptionError(name, value, f"at most {_INT32_MAX}")
-    n_vocab, n_ctx_seq = backend.description.n_vocab, backend.shape.n_ctx_seq
-    return replace(p, top_k=min(p.top_k, n_vocab), penalty_last_n=min(p.penalty_last_n, n_ctx_seq))
-
-
-_INT32_MAX = 2**31 - 1
 
 
 class Engine:
@@ -157,7 +106,7 @@ class Engine:
         if not isinstance(model_id, str) or not model_id.strip():
             raise InvalidRequestError("model_id must be a non-empty string")
         opts = ModelOptions.from_kwargs(**options)
-        marker_strings(opts)  # an unknown preset fails before loading
+        markers_from_options(opts)  # an unknown preset fails before loading
         with self._lock:
             self._check_open()
             if model_id in self._models:
@@ -172,7 +121,7 @@ class Engine:
                 warm = WarmStart(self.cache, root, backend, policy)
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
-                markers=marker_strings(opts), signing_key=self.thinking_key,
+                markers=markers_from_options(opts), signing_key=self.thinking_key,
             )
         except BaseException:
             backend.close()
@@ -253,7 +202,7 @@ class Engine:
         try:
             self._start(model, stream)
         except BaseException:
-            self._close_samplers(request)
+            close_samplers(request)
             raise
         return stream
 
@@ -269,55 +218,26 @@ class Engine:
         self, model_id: str, prompt: Prompt, params: dict[str, Any], sink: EventSink
     ) -> tuple[LoadedModel, Request]:
         model = self._model(model_id)
-        salt = params.pop("cache_salt", None)
-        if salt is not None:
-            validate_cache_salt(salt)
-        session_id = params.pop("session_id", None)
-        if session_id is not None and (not isinstance(session_id, str) or not session_id):
-            raise InvalidRequestError("session_id must be a non-empty string")
-        parent_key = params.pop("parent_key", None)
-        if parent_key is not None and not isinstance(parent_key, bytes):
-            raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
-        sampling = SamplingParams.from_kwargs(**params).with_seed()
-        backend = model.backend
-        sampling = _bound_by_model(sampling, backend)
-        tokens = self._prompt_tokens(backend, prompt)
-        n_ctx_seq = backend.shape.n_ctx_seq
-        if len(tokens) >= n_ctx_seq:
-            raise ContextOverflowError(len(tokens), n_ctx_seq)
-        request = Request(new_request_id(), tuple(tokens), sampling, sink)
-        request.cache_salt, request.parent_key = salt, parent_key
-        # Built here, in the caller's thread: a grammar is parsed before the loop sees it.
-        request.sampler = backend.new_sampler(sampling)
-        markers = model.loop.markers
-        try:
-            if markers is not None and markers.has_tool_calls and not sampling.greedy:
-                request.greedy_sampler = backend.new_sampler(replace(sampling, temperature=0.0))
-            if session_id is not None:
+        request = build_request(model.backend, model.loop.markers, prompt, params, sink)
+        session_id = request.options.session_id
+        if session_id is not None:
+            try:
                 self._claim_session(model_id, session_id, request)
-        except BaseException:
-            self._close_samplers(request)
-            raise
+            except BaseException:
+                close_samplers(request)
+                raise
         return model, request
-
-    @staticmethod
-    def _close_samplers(request: Request) -> None:
-        for sampler in (request.sampler, request.greedy_sampler):
-            if sampler is not None:
-                sampler.close()
-        request.sampler = request.greedy_sampler = None
 
     def _claim_session(self, model_id: str, session_id: str, request: Request) -> None:
         """Fail fast if the session is busy; free it again when the request ends.
 
         Sessions are per tenant: the same id under another cache salt is another session.
         """
-        slot = (model_id, request.cache_salt, session_id)
+        slot = (model_id, request.options.cache_salt, session_id)
         with self._lock:
             if slot in self._busy_sessions:
                 raise SessionBusyError(session_id)
             self._busy_sessions.add(slot)
-        request.session_id = session_id
 
         def release() -> None:
             with self._lock:
@@ -350,31 +270,8 @@ class Engine:
         except BaseException:
             if stream.request.on_release is not None:
                 stream.request.on_release()  # the session claimed in _prepare is not in use
-            self._close_samplers(stream.request)
+            close_samplers(stream.request)
             raise
-
-    @staticmethod
-    def _prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("prompt is empty")
-            check_text("prompt", prompt)
-            bos = backend.description.special_tokens.get("bos_token")
-            # A rendered chat template may already start with BOS; never add a second.
-            add_special = not (bos and prompt.startswith(bos))
-            return backend.tokenize(prompt, add_special=add_special, parse_special=True)
-        if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
-            tokens = list(prompt)
-            if not tokens:
-                raise InvalidRequestError("prompt is empty")
-            n_vocab = backend.description.n_vocab
-            for t in tokens:
-                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
-                    raise InvalidRequestError(
-                        f"prompt token {t!r} is not a token id of this model (0..{n_vocab - 1})"
-                    )
-            return tokens
-        raise InvalidRequestError("prompt must be a string or a list of token ids")
 
     def prefill_only(
         self, model_id: str, prompt: Prompt, parent_key: bytes | None = None,
@@ -397,7 +294,7 @@ class Engine:
         warm = model.loop.warm
         if warm is None:
             return 0
-        ids = self._prompt_tokens(model.backend, tokens)
+        ids = prompt_tokens(model.backend, tokens)
         return warm.cache.longest_prefix_len(warm.root(cache_salt), ids)
 
     def cache_metrics(self) -> dict[str, Any]:
@@ -417,7 +314,7 @@ class Engine:
 
     def detokenize(self, model_id: str, tokens: Sequence[int]) -> str:
         backend = self._model(model_id).backend
-        return backend.detokenize(self._prompt_tokens(backend, tokens) if tokens else [])
+        return backend.detokenize(prompt_tokens(backend, tokens) if tokens else [])
 
     def apply_chat_template(
         self,

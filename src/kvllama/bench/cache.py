@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvllama.api.engine import BackendFactory, Engine
+from kvllama.api.engine import Engine
 from kvllama.errors import InvalidOptionError
 from kvllama.kvcache import CacheConfig
+from kvllama.models.factory import BackendFactory
 from kvllama.results import CompletionResult
 
 MODEL = "bench"

@@ -14,7 +14,7 @@ from dataclasses import replace
 from kvllama.engine.channels import Channels
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
-from kvllama.engine.request import AsyncioSink, Request, Status
+from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
 
@@ -71,10 +71,11 @@ class Admission(LoopState):
         except Exception as exc:
             self._fail(r, exc)
             return
-        key: SessionKey | None = (r.cache_salt, r.session_id) if r.session_id is not None else None
+        opts = r.options
+        key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
         r.seq_id = session.seq_id if session else self._free_seq_id()
-        r.admitted_at = time.perf_counter()
+        r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1
         try:
             if session is None or not self._resume(r, session):
@@ -88,8 +89,8 @@ class Admission(LoopState):
             if r.n_computed == 0:
                 self._restore(r)
             point = self.warm.cold_save_point(len(r.prompt))
-            r.cold_point = point if point is not None and point > r.n_computed else None
-        self.status.last_cache_hit = {"kind": r.cache_hit_kind, "prefix_len": r.cache_read}
+            r.cache.cold_point = point if point is not None and point > r.n_computed else None
+        self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read}
         r.status = Status.PREFILLING
         self._running.append(r)
 
@@ -101,8 +102,8 @@ class Admission(LoopState):
         except Exception:
             log.exception("restoring request %s from the cache failed; computing it cold", r.id)
             self.backend.clear_sequence(r.seq_id)
-            r.n_computed = r.cache_read = 0
-            r.cache_hit_kind = "cold"
+            r.n_computed = 0
+            r.cache = CacheAccount()
 
     def _open_channels(self, r: Request) -> None:
         """Per-request event channels; with markers, a router and (for tool calls) a greedy chain."""
@@ -121,12 +122,12 @@ class Admission(LoopState):
     def _resume(self, r: Request, session: Session) -> bool:
         """Continue a parked session in place; False when its sequence cannot be reused."""
         keep = self.sessions.reusable_prefix(session.tokens, r.prompt)
-        if keep == 0 or session.cache_salt != r.cache_salt:
+        if keep == 0 or session.cache_salt != r.options.cache_salt:
             return False
         if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
-        r.n_computed = r.cache_read = keep
-        r.cache_hit_kind = "sticky"
+        r.n_computed = r.cache.read = keep
+        r.cache.hit_kind = CacheHitKind.STICKY
         return True
 
     def _release_session(self, session: Session, reason: str) -> None:

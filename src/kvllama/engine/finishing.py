@@ -33,9 +33,10 @@ class Finishing(LoopState):
                 self.warm.at_finish(r)
             except Exception:  # the reply stands; only its finish row is lost
                 log.exception("saving request %s to the cache failed", r.id)
-        if r.session_id is not None and r.seq_id is not None and r.n_computed > 0:
+        opts = r.options
+        if opts.session_id is not None and r.seq_id is not None and r.n_computed > 0:
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
-            self.sessions.park(Session(r.session_id, r.seq_id, context, r.cache_salt))
+            self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))
             r.seq_id = None  # the sequence now belongs to the session
         self._release(r)
         r.sink.put(DoneEvent(
@@ -44,9 +45,9 @@ class Finishing(LoopState):
             prompt_tokens=r.prompt,
             stop_sequence=stop,
             committed_tokens=r.n_computed,
-            finish_key=r.finish_key,
-            cache_hit_kind=r.cache_hit_kind,  # type: ignore[arg-type]
-            cache_delta=CacheDelta(read=r.cache_read, created=r.cache_created),
+            finish_key=r.cache.finish_key,
+            cache_hit_kind=r.cache.hit_kind.value,  # type: ignore[arg-type]
+            cache_delta=CacheDelta(read=r.cache.read, created=r.cache.created),
             seed=r.params.seed,
         ))
 
@@ -68,23 +69,25 @@ class Finishing(LoopState):
         if r.seq_id is not None:
             self.backend.clear_sequence(r.seq_id)
             r.seq_id = None
-        if r.admitted_at is None:
+        if r.timing.admitted_at is None:
             # Finished while still waiting: count it so `pending` stays right.
             self.status.finished_waiting += 1
         self.status.completed += 1
 
     def _stats(self, r: Request) -> Stats:
         n = len(r.generated)
-        ttft = None if r.first_token_at is None else r.first_token_at - r.submitted_at
-        queued = (r.admitted_at or time.perf_counter()) - r.submitted_at
+        t = r.timing
+        submitted = r.spec.submitted_at
+        ttft = None if t.first_token_at is None else t.first_token_at - submitted
+        queued = (t.admitted_at or time.perf_counter()) - submitted
         return Stats(
             prompt_tokens=len(r.prompt),
             generated_tokens=n,
             queue_seconds=queued,
-            prefill_seconds=r.prefill_seconds,
-            decode_seconds=r.decode_seconds,
+            prefill_seconds=t.prefill_seconds,
+            decode_seconds=t.decode_seconds,
             time_to_first_token=ttft,
             # The first token comes out of the prefill pass; the rest cost one decode each.
-            tokens_per_second=(n - 1) / r.decode_seconds if r.decode_seconds > 0 else 0.0,
+            tokens_per_second=(n - 1) / t.decode_seconds if t.decode_seconds > 0 else 0.0,
         )
 

@@ -23,6 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from kvllama.errors import InvalidOptionError
+from kvllama.options import ModelOptions
+
 Kind = Literal["text", "thinking", "tool_call", "thinking_end", "tool_call_end"]
 # (channel or boundary, text); boundaries carry "" as text.
 Routed = tuple[Kind, str]
@@ -172,3 +175,18 @@ def _partial_suffix(window: str, markers: list[str]) -> int:
                 best = n
                 break
     return best
+
+
+def markers_from_options(options: ModelOptions) -> MarkerStrings | None:
+    """The model's thinking / tool-call markers from its options (None: no markers)."""
+    thinking = options.thinking_markers
+    tool_call = options.tool_call_markers
+    if options.markers is not None:
+        preset = PRESETS.get(options.markers)
+        if preset is None:
+            raise InvalidOptionError("markers", options.markers, "one of " + ", ".join(sorted(PRESETS)))
+        thinking = thinking or preset.thinking
+        tool_call = tool_call or preset.tool_call
+    if thinking is None and tool_call is None:
+        return None
+    return MarkerStrings(thinking=tuple(thinking) if thinking else None, tool_call=tool_call)  # type: ignore[arg-type]

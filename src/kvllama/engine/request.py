@@ -63,16 +63,67 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(eq=False)
-class Request:
+class CacheHitKind(enum.StrEnum):
+    """How a request's prompt was found: what ``CompletionResult.cache_hit_kind`` reports."""
+
+    COLD = "cold"
+    EXACT = "exact"
+    PARTIAL = "partial"
+    STICKY = "sticky"
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request asks of the engine besides sampling; validated once, where it is built."""
+
+    # Tenant isolation: rows and sessions of another salt are invisible.
+    cache_salt: str | None = None
+    # Sticky session (engine/sessions.py): the conversation keeps its sequence between turns.
+    session_id: str | None = None
+    # A previous result's finish_key: resume exactly from that row.
+    parent_key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """The request as submitted: nothing here changes while it runs."""
+
     id: str
     prompt: tuple[int, ...]
     params: SamplingParams
-    sink: EventSink
+    options: RequestOptions = RequestOptions()
     submitted_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Timing:
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+@dataclass
+class CacheAccount:
+    """What the KV cache did for this request (engine/warm.py fills it)."""
+
+    hit_kind: CacheHitKind = CacheHitKind.COLD
+    # Prompt tokens restored, and the most tokens this request added to the cache.
+    read: int = 0
+    created: int = 0
+    finish_key: bytes | None = None
+    # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
+    cold_point: int | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    """A request's decode state, owned by the loop thread (``cancel_requested`` excepted)."""
+
+    spec: RequestSpec
+    sink: EventSink
     status: Status = Status.WAITING
     seq_id: int | None = None
-    sampler: Any = None
     # Tokens whose KV is in the sequence.
     n_computed: int = 0
     generated: list[int] = field(default_factory=list)
@@ -80,26 +131,31 @@ class Request:
     pending_token: int | None = None
     # Set from any thread; the loop honours it before its next tick.
     cancel_requested: bool = False
-    admitted_at: float | None = None
-    first_token_at: float | None = None
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    # Sticky session (engine/sessions.py) and a hook the engine uses to unmark it busy.
-    session_id: str | None = None
-    on_release: Any = None
-    # --- KV cache (see engine/warm.py) ---
-    cache_salt: str | None = None
-    parent_key: bytes | None = None
-    cache_hit_kind: str = "cold"
-    # Prompt tokens restored from the cache, and the most this request added to it.
-    cache_read: int = 0
-    cache_created: int = 0
-    finish_key: bytes | None = None
-    # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
-    cold_point: int | None = None
-    # Built at admission (engine/channels.py); a greedy chain for tool-call syntax if the model has markers.
-    channels: Any = None
+    # Built before submission (grammar parsing stays off the loop); a greedy chain for
+    # tool-call syntax if the model has markers; event channels built at admission.
+    sampler: Any = None
     greedy_sampler: Any = None
+    channels: Any = None
+    # A hook the engine uses to unmark the request's session busy.
+    on_release: Any = None
+    timing: Timing = field(default_factory=Timing)
+    cache: CacheAccount = field(default_factory=CacheAccount)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.spec.prompt
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.spec.params
+
+    @property
+    def options(self) -> RequestOptions:
+        return self.spec.options
 
     @property
     def done(self) -> bool:

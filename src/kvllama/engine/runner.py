@@ -19,7 +19,7 @@ class Runner(LoopState):
     def _tick(self) -> None:
         views = [
             SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
-                        r.cold_point)
+                        r.cache.cold_point)
             for i, r in enumerate(self._running)
         ]
         tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
@@ -63,9 +63,9 @@ class Runner(LoopState):
         for s, r in zip(slices, batch, strict=True):
             r.n_computed += s.count
             if s.decoding:
-                r.decode_seconds += elapsed
+                r.timing.decode_seconds += elapsed
             else:
-                r.prefill_seconds += elapsed
+                r.timing.prefill_seconds += elapsed
                 if self.warm is not None:
                     self.warm.after_prefill_step(r)
         for row_index, r in samples:
@@ -118,8 +118,8 @@ class Runner(LoopState):
             # Both chains see every token, so grammar and penalty state stay in step.
             (r.sampler if greedy else r.greedy_sampler).accept(token)
         now = time.perf_counter()
-        if r.first_token_at is None:
-            r.first_token_at = now
+        if r.timing.first_token_at is None:
+            r.timing.first_token_at = now
             r.status = Status.DECODING
         if r.params.stop_at_eog and self.backend.is_eog(token):
             self._finish(r, "stop")

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.request import Request
+from kvllama.engine.request import CacheHitKind, Request
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache
 
 # Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
@@ -80,10 +80,10 @@ class WarmStart:
         prompt bit-identical to a cold prefill.
         """
         n = len(r.prompt)
-        root = self.root(r.cache_salt)
+        root = self.root(r.options.cache_salt)
         hit = None
-        if r.parent_key is not None and n > 1:
-            hit = self.cache.lookup(root, r.prompt, max_len=n - 1, parent_key=r.parent_key)
+        if r.options.parent_key is not None and n > 1:
+            hit = self.cache.lookup(root, r.prompt, max_len=n - 1, parent_key=r.options.parent_key)
             if hit is not None and hit.source != "parent":
                 hit = None
         tail_max = n - self.policy.min_tail
@@ -93,7 +93,7 @@ class WarmStart:
             return
         # "exact": nothing more of this prompt could have been restored under the rules above.
         best = n - 1 if hit.source == "parent" else tail_max - self.policy.boundary + 1
-        r.cache_hit_kind = "exact" if hit.n_tokens >= best else "partial"
+        r.cache.hit_kind = CacheHitKind.EXACT if hit.n_tokens >= best else CacheHitKind.PARTIAL
 
     def _load(self, r: Request, hit: CacheHit) -> bool:
         """Restore ``hit`` into the request's sequence; False (sequence left empty) if unusable.
@@ -112,7 +112,7 @@ class WarmStart:
             self.backend.clear_sequence(r.seq_id)
             return False
         r.n_computed = hit.n_tokens
-        r.cache_read = hit.n_tokens
+        r.cache.read = hit.n_tokens
         return True
 
     def save(self, r: Request, reason: str) -> bytes | None:
@@ -124,11 +124,11 @@ class WarmStart:
         tokens = (r.prompt + tuple(r.generated))[:n]
         blob = self.backend.sequence_state(r.seq_id)
         # An empty or truncated blob is refused (and counted) by the cache: None, nothing recorded.
-        key = self.cache.save(self.root(r.cache_salt), tokens, blob, reason)
+        key = self.cache.save(self.root(r.options.cache_salt), tokens, blob, reason)
         if key is not None:
-            r.cache_created = max(r.cache_created, n - r.cache_read)
+            r.cache.created = max(r.cache.created, n - r.cache.read)
             if reason == "cold":
-                self._unpublished[key] = (r.cache_salt, tokens)
+                self._unpublished[key] = (r.options.cache_salt, tokens)
         return key
 
     def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: str) -> None:
@@ -151,8 +151,9 @@ class WarmStart:
         """
         usable = len(r.prompt) - self.policy.min_tail
         for q in running:
-            point = q.cold_point
-            if (point is not None and q.n_computed < point <= usable and q.cache_salt == r.cache_salt
+            point = q.cache.cold_point
+            same_tenant = q.options.cache_salt == r.options.cache_salt
+            if (point is not None and q.n_computed < point <= usable and same_tenant
                     and r.prompt[:point] == q.prompt[:point]):
                 return True
         if not self._unpublished:
@@ -161,12 +162,12 @@ class WarmStart:
         for key in [k for k in self._unpublished if k not in pending]:
             del self._unpublished[key]
         return any(
-            salt == r.cache_salt and len(toks) <= usable and r.prompt[: len(toks)] == toks
+            salt == r.options.cache_salt and len(toks) <= usable and r.prompt[: len(toks)] == toks
             for salt, toks in self._unpublished.values()
         )
 
     def after_prefill_step(self, r: Request) -> None:
-        if r.cold_point is not None and r.n_computed == r.cold_point:
+        if r.cache.cold_point is not None and r.n_computed == r.cache.cold_point:
             self.save(r, "cold")
 
     def after_token(self, r: Request) -> None:
@@ -175,5 +176,5 @@ class WarmStart:
             self.save(r, "continued")
 
     def at_finish(self, r: Request) -> None:
-        if r.n_computed - r.cache_read >= self.policy.finish_min_new:
-            r.finish_key = self.save(r, "finish")
+        if r.n_computed - r.cache.read >= self.policy.finish_min_new:
+            r.cache.finish_key = self.save(r, "finish")

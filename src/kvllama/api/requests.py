@@ -1,0 +1,119 @@
+"""Building a request at the edge: every value validated once, before it is queued.
+
+``Engine.infer`` and friends take keyword arguments (what Python users
+expect); this module turns them into the typed objects the decode loop runs:
+``SamplingParams`` bounded by the model, ``RequestOptions`` (cache salt,
+session, parent row), the prompt's tokens, and the sampler chains (grammar
+parsing happens here, in the caller's thread, never on the decode thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from kvllama.backend.protocol import Backend
+from kvllama.engine.markers import MarkerStrings
+from kvllama.engine.params import SamplingParams
+from kvllama.engine.request import EventSink, Request, RequestOptions, RequestSpec, new_request_id
+from kvllama.errors import ContextOverflowError, InvalidOptionError, InvalidRequestError
+from kvllama.kvcache import validate_cache_salt
+
+Prompt = str | Sequence[int]
+_INT32_MAX = 2**31 - 1
+
+
+def request_options(params: dict[str, Any]) -> RequestOptions:
+    """Take the non-sampling options out of ``params`` and check them."""
+    salt = params.pop("cache_salt", None)
+    if salt is not None:
+        validate_cache_salt(salt)
+    session_id = params.pop("session_id", None)
+    if session_id is not None and (not isinstance(session_id, str) or not session_id):
+        raise InvalidRequestError("session_id must be a non-empty string")
+    parent_key = params.pop("parent_key", None)
+    if parent_key is not None and not isinstance(parent_key, bytes):
+        raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
+    return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key)
+
+
+def build_request(
+    backend: Backend, markers: MarkerStrings | None, prompt: Prompt, params: dict[str, Any], sink: EventSink
+) -> Request:
+    """A request ready to submit, its samplers built (close them if it is never submitted)."""
+    params = dict(params)
+    options = request_options(params)
+    sampling = bound_by_model(SamplingParams.from_kwargs(**params).with_seed(), backend)
+    tokens = prompt_tokens(backend, prompt)
+    n_ctx_seq = backend.shape.n_ctx_seq
+    if len(tokens) >= n_ctx_seq:
+        raise ContextOverflowError(len(tokens), n_ctx_seq)
+    request = Request(RequestSpec(new_request_id(), tuple(tokens), sampling, options), sink)
+    request.sampler = backend.new_sampler(sampling)
+    try:
+        if markers is not None and markers.has_tool_calls and not sampling.greedy:
+            request.greedy_sampler = backend.new_sampler(replace(sampling, temperature=0.0))
+    except BaseException:
+        close_samplers(request)
+        raise
+    return request
+
+
+def close_samplers(request: Request) -> None:
+    for sampler in (request.sampler, request.greedy_sampler):
+        if sampler is not None:
+            sampler.close()
+    request.sampler = request.greedy_sampler = None
+
+
+def check_text(field: str, text: str) -> None:
+    """Text llama.cpp will see must be valid Unicode: a lone surrogate cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{field} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x} at index "
+            f"{exc.start}); send valid Unicode text"
+        ) from None
+
+
+def bound_by_model(p: SamplingParams, backend: Backend) -> SamplingParams:
+    """Clamp the values llama.cpp sizes allocations by to what the model can use.
+
+    ``top_k`` above the vocabulary keeps every token and ``penalty_last_n`` above
+    the sequence's context looks at every token it can hold, so clamping changes
+    no output; unclamped, 2**31 made llama.cpp allocate gigabytes. Values that
+    do not fit llama.cpp's int32 are refused (ctypes would silently wrap them).
+    """
+    for name in ("top_k", "penalty_last_n"):
+        value = getattr(p, name)
+        if value > _INT32_MAX:
+            raise InvalidOptionError(name, value, f"at most {_INT32_MAX}")
+    n_vocab, n_ctx_seq = backend.description.n_vocab, backend.shape.n_ctx_seq
+    return replace(p, top_k=min(p.top_k, n_vocab), penalty_last_n=min(p.penalty_last_n, n_ctx_seq))
+
+
+def prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:
+    """Text (tokenized with the model's specials) or token ids (checked against the vocabulary)."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidRequestError("prompt is empty")
+        check_text("prompt", prompt)
+        bos = backend.description.special_tokens.get("bos_token")
+        # A rendered chat template may already start with BOS; never add a second.
+        add_special = not (bos and prompt.startswith(bos))
+        return backend.tokenize(prompt, add_special=add_special, parse_special=True)
+    if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
+        tokens = list(prompt)
+        if not tokens:
+            raise InvalidRequestError("prompt is empty")
+        n_vocab = backend.description.n_vocab
+        for t in tokens:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+                raise InvalidRequestError(
+                    f"prompt token {t!r} is not a token id of this model (0..{n_vocab - 1})"
+                )
+        return tokens
+    raise InvalidRequestError("prompt must be a string or a list of token ids")
+
