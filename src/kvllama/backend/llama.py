@@ -69,8 +69,7 @@ class LlamaBackend:
             description=facts["description"],
             chat_template=self.model.chat_template(),
             special_tokens=self.model.special_tokens(),
-            extra={"n_head": facts["n_head"], "n_head_kv": facts["n_head_kv"],
-                   "n_swa": facts["n_swa"]},
+            n_swa=facts["n_swa"],
         )
         self.shape = ContextShape(
             n_ctx=self.ctx.n_ctx_seq * options.n_seq_max,
@@ -139,7 +138,7 @@ class LlamaBackend:
         first (llama-server's rule: the sequence must still hold every position
         from ``n_keep - n_swa`` on).
         """
-        n_swa = self.description.extra.get("n_swa", 0)
+        n_swa = self.description.n_swa
         window_gone = n_swa > 0 and self.ctx.seq_pos_min(seq_id) > max(0, n_keep - n_swa)
         if window_gone and not self.options.swa_full:
             return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from kvllama.engine.params import SamplingParams
 
@@ -34,7 +34,8 @@ class ModelDescription:
     description: str = ""
     chat_template: str | None = None
     special_tokens: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Sliding-window attention size (0: none); decides where a sequence may be cut.
+    n_swa: int = 0
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,6 @@ class Finishing(LoopState):
         if r.timing.admitted_at is None:
             # Finished while still waiting: count it so `pending` stays right.
             self.status.finished_waiting += 1
-        self.status.completed += 1
 
     def _stats(self, r: Request) -> Stats:
         n = len(r.generated)

@@ -24,7 +24,7 @@ from typing import Any
 from kvllama.backend.protocol import Backend
 from kvllama.engine.admission import Admission
 from kvllama.engine.finishing import Finishing
-from kvllama.engine.loop_state import LoopStatus, typed_error
+from kvllama.engine.loop_state import LoopStatus, Phase, typed_error
 from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
 from kvllama.engine.runner import Runner
@@ -152,7 +152,7 @@ class ModelLoop(Admission, Runner, Finishing):
                 self._finish(r, "cancelled")
             for session in list(self.sessions.parked.values()):
                 self._release_session(session, "shutdown")
-            self.status.phase = "idle"
+            self.status.phase = Phase.IDLE
 
     def _step(self) -> None:
         self._sweep_cancelled()
@@ -234,4 +234,4 @@ class ModelLoop(Admission, Runner, Finishing):
         st.in_flight = len(self._running)
         st.waiting = len(self._waiting)
         if not self._running:
-            st.phase = "idle"
+            st.phase = Phase.IDLE

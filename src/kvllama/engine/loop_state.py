@@ -8,6 +8,7 @@ They share the attributes declared here, all owned by the loop thread.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,20 +24,26 @@ if TYPE_CHECKING:
     from kvllama.events import FinishReason
 
 
+class Phase(enum.StrEnum):
+    """What the loop's last tick did (``model_info(id).phase``)."""
+
+    IDLE = "idle"
+    PREFILLING = "prefilling"
+    GENERATING = "generating"
+
+
 @dataclass
 class LoopStatus:
     """Written only by the loop thread; safe to read from any thread."""
 
-    phase: str = "idle"  # idle | prefilling | generating
+    phase: Phase = Phase.IDLE
     in_flight: int = 0
     waiting: int = 0
     last_cache_hit: dict[str, Any] = field(
         default_factory=lambda: {"kind": "cold", "prefix_len": 0}
     )
-    ticks: int = 0
     admitted: int = 0
     finished_waiting: int = 0
-    completed: int = 0
     # False while the context is being rebuilt after a fatal llama.cpp error.
     healthy: bool = True
     # Faults the loop survived: requests it ended with an error it did not expect, rebuilds.

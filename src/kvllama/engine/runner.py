@@ -6,7 +6,7 @@ import logging
 import time
 
 from kvllama.backend.protocol import Row
-from kvllama.engine.loop_state import LoopState
+from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
@@ -24,7 +24,7 @@ class Runner(LoopState):
         ]
         tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
         if tick.slices:
-            self.status.phase = "prefilling" if tick.prefilling else "generating"
+            self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
                 if not self._forward(group) and len(group) > 1:
                     # Isolate the failure: each request alone, so one bad request
@@ -59,7 +59,6 @@ class Runner(LoopState):
         finally:
             self._prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
-        self.status.ticks += 1
         for s, r in zip(slices, batch, strict=True):
             r.n_computed += s.count
             if s.decoding:

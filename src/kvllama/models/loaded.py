@@ -84,7 +84,7 @@ class LoadedModel:
             },
             loaded_at=self.loaded_at,
             memory_estimate_bytes=d.size_bytes + shape.kv_bytes_estimate,
-            phase=status.phase,
+            phase=status.phase.value,
             pending=self.loop.pending,
             in_flight=status.in_flight,
             last_cache_hit=dict(status.last_cache_hit),

@@ -128,6 +128,3 @@ class NativeModel:
             token = fn(self.vocab)
             out[name] = self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
         return out
-
-    def adds_bos(self) -> bool:
-        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
