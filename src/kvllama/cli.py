@@ -89,12 +89,15 @@ def _add_serve_parser(sub: Any) -> None:
 def _add_bench_parsers(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks that measure side by side in one run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    tput = bench_sub.add_parser("throughput", help="engine vs a bare llama_decode loop, by concurrency")
+    tput = bench_sub.add_parser(
+        "throughput", help="engine vs a bare llama_decode loop, by concurrency",
+        description="Per concurrency N: N prompts through the engine (greedy, no KV cache) and through "
+                    "a bare loop over the same llama.cpp wheel (one prefill, N rows per step, argmax), "
+                    "alternating; prints the medians and engine/floor. --model takes any GGUF.")
     _add_model_flags(tput)
-    add_cache_flags(tput)
     tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
-    tput.add_argument("--prompt-tokens", type=int, default=200)
-    tput.add_argument("--max-tokens", type=int, default=64)
+    tput.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt")
+    tput.add_argument("--max-tokens", type=int, default=64, help="tokens generated per stream")
     tput.add_argument("--repeat", type=int, default=3, help="alternating runs per level (medians)")
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     tput.set_defaults(func=_cmd_bench_throughput)
@@ -157,6 +160,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="llama.cpp CPU weight repacking: faster, not batch-invariant")
     g.add_argument("--max-decode-rows", type=int, default=None,
                    help="decode rows per forward pass (default 7; 0 = no limit, not batch-invariant)")
+    g.add_argument("--prefill-chunk-size", type=int, default=None,
+                   help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
+    g.add_argument("--n-threads-batch", type=int, default=None,
+                   help="threads for prompt passes (default: --n-threads)")
+    g.add_argument("--no-mmap", dest="use_mmap", action="store_false", default=None,
+                   help="read the weights into memory instead of mapping the file")
     g.add_argument("--decode-timeout", type=float, default=None,
                    help="seconds one forward pass may run before it is aborted (default 120; 0 = no limit)")
 
@@ -180,7 +189,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
                 "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows", "markers",
-                "decode_timeout")
+                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
 
@@ -270,14 +279,9 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
-    # The engine-vs-floor ratio measures scheduling, so saved prompt rows must not shortcut repeats.
-    args.no_cache = True
     streams = [int(x) for x in args.streams.split(",") if x.strip()]
-    if not args.n_seq_max:
-        args.n_seq_max = max(streams)
-    with _load(args) as engine:
-        rows = run_throughput(engine, MODEL_ID, streams, args.prompt_tokens, args.max_tokens,
-                              repeat=args.repeat)
+    rows = run_throughput(args.model, _pick(args, _MODEL_FLAGS), streams, args.prompt_tokens,
+                          args.max_tokens, repeat=args.repeat)
     print(format_table(rows))
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
