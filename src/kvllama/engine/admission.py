@@ -17,6 +17,7 @@ from kvllama.engine.markers import MarkerRouter
 from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
+from kvllama.kvcache import SaveReason
 
 log = logging.getLogger("kvllama.engine")
 
@@ -43,7 +44,7 @@ class Admission(LoopState):
         n_seq_max = self.backend.shape.n_seq_max
         free = n_seq_max - len(self._running) - len(self.sessions.parked)
         for session in self.sessions.to_release(len(self._waiting), free):
-            self._release_session(session, "evict")
+            self._release_session(session, SaveReason.EVICT)
         deferred: list[Request] = []
         while self._waiting and len(self._running) + len(self.sessions.parked) < n_seq_max:
             r = self._waiting.popleft()
@@ -80,7 +81,7 @@ class Admission(LoopState):
         try:
             if session is None or not self._resume(r, session):
                 if session is not None:
-                    self._save_session(session, "evict")  # the new turn diverged: keep the old one
+                    self._save_session(session, SaveReason.EVICT)  # the new turn diverged: keep the old one
                 self.backend.clear_sequence(r.seq_id)
         except Exception as exc:
             self._fail(r, exc)
@@ -130,13 +131,13 @@ class Admission(LoopState):
         r.cache.hit_kind = CacheHitKind.STICKY
         return True
 
-    def _release_session(self, session: Session, reason: str) -> None:
+    def _release_session(self, session: Session, reason: SaveReason) -> None:
         """Give a parked session's slot back, saving its KV to the cache first."""
         self.sessions.parked.pop(session.key, None)
         self._save_session(session, reason)
         self.backend.clear_sequence(session.seq_id)
 
-    def _save_session(self, session: Session, reason: str) -> None:
+    def _save_session(self, session: Session, reason: SaveReason) -> None:
         if self.warm is None:
             return
         try:

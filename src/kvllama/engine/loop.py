@@ -31,6 +31,7 @@ from kvllama.engine.runner import Runner
 from kvllama.engine.sessions import SessionPolicy, SessionTable
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import ContextLostError, DecodeError, EngineClosedError
+from kvllama.kvcache import SaveReason
 
 __all__ = ["PREFILL_ALIGN", "LoopStatus", "ModelLoop"]
 
@@ -151,7 +152,7 @@ class ModelLoop(Admission, Runner, Finishing):
             for r in [*self._running, *self._waiting]:
                 self._finish(r, "cancelled")
             for session in list(self.sessions.parked.values()):
-                self._release_session(session, "shutdown")
+                self._release_session(session, SaveReason.SHUTDOWN)
             self.status.phase = Phase.IDLE
 
     def _step(self) -> None:
@@ -189,7 +190,7 @@ class ModelLoop(Admission, Runner, Finishing):
         self._running = []
         for session in list(self.sessions.parked.values()):
             try:
-                self._release_session(session, "evict")
+                self._release_session(session, SaveReason.EVICT)
             except Exception:
                 log.exception("could not save session %s before the rebuild", session.id)
                 self.sessions.parked.pop(session.key, None)
@@ -223,7 +224,7 @@ class ModelLoop(Admission, Runner, Finishing):
             session = self.sessions.parked.get((cache_salt, session_id))
             if session is None:
                 return False
-            self._release_session(session, "evict")
+            self._release_session(session, SaveReason.EVICT)
             return True
 
         return bool(self.call(end).result())

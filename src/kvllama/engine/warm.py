@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.request import CacheHitKind, Request
-from kvllama.kvcache import CacheHit, KeyRoot, KvCache
+from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 
 # Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
 # every request must not grow the engine's memory. A dropped root is rebuilt on its next use.
@@ -115,7 +115,7 @@ class WarmStart:
         r.cache.read = hit.n_tokens
         return True
 
-    def save(self, r: Request, reason: str) -> bytes | None:
+    def save(self, r: Request, reason: SaveReason) -> bytes | None:
         """Snapshot the request's sequence as it is now (its first n_computed context tokens)."""
         assert r.seq_id is not None
         n = r.n_computed
@@ -127,11 +127,11 @@ class WarmStart:
         key = self.cache.save(self.root(r.options.cache_salt), tokens, blob, reason)
         if key is not None:
             r.cache.created = max(r.cache.created, n - r.cache.read)
-            if reason == "cold":
+            if reason is SaveReason.COLD:
                 self._unpublished[key] = (r.options.cache_salt, tokens)
         return key
 
-    def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: str) -> None:
+    def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: SaveReason) -> None:
         """Save a parked session's sequence before its slot is given back.
 
         Synchronous, bounded by the cache's sync timeout: the sequence is about
@@ -168,13 +168,13 @@ class WarmStart:
 
     def after_prefill_step(self, r: Request) -> None:
         if r.cache.cold_point is not None and r.n_computed == r.cache.cold_point:
-            self.save(r, "cold")
+            self.save(r, SaveReason.COLD)
 
     def after_token(self, r: Request) -> None:
         interval = self.policy.continued_interval
         if interval and len(r.generated) % interval == 0 and r.pending_token is not None:
-            self.save(r, "continued")
+            self.save(r, SaveReason.CONTINUED)
 
     def at_finish(self, r: Request) -> None:
         if r.n_computed - r.cache.read >= self.policy.finish_min_new:
-            r.cache.finish_key = self.save(r, "finish")
+            r.cache.finish_key = self.save(r, SaveReason.FINISH)
