@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from kvllama.engine.markers import MarkerRouter, Routed
+from kvllama.engine.markers import Kind, MarkerRouter, Routed
 from kvllama.engine.request import EventSink
 from kvllama.engine.signing import sign_thinking
 from kvllama.engine.text import StopMatcher, Utf8Assembler
@@ -55,7 +55,7 @@ class Channels:
         markers (Qwen's <think>) are seen; without, they render as nothing.
         """
         text = self._utf8.push(self._piece(token, self._router is not None))
-        self._route(self._router.push(text) if self._router is not None else (("text", text),))
+        self._route(self._router.push(text) if self._router is not None else ((Kind.TEXT, text),))
         return self.stopped
 
     def finish(self) -> str | None:
@@ -64,7 +64,7 @@ class Channels:
         if self._router is not None:
             self._route([*(self._router.push(tail) if tail else ()), *self._router.flush()])
         else:
-            self._route((("text", tail),))
+            self._route(((Kind.TEXT, tail),))
         if self.stopped is None:
             rest = self._stops.flush()
             if rest:
@@ -75,19 +75,19 @@ class Channels:
         for kind, text in items:
             if self.stopped is not None:
                 return
-            if kind == "text":
+            if kind is Kind.TEXT:
                 self._emit_text(text)
-            elif kind == "thinking" and text:
+            elif kind is Kind.THINKING and text:
                 self._thinking_parts.append(text)
                 self._sink.put(ThinkingEvent(text))
-            elif kind == "thinking_end":
+            elif kind is Kind.THINKING_END:
                 whole = "".join(self._thinking_parts)
                 self._thinking_parts.clear()
                 self._sink.put(ThinkingEndEvent(whole, sign_thinking(self._key, whole)))
-            elif kind == "tool_call" and text:
+            elif kind is Kind.TOOL_CALL and text:
                 self._tool_parts.append(text)
                 self._sink.put(ToolCallEvent(text))
-            elif kind == "tool_call_end":
+            elif kind is Kind.TOOL_CALL_END:
                 whole = "".join(self._tool_parts)
                 self._tool_parts.clear()
                 self._sink.put(ToolCallEndEvent(whole, whole.encode("utf-8")))

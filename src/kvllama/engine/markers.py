@@ -19,15 +19,45 @@ and the call must be replayable verbatim); the outer markers are swallowed.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from kvllama.errors import InvalidOptionError
 from kvllama.options import ModelOptions
 
-Kind = Literal["text", "thinking", "tool_call", "thinking_end", "tool_call_end"]
-# (channel or boundary, text); boundaries carry "" as text.
+
+class Kind(enum.StrEnum):
+    """Where routed text goes: a channel, or the end of a span (which carries "" as text)."""
+
+    TEXT = "text"
+    THINKING = "thinking"
+    TOOL_CALL = "tool_call"
+    THINKING_END = "thinking_end"
+    TOOL_CALL_END = "tool_call_end"
+
+
+class State(enum.StrEnum):
+    """The router's position: plain text, inside thinking, a tool call's syntax, or its payload."""
+
+    TEXT = "text"
+    THINKING = "thinking"
+    TOOL_CALL = "tool_call"
+    PAYLOAD = "payload"
+
+
+class Action(enum.Enum):
+    """What a marker does when it is seen in the current state."""
+
+    THINK = "think"
+    SWALLOW = "swallow"
+    END_THINK = "end_think"
+    CALL = "call"
+    END_CALL = "end_call"
+    OPEN = "open"
+    CLOSE = "close"
+
+
 Routed = tuple[Kind, str]
 
 
@@ -70,7 +100,7 @@ class MarkerRouter:
         self._tool = (tool["start"], tool["end"]) if tool else None
         self._payload = (tool["payload_start"], tool["payload_end"]) if "payload_start" in tool else None
         self._budget = thinking_budget_tokens
-        self.state = "text"
+        self.state = State.TEXT
         self.thinking_tokens = 0
         self.budget_spent = False
         self._held = ""
@@ -78,17 +108,17 @@ class MarkerRouter:
     @property
     def greedy_now(self) -> bool:
         """True inside a tool call's syntax (outside its payload): sample greedily."""
-        return self.state == "tool_call"
+        return self.state is State.TOOL_CALL
 
     def push(self, text: str) -> list[Routed]:
         """Route one token's text (call once per token: the thinking budget counts tokens)."""
         out: list[Routed] = []
-        if self.state == "thinking" and self._budget is not None:
+        if self.state is State.THINKING and self._budget is not None:
             self.thinking_tokens += 1
             if self.thinking_tokens > self._budget:
                 self._release_held(out)
-                out.append(("thinking_end", ""))
-                self.state, self.budget_spent = "text", True
+                out.append((Kind.THINKING_END, ""))
+                self.state, self.budget_spent = State.TEXT, True
         self._scan(self._held + text, out)
         return out
 
@@ -96,11 +126,11 @@ class MarkerRouter:
         """End of generation: release held text and close any open span."""
         out: list[Routed] = []
         self._release_held(out)
-        if self.state == "thinking":
-            out.append(("thinking_end", ""))
-        elif self.state in ("tool_call", "payload"):
-            out.append(("tool_call_end", ""))
-        self.state = "text"
+        if self.state is State.THINKING:
+            out.append((Kind.THINKING_END, ""))
+        elif self.state in (State.TOOL_CALL, State.PAYLOAD):
+            out.append((Kind.TOOL_CALL_END, ""))
+        self.state = State.TEXT
         return out
 
     def _release_held(self, out: list[Routed]) -> None:
@@ -109,30 +139,32 @@ class MarkerRouter:
             self._held = ""
 
     def _channel(self) -> Kind:
-        return {"text": "text", "thinking": "thinking"}.get(self.state, "tool_call")  # type: ignore[return-value]
+        return {State.TEXT: Kind.TEXT, State.THINKING: Kind.THINKING}.get(self.state, Kind.TOOL_CALL)
 
-    def _markers(self) -> list[tuple[str, str]]:
+    def _markers(self) -> list[tuple[str, Action]]:
         """(marker, action) pairs that mean something in the current state."""
-        live: list[tuple[str, str]] = []
-        if self.state == "text":
+        live: list[tuple[str, Action]] = []
+        if self.state is State.TEXT:
             if self._think:
                 # After a spent budget, late thinking markers are swallowed, never reopen thinking.
-                live += [(self._think[0], "swallow" if self.budget_spent else "think")]
+                live += [(self._think[0], Action.SWALLOW if self.budget_spent else Action.THINK)]
                 if self.budget_spent:
-                    live += [(self._think[1], "swallow")]
+                    live += [(self._think[1], Action.SWALLOW)]
             if self._tool:
-                live += [(self._tool[0], "call")]
-        elif self.state == "thinking" and self._think:
-            live += [(self._think[1], "end_think")]
-        elif self.state in ("tool_call", "payload") and self._tool:
-            live += [(self._tool[1], "end_call")]
+                live += [(self._tool[0], Action.CALL)]
+        elif self.state is State.THINKING and self._think:
+            live += [(self._think[1], Action.END_THINK)]
+        elif self.state in (State.TOOL_CALL, State.PAYLOAD) and self._tool:
+            live += [(self._tool[1], Action.END_CALL)]
             if self._payload:
                 live += [self._payload_marker()]
         return live
 
-    def _payload_marker(self) -> tuple[str, str]:
+    def _payload_marker(self) -> tuple[str, Action]:
         assert self._payload is not None
-        return (self._payload[0], "open") if self.state == "tool_call" else (self._payload[1], "close")
+        if self.state is State.TOOL_CALL:
+            return (self._payload[0], Action.OPEN)
+        return (self._payload[1], Action.CLOSE)
 
     def _scan(self, window: str, out: list[Routed]) -> None:
         while True:
@@ -150,20 +182,20 @@ class MarkerRouter:
             self._apply(action, marker, out)
             window = window[at + len(marker) :]
 
-    def _apply(self, action: str, marker: str, out: list[Routed]) -> None:
-        if action == "think":
-            self.state = "thinking"
-        elif action == "end_think":
-            out.append(("thinking_end", ""))
-            self.state = "text"
-        elif action == "call":
-            self.state = "tool_call"
-        elif action == "end_call":
-            out.append(("tool_call_end", ""))
-            self.state = "text"
-        elif action in ("open", "close"):
-            out.append(("tool_call", marker))
-            self.state = "payload" if action == "open" else "tool_call"
+    def _apply(self, action: Action, marker: str, out: list[Routed]) -> None:
+        if action is Action.THINK:
+            self.state = State.THINKING
+        elif action is Action.END_THINK:
+            out.append((Kind.THINKING_END, ""))
+            self.state = State.TEXT
+        elif action is Action.CALL:
+            self.state = State.TOOL_CALL
+        elif action is Action.END_CALL:
+            out.append((Kind.TOOL_CALL_END, ""))
+            self.state = State.TEXT
+        elif action in (Action.OPEN, Action.CLOSE):
+            out.append((Kind.TOOL_CALL, marker))
+            self.state = State.PAYLOAD if action is Action.OPEN else State.TOOL_CALL
 
 
 def _partial_suffix(window: str, markers: list[str]) -> int:
