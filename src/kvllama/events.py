@@ -1,9 +1,10 @@
 """Stream events: one discriminated union of small frozen dataclasses.
 
-The decode loop emits these, ``infer()`` yields them, and
-:func:`kvllama.results.accumulate` folds them into a
-:class:`~kvllama.results.CompletionResult`. Both the streaming and the
-non-streaming paths go through that one reducer, so they cannot disagree.
+The decode loop emits these, ``infer()`` yields them, and the one reducer
+(:class:`kvllama.replies.Reducer`, via :class:`~kvllama.results.ResultBuilder`)
+folds them into a :class:`~kvllama.results.CompletionResult` and into the
+content every HTTP reply renders. Both the streaming and the non-streaming
+paths go through it, so they cannot disagree.
 Every event has a ``type`` literal so consumers can ``match`` on it or
 serialise it without isinstance chains.
 """

@@ -1,25 +1,12 @@
-"""The completion result, and the one reducer that builds it from events."""
+"""The completion result, and the builder that folds it from events with the one reducer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from kvllama.events import (
-    CacheDelta,
-    CacheHitKind,
-    DoneEvent,
-    ErrorEvent,
-    Event,
-    FinishReason,
-    Stats,
-    TextEvent,
-    ThinkingEndEvent,
-    ThinkingEvent,
-    TokenEvent,
-    ToolCallEndEvent,
-    ToolCallEvent,
-)
+from kvllama.events import CacheDelta, CacheHitKind, DoneEvent, Event, FinishReason, Stats
+from kvllama.replies.reducer import Reducer
 
 
 @dataclass(frozen=True)
@@ -46,43 +33,15 @@ class CompletionResult:
     tool_calls: tuple[str, ...] = ()
 
 
-class ResultBuilder:
-    """The one reducer: folds events, in order, into a :class:`CompletionResult`.
+class ResultBuilder(Reducer):
+    """The one reducer (:class:`~kvllama.replies.Reducer`), ending in a :class:`CompletionResult`.
 
-    Both ``complete()`` and the HTTP layers (streaming or not) feed events
-    through this, so a streamed reply and a non-streamed one cannot disagree.
-    Text chunks are joined once at the end, not per event.
+    ``complete()``, the streams and the HTTP layers (streaming or not) all
+    feed events through this, so a streamed reply and a non-streamed one
+    cannot disagree: the HTTP replies render the content deltas that
+    :meth:`add` returns, or their fold (:attr:`reply`), and take usage and
+    finish from :meth:`result`. Text chunks are joined once at the end.
     """
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-        self.tokens: list[int] = []
-        self.thinking: list[str] = []
-        self.thinking_signature = ""
-        self.tool_calls: list[str] = []
-        self.done: DoneEvent | None = None
-        self.error: Exception | None = None
-
-    def add(self, event: Event) -> None:
-        match event:
-            case TokenEvent(token=token):
-                self.tokens.append(token)
-            case TextEvent(text=text):
-                self.chunks.append(text)
-            case ThinkingEvent(text=text):
-                self.thinking.append(text)
-            case ThinkingEndEvent(signature=signature):
-                self.thinking_signature = signature
-            case ToolCallEvent():
-                pass  # the end event carries the whole call
-            case ToolCallEndEvent(text=text):
-                self.tool_calls.append(text)
-            case DoneEvent():
-                self.done = event
-            case ErrorEvent(error=error):
-                self.error = error
-            case _:
-                raise TypeError(f"not a kvllama event: {event!r}")
 
     @property
     def text(self) -> str:

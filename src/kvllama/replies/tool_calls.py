@@ -1,8 +1,9 @@
-"""Parsing the text of a model's tool call into (name, arguments), and minting call ids.
+"""Parsing the text of a model's tool call into (name, arguments).
 
 The engine hands over the exact text between the model's tool-call markers
-(:class:`~kvllama.events.ToolCallEndEvent`); turning it into a structured
-call is the HTTP layer's job, as in erllama. Accepted shapes (the table in
+(:class:`~kvllama.events.ToolCallEndEvent`); the reply reducer turns it into
+structured calls here, once for every API family (each family mints its own
+call ids when it renders them). Accepted shapes (the table in
 docs/agents.md), after stripping whitespace and an optional code fence:
 
 * ``{"name": ..., "arguments": {...}}`` - Hermes, Qwen 2.5/3, most fine-tunes
@@ -14,7 +15,7 @@ docs/agents.md), after stripping whitespace and an optional code fence:
 * ``name(key=value, ...)`` or ``print(name(...))`` with literal values -
   Gemma's ``tool_code`` and other Python-call formats.
 
-Anything else is not a call: the caller shows it as text instead of
+Anything else is not a call: the reducer shows it as text instead of
 dropping it.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,14 +35,6 @@ class ToolCall:
     @property
     def arguments_json(self) -> str:
         return json.dumps(self.arguments, ensure_ascii=False)
-
-
-def anthropic_id() -> str:
-    return f"toolu_{uuid.uuid4().hex[:24]}"
-
-
-def openai_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def parse_tool_calls(text: str) -> list[ToolCall] | None:

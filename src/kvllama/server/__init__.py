@@ -9,14 +9,15 @@
     engine.load_model("gemma")
     serve(engine, ServerConfig(api_key=None), host="127.0.0.1", port=8000)
 
-Module map: ``app`` (factory, handlers), ``middleware`` (auth, body limit,
-request metrics), ``openai_routes`` / ``anthropic_routes`` (handlers),
-``schemas_*`` (request bodies), ``openai_format`` / ``anthropic_format``
-(bodies and SSE state machines; ``anthropic_blocks`` the content-block machine
-both Anthropic replies share), ``tool_calls`` (parsing a model's tool call),
-``agent_params`` (sessions, thinking, signature checks), ``generation`` (driving one engine request,
-disconnect -> cancel), ``chat_prompt``, ``grammar`` (JSON schema -> GBNF),
-``metrics``, ``errors``, ``sse``, ``runner`` (uvicorn), ``bench_serve``.
+Module map: ``app`` (factory, handlers, health), ``openapi`` (request bodies in
+the published document), ``middleware`` (auth, body limit, request metrics),
+``openai_routes`` / ``anthropic_routes`` (handlers), ``schemas_*`` (request
+bodies), ``openai_format`` / ``anthropic_format`` (renderers of the reply
+reducer's deltas, :mod:`kvllama.replies`: SSE frames or one JSON body),
+``agent_params`` (sessions, thinking, signature checks), ``generation``
+(driving one engine request, disconnect -> cancel), ``chat_prompt``,
+``grammar`` (JSON schema -> GBNF), ``metrics``, ``errors``, ``sse``, ``runner``
+(uvicorn).
 """
 
 from kvllama.server.app import create_app

@@ -10,11 +10,12 @@ The stream follows Anthropic's documented order exactly::
     message_delta                  (stop_reason, stop_sequence, cumulative usage)
     message_stop
 
-:class:`AnthropicStreamWriter` frames the block events of a
-:class:`~kvllama.server.anthropic_blocks.BlockMachine` (thinking, text and
-tool_use blocks, in the order the model produced them); the non-streamed
-reply folds the same block events, so both carry the same content. A reply
-whose last block is a tool call stops with ``tool_use``.
+:class:`AnthropicStreamWriter` renders the content deltas of the one reply
+reducer (:mod:`kvllama.replies`: thinking, text and tool_use blocks, in the
+order the model produced them) as block events; the non-streamed reply
+renders :class:`~kvllama.replies.Reply`, the fold of the same deltas, so
+both carry the same content. A reply whose last block is a tool call stops
+with ``tool_use``.
 
 Usage: ``input_tokens`` excludes cache reads (Anthropic's convention: input + cache_read + cache_creation is
 the whole prompt); the cache read is known only at the end, so message_start
@@ -24,19 +25,33 @@ counts, which the SDKs overwrite.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from kvllama.events import DoneEvent, Event
+from kvllama.events import Event
+from kvllama.replies import (
+    BlockEnd,
+    BlockStart,
+    Delta,
+    Reply,
+    SignatureDelta,
+    TextDelta,
+    ThinkingDelta,
+    ToolInputDelta,
+)
 from kvllama.results import CompletionResult
 from kvllama.server import sse
-from kvllama.server.anthropic_blocks import BlockMachine, fold_blocks
 from kvllama.server.errors import error_body, from_exception
 
 
 def new_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def tool_use_id() -> str:
+    return f"toolu_{uuid.uuid4().hex[:24]}"
 
 
 def usage(result: CompletionResult) -> dict[str, int]:
@@ -64,46 +79,73 @@ def stop_of(
     return ("tool_use" if tool_use else "end_turn"), None
 
 
-class MessageCollector:
-    """For a non-streamed reply: folds events into content blocks as the stream would show them."""
-
-    def __init__(self) -> None:
-        self.machine = BlockMachine()
-        self._blocks: list[dict[str, Any]] = []
-
-    def add(self, event: Event) -> None:
-        self._blocks += self.machine.on_event(event)
-
-    def content(self) -> list[dict[str, Any]]:
-        return fold_blocks(self._blocks + self.machine.finish())
+def content(reply: Reply) -> list[dict[str, Any]]:
+    """The content list of a whole reply (what an SDK builds from the stream of its deltas)."""
+    out: list[dict[str, Any]] = []
+    for block in reply.blocks:
+        if block.kind == "text":
+            out.append({"type": "text", "text": block.text})
+        elif block.kind == "thinking":
+            out.append({"type": "thinking", "thinking": block.text, "signature": block.signature})
+        else:
+            out.append({**_tool_use(block.name), "input": json.loads(block.arguments_json or "{}")})
+    return out
 
 
 def response(
     mid: str, model: str, result: CompletionResult, client_stops: Collection[str], max_tokens: int,
-    collected: MessageCollector | None = None,
+    reply: Reply,
 ) -> dict[str, Any]:
-    """The whole non-streamed message: the blocks ``collected`` folded (else one text block)."""
-    if collected is not None:
-        content = collected.content()
-        tool_use = collected.machine.ended_with_tool_use
-    else:
-        content, tool_use = [{"type": "text", "text": result.reply}], False
-    reason, sequence = stop_of(result, client_stops, max_tokens, tool_use)
+    """The whole non-streamed message: the content blocks of ``reply``."""
+    reason, sequence = stop_of(result, client_stops, max_tokens, reply.ends_with_tool_use)
     return {
-        "id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
+        "id": mid, "type": "message", "role": "assistant", "model": model, "content": content(reply),
         "stop_reason": reason, "stop_sequence": sequence, "usage": usage(result),
     }
 
 
+def _tool_use(name: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": tool_use_id(), "name": name}
+
+
+def block_event(delta: Delta) -> dict[str, Any]:
+    """One content delta as Anthropic's content_block_start / _delta / _stop event."""
+    match delta:
+        case BlockStart(index=index, kind="text"):
+            return _start(index, {"type": "text", "text": ""})
+        case BlockStart(index=index, kind="thinking"):
+            return _start(index, {"type": "thinking", "thinking": "", "signature": ""})
+        case BlockStart(index=index, call=call):
+            return _start(index, {**_tool_use(call.name if call is not None else ""), "input": {}})
+        case TextDelta(index=index, text=text):
+            return _delta(index, {"type": "text_delta", "text": text})
+        case ThinkingDelta(index=index, text=text):
+            return _delta(index, {"type": "thinking_delta", "thinking": text})
+        case SignatureDelta(index=index, signature=signature):
+            return _delta(index, {"type": "signature_delta", "signature": signature})
+        case ToolInputDelta(index=index, arguments_json=arguments):
+            return _delta(index, {"type": "input_json_delta", "partial_json": arguments})
+        case BlockEnd(index=index):
+            return {"type": "content_block_stop", "index": index}
+    raise TypeError(f"not a content delta: {delta!r}")
+
+
+def _start(index: int, block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def _delta(index: int, delta: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": index, "delta": delta}
+
+
 class AnthropicStreamWriter:
-    """kvllama events -> Anthropic SSE frames, in the documented order."""
+    """Content deltas -> Anthropic SSE frames, in the documented order."""
 
     def __init__(
         self, mid: str, model: str, input_tokens: int, client_stops: Collection[str], max_tokens: int
     ) -> None:
         self._mid, self._model, self._input_tokens = mid, model, input_tokens
         self._client_stops, self._max_tokens = client_stops, max_tokens
-        self._blocks = BlockMachine()
         self._pinged = False
 
     def start(self) -> list[str]:
@@ -115,30 +157,23 @@ class AnthropicStreamWriter:
         }
         return [sse.event_frame({"type": "message_start", "message": message})]
 
-    def on_event(self, event: Event) -> list[str]:
-        return self._frames(self._blocks.on_event(event))
-
-    def finish(self, done: DoneEvent, result: CompletionResult) -> list[str]:
-        frames = self._frames(self._blocks.finish())
-        reason, sequence = stop_of(result, self._client_stops, self._max_tokens,
-                                   self._blocks.ended_with_tool_use)
-        frames.append(sse.event_frame({
-            "type": "message_delta",
-            "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": usage(result),
-        }))
-        frames.append(sse.event_frame({"type": "message_stop"}))
-        return frames
-
-    def error(self, exc: BaseException) -> list[str]:
-        return [sse.event_frame(error_body(from_exception(exc), "anthropic"))]
-
-    def _frames(self, events: list[dict[str, Any]]) -> list[str]:
-        """SSE frames for block events; one ping right after the first block start, as Anthropic sends."""
+    def on_event(self, event: Event, deltas: Sequence[Delta]) -> list[str]:
+        """Frames for the deltas one event yielded; one ping right after the first block start."""
         frames = []
-        for ev in events:
-            frames.append(sse.event_frame(ev))
-            if not self._pinged and ev["type"] == "content_block_start":
+        for delta in deltas:
+            frames.append(sse.event_frame(block_event(delta)))
+            if not self._pinged and isinstance(delta, BlockStart):
                 self._pinged = True
                 frames.append(sse.event_frame({"type": "ping"}))
         return frames
+
+    def finish(self, result: CompletionResult, reply: Reply) -> list[str]:
+        reason, sequence = stop_of(result, self._client_stops, self._max_tokens, reply.ends_with_tool_use)
+        delta = {"stop_reason": reason, "stop_sequence": sequence}
+        return [
+            sse.event_frame({"type": "message_delta", "delta": delta, "usage": usage(result)}),
+            sse.event_frame({"type": "message_stop"}),
+        ]
+
+    def error(self, exc: BaseException) -> list[str]:
+        return [sse.event_frame(error_body(from_exception(exc), "anthropic"))]

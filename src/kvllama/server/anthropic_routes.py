@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from kvllama.server import anthropic_format, chat_prompt
 from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
-from kvllama.server.anthropic_format import AnthropicStreamWriter, MessageCollector
+from kvllama.server.anthropic_format import AnthropicStreamWriter
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
 from kvllama.server.schemas_common import read_json, sampling, validate
@@ -45,9 +45,9 @@ async def messages(request: Request) -> Response:
     gen = await start(state, name, model_id, prompt.text, params, started)
     mid = anthropic_format.new_id()
     if not body.stream:
-        collected = MessageCollector()
-        result = await complete(request, gen, collected.add)
-        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens, collected))
+        result = await complete(request, gen)
+        reply = gen.builder.reply
+        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens, reply))
     first = await first_event(request, gen)
     writer = AnthropicStreamWriter(mid, name, gen.prompt_tokens, client_stops, max_tokens)
     return sse_response(stream_frames(gen, first, writer))

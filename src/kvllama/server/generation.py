@@ -1,10 +1,11 @@
 """Driving one engine request from an HTTP handler.
 
 :class:`Generation` wraps the engine's :class:`AsyncRequestStream`: it feeds
-every event to a :class:`ResultBuilder` (the same reducer the Python API
-uses, so a streamed answer and a non-streamed one are built from the same
-fold and cannot disagree), meters time to first token and inter-token
-latency, and cancels the request when it is closed early.
+every event to a :class:`ResultBuilder` (the one reducer the Python API uses
+too), keeps the content deltas each event yields for a stream writer to
+render (a non-streamed reply renders their fold, ``builder.reply``, so the
+two cannot disagree), meters time to first token and inter-token latency,
+and cancels the request when it is closed early.
 
 :func:`until_disconnect` covers the stretch before a response starts (a
 queued or prefilling request, or a whole non-streamed generation): Starlette
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
 from kvllama.api.streams import AsyncRequestStream
 from kvllama.events import DoneEvent, ErrorEvent, Event, TokenEvent
+from kvllama.replies import Delta, Reply
 from kvllama.results import CompletionResult, ResultBuilder
 from kvllama.server.errors import ClientDisconnected
 from kvllama.server.state import ServerState
@@ -31,11 +33,11 @@ T = TypeVar("T")
 
 
 class StreamWriter(Protocol):
-    """Turns events into one API family's SSE frames (a state machine per response)."""
+    """Renders one API family's SSE frames: from each event's content deltas, then the result."""
 
     def start(self) -> list[str]: ...
-    def on_event(self, event: Event) -> list[str]: ...
-    def finish(self, done: DoneEvent, result: CompletionResult) -> list[str]: ...
+    def on_event(self, event: Event, deltas: Sequence[Delta]) -> list[str]: ...
+    def finish(self, result: CompletionResult, reply: Reply) -> list[str]: ...
     def error(self, exc: BaseException) -> list[str]: ...
 
 
@@ -46,6 +48,8 @@ class Generation:
         self.name = name
         self.stream = stream
         self.builder = ResultBuilder()
+        # The content deltas the last event yielded (rendered by a stream writer).
+        self.deltas: list[Delta] = []
         self._state = state
         self._events: AsyncIterator[Event] = aiter(stream)
         self._started = started
@@ -56,24 +60,19 @@ class Generation:
         return len(self.stream.request.prompt)
 
     async def next_event(self) -> Event | None:
-        """The next event (already folded and metered), or None after the last."""
+        """The next event (folded, its deltas in :attr:`deltas`, metered), or None after the last."""
         try:
             event = await anext(self._events)
         except StopAsyncIteration:
             return None
-        self.builder.add(event)
+        self.deltas = self.builder.add(event)
         self._meter(event)
         return event
 
-    async def drain(self, on_event: Callable[[Event], None] | None = None) -> CompletionResult:
-        """Read to the end; the result, or the request's own typed error raised.
-
-        ``on_event`` sees every event too (a non-streamed reply that builds
-        content blocks from the events, exactly as the stream would).
-        """
-        while (event := await self.next_event()) is not None:
-            if on_event is not None:
-                on_event(event)
+    async def drain(self) -> CompletionResult:
+        """Read to the end; the result (content in ``builder.reply``), or the request's typed error raised."""
+        while await self.next_event() is not None:
+            pass
         return self.builder.result()
 
     def result(self) -> CompletionResult:
@@ -133,12 +132,10 @@ async def first_event(request: Request, gen: Generation) -> Event:
     return event
 
 
-async def complete(
-    request: Request, gen: Generation, on_event: Callable[[Event], None] | None = None
-) -> CompletionResult:
+async def complete(request: Request, gen: Generation) -> CompletionResult:
     """Run a non-streamed request to the end, cancelling it if the client leaves."""
     try:
-        return await until_disconnect(request, gen.drain(on_event))
+        return await until_disconnect(request, gen.drain())
     finally:
         await gen.aclose()
 
@@ -168,6 +165,8 @@ async def _disconnected(request: Request) -> None:
 async def stream_frames(gen: Generation, first: Event, writer: StreamWriter) -> AsyncIterator[str]:
     """The SSE body: frames for ``first`` and every later event, then the closing frames.
 
+    ``first`` is the last event read (by :func:`first_event`), so ``gen.deltas`` are still its deltas.
+
     Closing the generator early (the client left, Starlette cancelled the
     response) runs the ``finally``, which cancels the request and frees its slot.
     """
@@ -180,10 +179,10 @@ async def stream_frames(gen: Generation, first: Event, writer: StreamWriter) -> 
                 for frame in writer.error(event.error):
                     yield frame
                 return
-            for frame in writer.on_event(event):
+            for frame in writer.on_event(event, gen.deltas):
                 yield frame
             if isinstance(event, DoneEvent):
-                for frame in writer.finish(event, gen.result()):
+                for frame in writer.finish(gen.result(), gen.builder.reply):
                     yield frame
                 return
             event = await gen.next_event()

@@ -106,9 +106,8 @@ async def _generate(
     gen = await start(state, name, model_id, prompt, given, started)
     rid = openai_format.new_id(kind)
     if not body.stream:
-        collected = openai_format.ChatCollector() if kind == "chat" else None
-        result = await complete(request, gen, collected.add if collected is not None else None)
-        return JSONResponse(openai_format.response(kind, rid, name, result, collected))
+        result = await complete(request, gen)
+        return JSONResponse(openai_format.response(kind, rid, name, result, gen.builder.reply))
     first = await first_event(request, gen)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return sse_response(stream_frames(gen, first, OpenAIStreamWriter(kind, rid, name, include_usage)))

@@ -21,9 +21,10 @@ from kvllama.events import (
     ToolCallEndEvent,
     ToolCallEvent,
 )
+from kvllama.replies import Reducer
 from kvllama.server import ServerConfig
 from kvllama.server.agent_params import thinking_key
-from kvllama.server.anthropic_blocks import BlockMachine, fold_blocks
+from kvllama.server.anthropic_format import content
 from kvllama.server.sse import decode_frames
 
 KEY = b"thinking-key"
@@ -193,9 +194,11 @@ def test_without_a_key_signatures_are_not_checked_and_the_engine_key_is_the_fall
 
 
 def blocks_of(events: list[Any]) -> list[dict[str, Any]]:
-    machine = BlockMachine()
-    out = [ev for e in events for ev in machine.on_event(e)]
-    return fold_blocks(out + machine.finish())
+    reducer = Reducer()
+    for event in events:
+        reducer.add(event)
+    reducer.finish()
+    return content(reducer.reply)
 
 
 def test_block_rules_for_whitespace_open_thinking_and_text_after_a_call():

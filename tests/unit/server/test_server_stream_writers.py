@@ -21,10 +21,9 @@ def run(writer, events: list[Event]) -> list[tuple[str | None, object]]:
     builder = ResultBuilder()
     text = "".join(writer.start())
     for event in events:
-        builder.add(event)
-        text += "".join(writer.on_event(event))
+        text += "".join(writer.on_event(event, builder.add(event)))
         if isinstance(event, DoneEvent):
-            text += "".join(writer.finish(event, builder.result()))
+            text += "".join(writer.finish(builder.result(), builder.reply))
     return decode_frames(text)
 
 

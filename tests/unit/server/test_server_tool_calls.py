@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvllama.server.tool_calls import ToolCall, anthropic_id, openai_id, parse_tool_calls
+from kvllama.replies.tool_calls import ToolCall, parse_tool_calls
+from kvllama.server.anthropic_format import tool_use_id as anthropic_id
+from kvllama.server.openai_format import call_id as openai_id
 
 WEATHER = ToolCall("get_weather", {"city": "Paris"})
 
