@@ -21,18 +21,21 @@ from kvllama.events import (
     TextEvent,
     TokenEvent,
 )
+from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.loaded import ModelInfo
 from kvllama.options import ModelOptions
 from kvllama.results import CompletionResult, ResultBuilder, collect
 
 __all__ = [
     "AsyncRequestStream",
+    "CacheConfig",
     "CacheDelta",
     "CompletionResult",
     "DoneEvent",
     "Engine",
     "ErrorEvent",
     "Event",
+    "KvCache",
     "ModelInfo",
     "ModelOptions",
     "RequestStream",

@@ -26,6 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from kvllama.kvcache import CacheConfig, KvCache, RowInfo, default_disk_dir, default_shm_dir
 from kvllama.kvcache.errors import CorruptRowError
 from kvllama.kvcache.tiers import FileTier
@@ -244,8 +246,8 @@ def verify_tiers(
         r = report[name] = {"ok": 0, "corrupt": scan.corrupt, "stale": scan.stale, "skipped": scan.skipped,
                             "temps_removed": scan.temps, "bytes": 0,
                             "corrupt_keys": [n.removesuffix(ROW_SUFFIX) for n in scan.corrupt_names]}
-        bar = Progress(f"verifying {name}", len(scan.metas), sum(m.size for m in scan.metas), progress)
-        for meta in scan.metas:
+        bar = _bar(f"verifying {name}", sum(m.size for m in scan.metas), progress)
+        for done, meta in enumerate(scan.metas, 1):
             try:
                 ok = tier.get(meta.key) is not None
             except (CorruptRowError, OSError):
@@ -256,8 +258,9 @@ def verify_tiers(
                 ok = False
             r["ok"] += ok
             r["bytes"] += meta.size
-            bar.advance(meta.size)
-        bar.done()
+            bar.set_postfix_str(f"{done}/{len(scan.metas)} rows", refresh=False)
+            bar.update(meta.size)
+        bar.close()
         tier.close()
     return report
 
@@ -276,38 +279,11 @@ def cmd_clear(args: argparse.Namespace) -> int:
 # --- output helpers --------------------------------------------------------------
 
 
-class Progress:
-    """A one-line bar (rows and bytes) on a terminal; silent when the stream is not one (logs, tests)."""
+def _bar(label: str, total: int, stream: TextIO | None) -> tqdm:
+    """A bytes bar (tqdm) on a terminal; silent when the stream is not one (logs, pipes, tests)."""
+    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=stream,
+                disable=stream is None or not stream.isatty(), leave=True)
 
-    def __init__(
-        self, label: str, rows: int, total: int, stream: TextIO | None, interval: float = 0.1
-    ) -> None:
-        self.label, self.rows, self.total = label, rows, total
-        self.done_rows = self.done_bytes = 0
-        self._stream = stream if stream is not None and stream.isatty() else None
-        self._interval, self._last = interval, 0.0
-
-    def advance(self, nbytes: int) -> None:
-        self.done_rows += 1
-        self.done_bytes += nbytes
-        now = time.monotonic()
-        if self._stream is not None and now - self._last >= self._interval:
-            self._last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        assert self._stream is not None
-        frac = self.done_bytes / self.total if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        self._stream.write(f"\r{self.label} [{bar:<30}] {self.done_rows}/{self.rows} rows, "
-                           f"{human_bytes(self.done_bytes)} / {human_bytes(self.total)}")
-        self._stream.flush()
-
-    def done(self) -> None:
-        if self._stream is not None:
-            self._draw()
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def human_bytes(n: float) -> str:

@@ -38,3 +38,37 @@ def test_bad_option_is_a_clear_error_with_exit_code_2():
     proc = run("complete", "--max-tokens", "4", "--temperature", "-3", "x")
     assert proc.returncode == 2
     assert "temperature" in proc.stderr
+
+
+def test_bench_throughput_runs_engine_and_floor_side_by_side(tmp_path):
+    out = tmp_path / "tput.json"
+    proc = run("bench", "throughput", "--streams", "1,2", "--prompt-tokens", "16", "--max-tokens", "4",
+               "--repeat", "1", "--n-threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "engine/floor" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["streams"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["generated_tokens"] == 4 * r["streams"]
+        assert r["engine_tokens_per_second"] > 0 and r["floor_tokens_per_second"] > 0
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_bench_floor_generates_the_engines_greedy_tokens():
+    """The floor does the engine's work: same prompts, same greedy tokens, through bare llama.cpp."""
+    from kvllama import Engine
+    from kvllama.bench.floor import Floor
+    from kvllama.bench.throughput import MODEL_ID, make_prompts
+    from kvllama.models.default import default_model_path
+    from kvllama.options import ModelOptions
+
+    path = default_model_path()
+    options = {"n_seq_max": 2, "n_threads": 1}
+    with Engine(cache=None) as engine, Floor(path, ModelOptions.from_kwargs(**options)) as floor:
+        engine.load_model(MODEL_ID, path, **options)
+        prompts = make_prompts(engine, 2, 24)
+        _seconds, tokens, floor_tokens = floor.run(prompts, 6)
+        assert tokens == 12
+        for prompt, expected in zip(prompts, floor_tokens, strict=True):
+            result = engine.complete(MODEL_ID, prompt, max_tokens=6, temperature=0, stop_at_eog=False)
+            assert list(result.generated_tokens) == expected

@@ -1,13 +1,14 @@
-"""``kvllama bench throughput``: the engine against a bare llama_decode loop.
+"""``kvllama bench throughput``: the engine against a bare llama.cpp loop, by concurrency.
 
-For each concurrency the same work runs twice in one process, on the same
-llama.cpp context: once through the engine (scheduler, events, streams,
-consumer threads), and once as the floor — a bare loop that replays exactly
-the llama.cpp calls the engine made (every batch, sequence move and clear) and
-samples every logits row with the same kind of sampler chain, with no
-scheduler, no events and no Python streams in between. The batch shapes are
-therefore identical by construction, and engine/floor is the engine's own
-overhead.
+For each concurrency ``N`` the same work runs through the engine's public API
+(``Engine.infer``, temperature 0, no stop at end-of-generation) and through
+the floor (:mod:`kvllama.bench.floor`): a loop over the same llama-cpp-python
+wheel with nothing of the engine in it. Both load the same GGUF with the same
+options (threads, cells per sequence, flash attention, KV layout); runs
+alternate and the medians are compared, because this kind of machine drifts by
+tens of percent over seconds. engine/floor is then what the engine costs over
+the least the wheel can do: scheduling, events, streams, sampler chains, and
+its exactness rules.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvllama.api.engine import Engine
-from kvllama.backend.protocol import Row
-from kvllama.engine.params import SamplingParams
-from kvllama.events import TokenEvent
+from tqdm import tqdm
 
+from kvllama.api.engine import Engine
+from kvllama.bench.floor import Floor
+from kvllama.events import TokenEvent
+from kvllama.options import ModelOptions
+
+MODEL_ID = "bench"
 _WORDS = (
     "river", "stone", "lantern", "harbor", "meadow", "quartz", "violet", "engine", "ledger",
     "orchard", "signal", "canyon", "mirror", "falcon", "pepper", "thunder", "garden", "silver",
@@ -42,22 +46,20 @@ class ThroughputRow:
     generated_tokens: int
 
 
-def make_prompts(engine: Engine, model_id: str, n: int, tokens: int) -> list[list[int]]:
+def make_prompts(engine: Engine, n: int, tokens: int) -> list[list[int]]:
     """Distinct prompts of exactly ``tokens`` tokens (BOS + words), reproducible."""
     prompts = []
     for i in range(n):
         words = [_WORDS[(i * 7 + j * 3 + j * j) % len(_WORDS)] for j in range(tokens * 2)]
-        ids = engine.tokenize(model_id, f"Report {i}: " + " ".join(words))
+        ids = engine.tokenize(MODEL_ID, f"Report {i}: " + " ".join(words))
         prompts.append(ids[:tokens])
     return prompts
 
 
-def _engine_run(
-    engine: Engine, model_id: str, prompts: Sequence[list[int]], params: dict
-) -> tuple[float, int, list[float]]:
+def _engine_run(engine: Engine, prompts: Sequence[list[int]], params: dict) -> tuple[float, int, list[float]]:
     """All streams at once, one consumer thread each so token times are arrival times."""
     started = time.perf_counter()
-    streams = [engine.infer(model_id, p, **params) for p in prompts]
+    streams = [engine.infer(MODEL_ID, p, **params) for p in prompts]
     gaps: list[list[float]] = [[] for _ in streams]
     counts = [0] * len(streams)
     errors: list[BaseException] = []
@@ -84,104 +86,62 @@ def _engine_run(
     return time.perf_counter() - started, sum(counts), [g for per in gaps for g in per]
 
 
-class _Recorder:
-    """Stands in for the backend during the engine run and records the llama.cpp work it asks for."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-        self.ops: list[tuple[Any, ...]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def decode(self, rows: Sequence[Row]) -> None:
-        self.ops.append(("decode", list(rows)))
-        self._backend.decode(rows)
-
-    def move_sequence(self, src: int, dst: int) -> None:
-        self.ops.append(("move", src, dst))
-        self._backend.move_sequence(src, dst)
-
-    def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
-        self.ops.append(("clear", seq_id, from_pos))
-        self._backend.clear_sequence(seq_id, from_pos)
-
-
-def _replay(engine: Engine, model_id: str, ops: list[tuple[Any, ...]], params: dict) -> float:
-    """The floor: the engine's exact llama.cpp calls (batches, moves, sampling), no scheduler."""
-    model = engine._model(model_id)
-    backend = model.backend
-    sampling = SamplingParams.from_kwargs(**params)
-
-    def run() -> float:
-        samplers: dict[int, Any] = {}
-        started = time.perf_counter()
-        for op in ops:
-            if op[0] == "decode":
-                rows = op[1]
-                backend.decode(rows)
-                for i, (_tok, _pos, seq, want) in enumerate(rows):
-                    if want:
-                        if seq not in samplers:
-                            samplers[seq] = backend.new_sampler(sampling)
-                        backend.sample(samplers[seq], i)
-            elif op[0] == "move":
-                backend.move_sequence(op[1], op[2])
-                if op[1] in samplers:
-                    samplers[op[2]] = samplers.pop(op[1])
-            else:
-                backend.clear_sequence(op[1], op[2])
-                if op[2] == 0 and op[1] in samplers:
-                    samplers.pop(op[1]).close()
-        elapsed = time.perf_counter() - started
-        for seq, sampler in samplers.items():
-            sampler.close()
-            backend.clear_sequence(seq)
-        return elapsed
-
-    return model.loop.call(run).result()
+def _row(n: int, engine_runs: list[float], floor_runs: list[float], gaps: list[float], tokens: int
+         ) -> ThroughputRow:
+    engine_tps, floor_tps = statistics.median(engine_runs), statistics.median(floor_runs)
+    gaps_ms = sorted(g * 1000 for g in gaps) or [0.0]
+    return ThroughputRow(
+        streams=n,
+        engine_tokens_per_second=round(engine_tps, 2),
+        floor_tokens_per_second=round(floor_tps, 2),
+        ratio=round(engine_tps / floor_tps, 3),
+        itl_p50_ms=round(statistics.median(gaps_ms), 2),
+        itl_p95_ms=round(gaps_ms[min(len(gaps_ms) - 1, int(len(gaps_ms) * 0.95))], 2),
+        generated_tokens=tokens,
+    )
 
 
 def run_throughput(
-    engine: Engine,
-    model_id: str,
+    path: str | None,
+    options: dict[str, Any],
     streams: Sequence[int] = (1, 4, 8),
     prompt_tokens: int = 200,
     max_tokens: int = 64,
-    temperature: float = 0.8,
     repeat: int = 3,
 ) -> list[ThroughputRow]:
-    params = {"max_tokens": max_tokens, "temperature": temperature, "seed": 42, "stop_at_eog": False}
-    rows = []
-    # Warm-up: first decodes pay one-off allocation costs.
-    engine.complete(model_id, "warm up", max_tokens=4, temperature=0)
-    for n in streams:
-        prompts = make_prompts(engine, model_id, n, prompt_tokens)
-        loop = engine._model(model_id).loop
-        engine_runs, floor_runs, gaps = [], [], []
-        # Alternate engine and floor, then take medians: this VM's speed drifts
-        # by tens of percent over seconds, and alternation spreads that over both.
-        for _ in range(repeat):
-            recorder = _Recorder(loop.backend)
-            loop.backend = recorder  # type: ignore[assignment]
-            try:
-                seconds, tokens, run_gaps = _engine_run(engine, model_id, prompts, params)
-            finally:
-                loop.backend = recorder._backend
-            gaps.extend(run_gaps)
-            engine_runs.append(tokens / seconds)
-            floor_runs.append(tokens / _replay(engine, model_id, recorder.ops, params))
-        engine_tps, floor_tps = statistics.median(engine_runs), statistics.median(floor_runs)
-        gaps_ms = sorted(g * 1000 for g in gaps) or [0.0]
-        rows.append(ThroughputRow(
-            streams=n,
-            engine_tokens_per_second=round(engine_tps, 2),
-            floor_tokens_per_second=round(floor_tps, 2),
-            ratio=round(engine_tps / floor_tps, 3),
-            itl_p50_ms=round(statistics.median(gaps_ms), 2),
-            itl_p95_ms=round(gaps_ms[min(len(gaps_ms) - 1, int(len(gaps_ms) * 0.95))], 2),
-            generated_tokens=tokens,
-        ))
+    """Engine and floor side by side for each concurrency in ``streams``.
+
+    ``path``: any GGUF (None: the embedded default). ``options``: model
+    options for both sides; ``n_seq_max`` defaults to the largest concurrency.
+    """
+    from kvllama.models.default import default_model_path
+
+    path = path if path is not None else default_model_path()
+    options = {**options, "n_seq_max": options.get("n_seq_max") or max(streams)}
+    params = {"max_tokens": max_tokens, "temperature": 0.0, "stop_at_eog": False}
+    # No KV cache: a saved prompt row would let the engine skip the repeats' prefill.
+    with Engine(cache=None) as engine, Floor(path, ModelOptions.from_kwargs(**options)) as floor:
+        engine.load_model(MODEL_ID, path, **options)
+        # Warm-up: first decodes pay one-off allocation costs, on both sides.
+        engine.complete(MODEL_ID, "warm up", max_tokens=4, temperature=0)
+        floor.run(make_prompts(engine, 1, 8), 4)
+        rows = []
+        bar = tqdm(total=len(streams) * repeat, desc="bench throughput", unit="run", disable=None)
+        with bar:
+            for n in streams:
+                prompts = make_prompts(engine, n, prompt_tokens)
+                engine_runs, floor_runs, gaps = [], [], []
+                tokens = 0
+                # Alternate engine and floor, then take medians: the drift spreads over both.
+                for _ in range(repeat):
+                    bar.set_postfix(streams=n)
+                    seconds, tokens, run_gaps = _engine_run(engine, prompts, params)
+                    gaps.extend(run_gaps)
+                    engine_runs.append(tokens / seconds)
+                    floor_seconds, floor_tokens, _ = floor.run(prompts, max_tokens)
+                    floor_runs.append(floor_tokens / floor_seconds)
+                    bar.update()
+                rows.append(_row(n, engine_runs, floor_runs, gaps, tokens))
     return rows
 
 

@@ -38,7 +38,7 @@ from kvllama.kvcache.pressure import MemoryReader, MemoryWatcher, read_meminfo
 from kvllama.kvcache.records import CacheHit, RowInfo
 from kvllama.kvcache.rowformat import MIN_BLOB_BYTES, Row, RowMeta, SaveReason
 from kvllama.kvcache.store import TierStack
-from kvllama.kvcache.tiers import FileTier, Tier, build_tiers
+from kvllama.kvcache.tiers import Tier, build_tiers
 from kvllama.kvcache.writer import SaveJob, Submitted, WriterPool
 
 log = logging.getLogger("kvllama.kvcache")
@@ -468,7 +468,7 @@ class KvCache:
 
     def _persist_ram(self, deadline: float | None) -> None:
         tiers = self._stack.tiers
-        if not tiers or isinstance(tiers[0], FileTier):
+        if not tiers or tiers[0].persistent:
             return
         ram, below = tiers[0], self._stack.below(tiers[0].name)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

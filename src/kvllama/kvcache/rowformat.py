@@ -111,6 +111,11 @@ class Row:
     def with_stats(self, hits: int, last_used: float) -> Row:
         return Row(replace(self.meta, hits=hits, last_used=last_used), self.blob)
 
+    @property
+    def is_packed(self) -> bool:
+        """True once :attr:`parts` has been computed (the stack times packing separately)."""
+        return "parts" in self.__dict__
+
     @cached_property
     def parts(self) -> tuple[bytes, ...]:
         """The packed row as a few buffers (for ``os.writev``; no 14 MB concatenation)."""

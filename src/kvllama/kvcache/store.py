@@ -26,7 +26,7 @@ from kvllama.kvcache.index import Entry, Index
 from kvllama.kvcache.keys import CacheKey
 from kvllama.kvcache.metrics import Metrics
 from kvllama.kvcache.rowformat import Row
-from kvllama.kvcache.tiers import FileTier, Tier
+from kvllama.kvcache.tiers import Tier
 
 log = logging.getLogger("kvllama.kvcache")
 
@@ -70,7 +70,7 @@ class TierStack:
             tier = self.tiers[i]
             if row.size > tier.budget or not self._make_room(i, row.size, floor):
                 continue
-            if isinstance(tier, FileTier) and "parts" not in row.__dict__:
+            if tier.stores_packed and not row.is_packed:
                 started = time.perf_counter()
                 _ = row.parts
                 self._metrics.add_seconds("pack", time.perf_counter() - started)
@@ -181,7 +181,7 @@ class TierStack:
         (a read-only stack only indexes the higher one and deletes nothing).
         """
         for tier in reversed(self.tiers):
-            if not isinstance(tier, FileTier):
+            if not tier.persistent:
                 continue
             found = tier.scan()
             for name, count in (("corrupt_rows", found.corrupt), ("stale_rows", found.stale),

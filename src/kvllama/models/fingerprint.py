@@ -31,6 +31,8 @@ import functools
 import hashlib
 import os
 
+from tqdm import tqdm
+
 from kvllama.backend.protocol import Backend
 from kvllama.engine.loop import PREFILL_ALIGN
 from kvllama.kvcache import KeyRoot
@@ -62,17 +64,26 @@ NOT_IN_ROOT = {
 
 
 def file_fingerprint(path: str, mode: str) -> str:
+    """The model file's identity for cache keys ("sha256:..." or "fast:...").
+
+    Hashing a multi-GB GGUF takes seconds to minutes at load, so the sha256
+    pass draws a progress bar on a terminal (stderr a TTY), and only once it
+    has run for a second: small models load without a flash of output.
+    """
     if path.startswith("<"):  # the stub backend
         return path
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
         if mode == "fast":
-            st = os.fstat(f.fileno())
             digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
             digest.update(f.read(1 << 20))
             return "fast:" + digest.hexdigest()
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        with tqdm(total=st.st_size, desc=f"hashing {os.path.basename(path)}", unit="B", unit_scale=True,
+                  unit_divisor=1024, disable=None, delay=1.0, leave=False) as bar:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                bar.update(len(chunk))
     return "sha256:" + digest.hexdigest()
 
 

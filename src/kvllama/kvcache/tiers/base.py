@@ -38,9 +38,17 @@ class ScanResult:
 
 
 class Tier(Protocol):
+    """What the stack may ask of a tier: capabilities are attributes, never the tier's class."""
+
     name: str
     budget: int
     memory_backed: bool  # True if its bytes live in RAM (shedding it relieves memory pressure)
+    # True if its rows outlive the process (files): they are adopted on start by
+    # scan(), and the RAM tier is persisted into such a tier on close.
+    persistent: bool
+    # True if put() writes the packed byte form (Row.parts): the stack packs the
+    # row first, timed as "pack", so the write itself is only I/O.
+    stores_packed: bool
 
     @property
     def used_bytes(self) -> int: ...
@@ -70,6 +78,10 @@ class Tier(Protocol):
 
     def touch(self, key: CacheKey, hits: int, last_used: float) -> None:
         """Persist popularity (file tiers rewrite the stats block in place)."""
+        ...
+
+    def scan(self) -> ScanResult:
+        """Adopt the rows a previous process left (an empty result for a non-persistent tier)."""
         ...
 
     def close(self) -> None: ...

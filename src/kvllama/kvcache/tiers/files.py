@@ -102,6 +102,9 @@ def read_file(path: Path, *, with_blob: bool) -> tuple[RowMeta, bytes | None]:
 
 
 class FileTier:
+    persistent = True  # row files outlive the process (shm until reboot, disk for good)
+    stores_packed = True  # put() writes Row.parts with os.writev
+
     def __init__(
         self,
         name: str,

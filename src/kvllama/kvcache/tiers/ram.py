@@ -7,11 +7,13 @@ from collections.abc import Iterator
 
 from kvllama.kvcache.keys import CacheKey
 from kvllama.kvcache.rowformat import Row, RowMeta
-from kvllama.kvcache.tiers.base import TierFullError
+from kvllama.kvcache.tiers.base import ScanResult, TierFullError
 
 
 class RamTier:
     memory_backed = True
+    persistent = False  # rows die with the process
+    stores_packed = False  # keeps Row objects as they are
 
     def __init__(self, budget: int, name: str = "ram") -> None:
         self.name = name
@@ -60,6 +62,10 @@ class RamTier:
     def read_meta(self, key: CacheKey) -> RowMeta | None:
         row = self._rows.get(key)
         return row.meta if row else None
+
+    def scan(self) -> ScanResult:
+        """Nothing survives a process in RAM, so there is nothing to adopt."""
+        return ScanResult()
 
     def touch(self, key: CacheKey, hits: int, last_used: float) -> None:
         """Nothing to persist: the index holds the live counters of RAM rows."""
