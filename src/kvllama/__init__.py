@@ -11,7 +11,6 @@ Start with :class:`Engine`::
 from kvllama import errors
 from kvllama.api.engine import Engine
 from kvllama.api.streams import AsyncRequestStream, RequestStream
-from kvllama.engine.params import SamplingParams
 from kvllama.events import (
     CacheDelta,
     DoneEvent,
@@ -25,6 +24,7 @@ from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.loaded import ModelInfo
 from kvllama.options import ModelOptions
 from kvllama.results import CompletionResult, ResultBuilder, collect
+from kvllama.sampling import SamplingParams
 
 __all__ = [
     "AsyncRequestStream",

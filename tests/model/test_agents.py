@@ -7,8 +7,8 @@ import json
 import pytest
 
 import kvllama
-from kvllama.engine.signing import verify_thinking
 from kvllama.events import ThinkingEndEvent, ToolCallEndEvent
+from kvllama.signing import verify_thinking
 
 KEY = b"test-signing-key"
 GRAMMAR = (

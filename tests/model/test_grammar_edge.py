@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from kvllama.engine.gbnf import check_grammar
 from kvllama.errors import GrammarError
+from kvllama.gbnf import check_grammar
 from kvllama.models.default import default_model_path
 from kvllama.native.library import llama
 

@@ -12,10 +12,10 @@ import pytest
 
 import kvllama
 from kvllama.backend.llama import LlamaBackend
-from kvllama.engine.params import SamplingParams
 from kvllama.errors import DecodeTimeoutError, GrammarExhaustedError
 from kvllama.events import TokenEvent
 from kvllama.kvcache import CacheConfig
+from kvllama.sampling import SamplingParams
 
 M = "iso"
 pytestmark = pytest.mark.slow

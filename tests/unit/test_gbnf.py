@@ -1,4 +1,4 @@
-"""The GBNF checker (kvllama.engine.gbnf): every refusal, and what it must let through.
+"""The GBNF checker (kvllama.gbnf): every refusal, and what it must let through.
 
 That llama.cpp itself parses everything accepted here is checked against the
 real library in tests/model/test_grammar_edge.py (same corpus).
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from kvllama.engine import gbnf
-from kvllama.engine.gbnf import MAX_GRAMMAR_BYTES, MAX_GRAMMAR_ELEMENTS, MAX_REPETITION, check_grammar
-from kvllama.engine.params import SamplingParams
+from kvllama import gbnf
 from kvllama.errors import GrammarError, InvalidRequestError, InvalidSamplingError
+from kvllama.gbnf import MAX_GRAMMAR_BYTES, MAX_GRAMMAR_ELEMENTS, MAX_REPETITION, check_grammar
+from kvllama.sampling import SamplingParams
 
 # Helper modules import by name: pytest's importlib mode does not put test folders on sys.path.
 if str(Path(__file__).parent) not in sys.path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kvllama.engine.markers import PRESETS, MarkerRouter, MarkerStrings
-from kvllama.engine.signing import sign_thinking, verify_thinking
+from kvllama.signing import sign_thinking, verify_thinking
 
 QWEN = PRESETS["qwen3"]
 

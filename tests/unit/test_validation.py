@@ -1,8 +1,8 @@
 import pytest
 
-from kvllama.engine.params import SamplingParams
 from kvllama.errors import InvalidOptionError, InvalidSamplingError
 from kvllama.options import ModelOptions
+from kvllama.sampling import SamplingParams
 
 
 @pytest.mark.parametrize(

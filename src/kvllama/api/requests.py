@@ -15,10 +15,10 @@ from typing import Any
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.markers import MarkerStrings
-from kvllama.engine.params import SamplingParams
 from kvllama.engine.request import EventSink, Request, RequestOptions, RequestSpec, new_request_id
 from kvllama.errors import ContextOverflowError, InvalidOptionError, InvalidRequestError
 from kvllama.kvcache import validate_cache_salt
+from kvllama.sampling import SamplingParams
 
 Prompt = str | Sequence[int]
 _INT32_MAX = 2**31 - 1

@@ -8,15 +8,15 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-from kvllama.backend.protocol import ContextShape, ModelDescription, Row
-from kvllama.engine.params import SamplingParams
+from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError
-from kvllama.native.batch import NativeBatch
+from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
 from kvllama.native.model import NativeModel
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
+from kvllama.sampling import SamplingParams
 
 _POOLING_MEAN = 1
 # Longest text embed() takes (one forward pass; see LlamaBackend.embed).
@@ -120,7 +120,7 @@ class LlamaBackend:
         """Any thread: parsing a grammar happens here, never on the decode thread."""
         return NativeSampler(self.model, params, self._candidates)
 
-    def decode(self, rows: Sequence[Row]) -> None:
+    def decode(self, rows: Sequence[BatchRow]) -> None:
         self.batch.fill(rows)
         self.ctx.decode(self.batch)
 

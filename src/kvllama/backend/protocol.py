@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvllama.engine.params import SamplingParams
-
-# (token, position, sequence id, wants logits)
-Row = tuple[int, int, int, bool]
+from kvllama.native.batch import BatchRow
+from kvllama.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class Backend(Protocol):
         """Any thread: stop the forward pass running now (decode raises DecodeAbortedError)."""
 
     # --- decode thread only ---
-    def decode(self, rows: Sequence[Row]) -> None: ...
+    def decode(self, rows: Sequence[BatchRow]) -> None: ...
     def sample(self, sampler: Sampler, row_index: int) -> int: ...
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         """Forget the sequence's KV from ``from_pos`` on (all of it by default)."""

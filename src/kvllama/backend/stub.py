@@ -16,9 +16,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kvllama.backend.protocol import ContextShape, ModelDescription, Row
-from kvllama.engine.params import SamplingParams
+from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import BatchOverflowError, DecodeAbortedError, DecodeError, GrammarError
+from kvllama.native.batch import BatchRow
+from kvllama.sampling import SamplingParams
 
 BOS, EOS = 256, 257
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz     .,"
@@ -82,14 +83,14 @@ class StubBackend:
         )
         self.seqs: dict[int, _SeqState] = {}
         # Every decode call's rows, in order (tests read this).
-        self.decode_log: list[list[Row]] = []
+        self.decode_log: list[list[BatchRow]] = []
         self.samplers_created = 0
         self.moves: list[tuple[int, int]] = []
         self.restores = 0
         self.rebuilds = 0
         self.closed = False
         self._abort = threading.Event()
-        self._last_rows: list[Row] = []
+        self._last_rows: list[BatchRow] = []
         self._lock = threading.Lock()
 
     # --- vocabulary ---------------------------------------------------------
@@ -115,7 +116,7 @@ class StubBackend:
         self.samplers_created += 1
         return StubSampler(params, random.Random(params.seed))
 
-    def decode(self, rows: Sequence[Row]) -> None:
+    def decode(self, rows: Sequence[BatchRow]) -> None:
         if len(rows) > self.shape.n_batch:
             raise BatchOverflowError(len(rows), self.shape.n_batch)
         self._abort.clear()  # like llama.cpp's flag, lowered when a pass starts

@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from kvllama.native.batch import NativeBatch, Row
+from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
@@ -83,7 +83,7 @@ class Floor:
         for seq, token in enumerate(nxt):
             out[seq].append(token)
         for _ in range(max_tokens - 1):
-            rows: list[Row] = [(nxt[s], pos[s], s, True) for s in range(len(prompts))]
+            rows: list[BatchRow] = [(nxt[s], pos[s], s, True) for s in range(len(prompts))]
             batch.fill(rows)
             ctx.decode(batch)
             nxt = [self._argmax(ctx, i) for i in range(len(rows))]
@@ -95,7 +95,7 @@ class Floor:
 
     def _prefill(self, ctx: NativeContext, batch: NativeBatch, prompts: Sequence[Sequence[int]]) -> list[int]:
         """Every prompt in n_batch-sized passes; each prompt's first token from its last row's logits."""
-        rows: list[Row] = [
+        rows: list[BatchRow] = [
             (tok, j, s, j == len(p) - 1) for s, p in enumerate(prompts) for j, tok in enumerate(p)
         ]
         first = [0] * len(prompts)

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 
 from kvllama.engine.markers import Kind, MarkerRouter, Routed
 from kvllama.engine.request import EventSink
-from kvllama.engine.signing import sign_thinking
 from kvllama.engine.text import StopMatcher, Utf8Assembler
 from kvllama.events import TextEvent, ThinkingEndEvent, ThinkingEvent, ToolCallEndEvent, ToolCallEvent
+from kvllama.signing import sign_thinking
 
 # token id, special rendering -> bytes
 PieceFn = Callable[[int, bool], bytes]

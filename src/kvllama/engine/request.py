@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvllama.engine.params import SamplingParams
 from kvllama.events import Event
+from kvllama.sampling import SamplingParams
 
 _ids = itertools.count(1)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from kvllama.backend.protocol import Row
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent
+from kvllama.native.batch import BatchRow
 
 log = logging.getLogger("kvllama.engine")
 
@@ -87,8 +87,8 @@ class Runner(LoopState):
             index += s.count
         raise ValueError("slice not in batch")
 
-    def _rows(self, slices: tuple[Slice, ...]) -> tuple[list[Row], list[tuple[int, Request]]]:
-        rows: list[Row] = []
+    def _rows(self, slices: tuple[Slice, ...]) -> tuple[list[BatchRow], list[tuple[int, Request]]]:
+        rows: list[BatchRow] = []
         samples: list[tuple[int, Request]] = []
         for s in slices:
             r = self._running[s.key]

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from kvllama.errors import BatchOverflowError
 from kvllama.native.library import llama
 
-# (token, position, sequence id, wants logits)
-Row = tuple[int, int, int, bool]
+# One row of a forward pass: (token, position, sequence id, wants logits).
+BatchRow = tuple[int, int, int, bool]
 
 
 class NativeBatch:
@@ -19,7 +19,7 @@ class NativeBatch:
         self.capacity = capacity
         self.struct = self._lib.llama_batch_init(capacity, 0, 1)
 
-    def fill(self, rows: Sequence[Row]) -> None:
+    def fill(self, rows: Sequence[BatchRow]) -> None:
         if len(rows) > self.capacity:
             raise BatchOverflowError(len(rows), self.capacity)
         b = self.struct

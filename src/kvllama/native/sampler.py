@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from kvllama.engine.params import SamplingParams
 from kvllama.errors import GrammarError, GrammarExhaustedError
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
+from kvllama.sampling import SamplingParams
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from kvllama.engine.signing import verify_thinking
 from kvllama.server.errors import ApiError
 from kvllama.server.schemas_common import MAX_SESSION_ID, SESSION_HEADER
 from kvllama.server.state import ServerState
+from kvllama.signing import verify_thinking
 
 
 def session_params(request: Request, body_session: str | None) -> dict[str, Any]:

@@ -15,10 +15,10 @@ characters per gap) so a small model cannot wander off into blank lines.
 
 Every keyword's value is checked before it shapes the grammar: length and
 item bounds must be non-negative integers (not booleans), minimum at most
-maximum, and at most :data:`~kvllama.engine.gbnf.MAX_REPETITION` (llama.cpp
+maximum, and at most :data:`~kvllama.gbnf.MAX_REPETITION` (llama.cpp
 unrolls ``{m,n}`` into rules, so a bound of 10^8, or a minimum above the
 maximum, would exhaust memory); schemas nest at most :data:`MAX_SCHEMA_DEPTH`
-deep. The finished grammar goes through :func:`~kvllama.engine.gbnf.check_grammar`
+deep. The finished grammar goes through :func:`~kvllama.gbnf.check_grammar`
 here too, so a schema whose grammar is too big is refused naming the schema.
 """
 
@@ -29,8 +29,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kvllama.engine.gbnf import MAX_REPETITION, check_grammar
 from kvllama.errors import GrammarError, InvalidRequestError
+from kvllama.gbnf import MAX_REPETITION, check_grammar
 
 # Nested schemas (objects in arrays in objects...), $ref hops included; the
 # converter recurses once per level.

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from kvllama.engine.signing import sign_thinking
 from kvllama.events import (
     CacheDelta,
     DoneEvent,
@@ -29,6 +28,7 @@ from kvllama.events import (
 from kvllama.replies import parse_tool_calls
 from kvllama.results import collect
 from kvllama.server.sse import decode_frames
+from kvllama.signing import sign_thinking
 
 THOUGHT = "Let me think."
 SIG = sign_thinking(b"key", THOUGHT)

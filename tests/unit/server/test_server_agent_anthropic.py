@@ -9,7 +9,6 @@ from typing import Any
 import anthropic
 import pytest
 
-from kvllama.engine.signing import sign_thinking
 from kvllama.events import (
     CacheDelta,
     DoneEvent,
@@ -26,6 +25,7 @@ from kvllama.server import ServerConfig
 from kvllama.server.agent_params import thinking_key
 from kvllama.server.anthropic_format import content
 from kvllama.server.sse import decode_frames
+from kvllama.signing import sign_thinking
 
 KEY = b"thinking-key"
 THOUGHT = "Let me think."

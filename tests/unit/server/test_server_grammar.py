@@ -243,7 +243,7 @@ def test_bounds_are_checked_before_they_become_repetitions(schema, where):
 
 
 def test_every_generated_grammar_passes_the_gbnf_checker():
-    from kvllama.engine.gbnf import check_grammar
+    from kvllama.gbnf import check_grammar
 
     for schema in (PERSON, {"type": "array", "maxItems": 2000}, {"type": "string", "maxLength": 2000},
                    {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(300)}}):

@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kvllama.engine.gbnf import check_grammar
 from kvllama.errors import InvalidSamplingError
+from kvllama.gbnf import check_grammar
 
 MAX_STOP_SEQUENCES = 16
 
