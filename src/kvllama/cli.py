@@ -290,7 +290,8 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_cache(args: argparse.Namespace) -> int:
-    from kvllama.bench.cache import format_report, run_bench_cache
+    from kvllama.bench.cache import run_bench_cache
+    from kvllama.bench.cache_report import format_report
 
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     options = _pick(args, _MODEL_FLAGS)

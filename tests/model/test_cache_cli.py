@@ -8,7 +8,8 @@ import pytest
 
 import kvllama
 from kvllama import cli
-from kvllama.bench.cache import format_report, run_bench_cache
+from kvllama.bench.cache import run_bench_cache
+from kvllama.bench.cache_report import format_report
 from kvllama.kvcache import CacheConfig
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ import pytest
 import kvllama
 from kvllama import cli
 from kvllama.backend.stub import StubBackend, StubConfig
-from kvllama.bench.cache import format_report, run_bench_cache
+from kvllama.bench.cache import run_bench_cache
+from kvllama.bench.cache_report import format_report
 from kvllama.cache_cli import engine_cache_config, parse_bytes
 from kvllama.errors import InvalidOptionError
 from kvllama.kvcache import CacheConfig, KeyRoot, KvCache, default_disk_dir
