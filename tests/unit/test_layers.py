@@ -86,4 +86,5 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = (node.end_lineno or node.lineno) - node.lineno + 1
-            assert length <= MAX_FUNCTION_LINES, f"{path.relative_to(SRC)}:{node.lineno} {node.name} is {length} lines"
+            where = f"{path.relative_to(SRC)}:{node.lineno} {node.name}"
+            assert length <= MAX_FUNCTION_LINES, f"{where} is {length} lines"
