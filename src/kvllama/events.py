@@ -89,8 +89,10 @@ class ToolCallEvent:
 class ToolCallEndEvent:
     """One tool call is complete; ``text`` is every ToolCallEvent of it concatenated.
 
-    ``raw`` holds the exact bytes the model sampled, so a client can send the
-    call back verbatim on the next turn and keep the cached prefix matching.
+    ``raw`` is ``text`` encoded as UTF-8: the call as generated, which a client
+    sends back verbatim on the next turn to keep the cached prefix matching.
+    (Markers are routed on decoded text, so it is not a copy of the token
+    bytes: a byte sequence that was not valid UTF-8 arrives replaced.)
     """
 
     text: str

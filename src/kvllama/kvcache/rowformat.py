@@ -54,7 +54,6 @@ class SaveReason(enum.IntEnum):
     FINISH = 3  # prompt + reply at the end of a request
     EVICT = 4  # a sequence pushed out of its slot
     SHUTDOWN = 5  # engine shutting down
-    PREFILL = 6  # shared prefix prefilled once for concurrent requests
 
     @classmethod
     def parse(cls, value: SaveReason | str) -> SaveReason:

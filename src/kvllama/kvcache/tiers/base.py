@@ -10,7 +10,6 @@ its budget" holds even if the stack has a bug.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,10 +68,6 @@ class Tier(Protocol):
     def remove(self, key: CacheKey) -> bool: ...
 
     def row_keys(self) -> list[CacheKey]: ...
-
-    def metas(self) -> Iterator[RowMeta]:
-        """Metadata of every row (file tiers read headers, never blobs)."""
-        ...
 
     def read_meta(self, key: CacheKey) -> RowMeta | None: ...
 

@@ -26,7 +26,6 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from kvllama.kvcache.errors import CorruptRowError
@@ -225,12 +224,6 @@ class FileTier:
 
     def row_keys(self) -> list[CacheKey]:
         return list(self._rows)
-
-    def metas(self) -> Iterator[RowMeta]:
-        for key in self.row_keys():
-            meta = self.read_meta(key)
-            if meta is not None:
-                yield meta
 
     def read_meta(self, key: CacheKey) -> RowMeta | None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 from kvllama.kvcache.keys import CacheKey
 from kvllama.kvcache.rowformat import Row, RowMeta
@@ -54,10 +53,6 @@ class RamTier:
 
     def row_keys(self) -> list[CacheKey]:
         return list(self._rows)
-
-    def metas(self) -> Iterator[RowMeta]:
-        for row in list(self._rows.values()):
-            yield row.meta
 
     def read_meta(self, key: CacheKey) -> RowMeta | None:
         row = self._rows.get(key)
