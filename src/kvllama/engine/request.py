@@ -7,10 +7,15 @@ import enum
 import itertools
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kvllama.events import Event
+
+if TYPE_CHECKING:
+    from kvllama.backend.protocol import Sampler
+    from kvllama.engine.channels import Channels
 from kvllama.sampling import SamplingParams
 
 _ids = itertools.count(1)
@@ -133,11 +138,11 @@ class Request:
     cancel_requested: bool = False
     # Built before submission (grammar parsing stays off the loop); a greedy chain for
     # tool-call syntax if the model has markers; event channels built at admission.
-    sampler: Any = None
-    greedy_sampler: Any = None
-    channels: Any = None
+    sampler: Sampler | None = None
+    greedy_sampler: Sampler | None = None
+    channels: Channels | None = None
     # A hook the engine uses to unmark the request's session busy.
-    on_release: Any = None
+    on_release: Callable[[], None] | None = None
     timing: Timing = field(default_factory=Timing)
     cache: CacheAccount = field(default_factory=CacheAccount)
 
