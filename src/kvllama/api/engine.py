@@ -199,11 +199,7 @@ class Engine:
         sink = asyncio_sink()
         model, request = await asyncio.to_thread(self._prepare, model_id, prompt, params, sink)
         stream = AsyncRequestStream(request, model.loop, model_id)
-        try:
-            self._start(model, stream)
-        except BaseException:
-            close_samplers(request)
-            raise
+        self._start(model, stream)
         return stream
 
     def cancel(self, request: RequestStream | AsyncRequestStream | str) -> bool:

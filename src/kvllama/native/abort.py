@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import threading
 import time
 from typing import Any
@@ -51,7 +52,11 @@ class DecodeWatchdog:
     """Raises an :class:`AbortFlag` when one forward pass outlives its time budget.
 
     One thread for the context's lifetime, armed before and disarmed after each
-    ``llama_decode`` (two lock round trips per step, no thread per step).
+    ``llama_decode`` (two lock round trips per step, no thread per step). The
+    thread is woken only when a pass's deadline comes before the time it sleeps
+    to: while passes follow one another under one budget it wakes at the last
+    deadline it saw, finds a later one (or none) and sleeps again, so a decode
+    step never costs a thread switch.
     ``abort()`` raises the flag now, from any thread.
     """
 
@@ -60,6 +65,8 @@ class DecodeWatchdog:
         self.budget = budget_seconds
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        # When the watching thread will next look at the deadline (inf: only if woken).
+        self._wake_at = math.inf
         self._closed = False
         self.timed_out = False
         self._thread = threading.Thread(target=self._watch, name="kvllama-decode-watchdog", daemon=True)
@@ -71,7 +78,8 @@ class DecodeWatchdog:
             self.flag.lower()
             if self.budget > 0:
                 self._deadline = time.monotonic() + self.budget
-                self._cond.notify()
+                if self._deadline < self._wake_at:
+                    self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
@@ -90,10 +98,12 @@ class DecodeWatchdog:
         with self._cond:
             while not self._closed:
                 if self._deadline is None:
+                    self._wake_at = math.inf
                     self._cond.wait()
                     continue
                 left = self._deadline - time.monotonic()
                 if left > 0:
+                    self._wake_at = self._deadline
                     self._cond.wait(left)
                     continue
                 self.timed_out = True
