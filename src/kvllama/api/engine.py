@@ -19,9 +19,9 @@ from typing import Any
 from kvllama.api.requests import (
     Prompt,
     build_request,
-    check_text,
     close_samplers,
     prompt_tokens,
+    tokenize_text,
 )
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.chat.templates import render_chat, resolve_template
@@ -345,10 +345,9 @@ class Engine:
             raise InvalidRequestError(
                 f"{len(items)} texts in one embed call; at most {MAX_EMBED_INPUTS} (split the batch)"
             )
-        for i, text in enumerate(items):
-            check_text(f"texts[{i}]", text)
         model = self._model(model_id)
-        token_lists = [model.backend.tokenize(t, add_special=True) for t in items]
+        token_lists = [tokenize_text(model.backend, f"texts[{i}]", t, add_special=True)
+                       for i, t in enumerate(items)]
         total = sum(len(tokens) for tokens in token_lists)
         if total > MAX_EMBED_TOKENS:
             raise InvalidRequestError(

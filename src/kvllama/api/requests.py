@@ -67,10 +67,13 @@ def close_samplers(request: Request) -> None:
     request.sampler = request.greedy_sampler = None
 
 
-def check_text(field: str, text: str) -> None:
-    """Text llama.cpp will see must be valid Unicode: a lone surrogate cannot be encoded."""
+def tokenize_text(backend: Backend, field: str, text: str, **options: bool) -> list[int]:
+    """Tokenize text, refusing what cannot be encoded to UTF-8 (a lone surrogate) as a typed error.
+
+    Tokenizing encodes the text anyway, so the check costs nothing extra.
+    """
     try:
-        text.encode("utf-8")
+        return backend.tokenize(text, **options)
     except UnicodeEncodeError as exc:
         raise InvalidRequestError(
             f"{field} contains an unpaired surrogate (\\u{ord(text[exc.start]):04x} at index "
@@ -99,11 +102,10 @@ def prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequestError("prompt is empty")
-        check_text("prompt", prompt)
         bos = backend.description.special_tokens.get("bos_token")
         # A rendered chat template may already start with BOS; never add a second.
         add_special = not (bos and prompt.startswith(bos))
-        return backend.tokenize(prompt, add_special=add_special, parse_special=True)
+        return tokenize_text(backend, "prompt", prompt, add_special=add_special, parse_special=True)
     if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
         tokens = list(prompt)
         if not tokens:
