@@ -137,7 +137,6 @@ class ModelLoop(Admission, Runner, Finishing):
                     # A bug, not a request's fault: end the requests in flight with an
                     # error (never leave one unanswered) and keep serving.
                     log.exception("decode loop step failed; ending the requests in flight")
-                    self.status.faults += 1
                     self._recover(exc)
                 self._publish_status()
         except BaseException:  # pragma: no cover - interpreter shutdown or a bug in recovery

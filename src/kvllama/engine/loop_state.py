@@ -46,8 +46,7 @@ class LoopStatus:
     finished_waiting: int = 0
     # False while the context is being rebuilt after a fatal llama.cpp error.
     healthy: bool = True
-    # Faults the loop survived: requests it ended with an error it did not expect, rebuilds.
-    faults: int = 0
+    # Times a failed llama.cpp context was rebuilt in place.
     context_rebuilds: int = 0
 
 

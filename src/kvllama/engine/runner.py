@@ -73,7 +73,6 @@ class Runner(LoopState):
             except Exception as exc:  # this request's sampler or channels: end it alone
                 if not isinstance(exc, KvllamaError):
                     log.exception("sampling request %s failed", r.id)
-                    self.status.faults += 1
                 self._fail(r, exc)
         return True
 
