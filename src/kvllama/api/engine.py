@@ -161,11 +161,17 @@ class Engine:
             models = list(self._models.values())
         return sum(m.loop.status.in_flight for m in models)
 
-    def pending(self) -> int:
-        """Requests queued for a slot, over all models."""
+    def pending(self, model_id: str | None = None) -> int:
+        """Requests queued for a slot: of one model, or over all models."""
+        if model_id is not None:
+            return self._model(model_id).loop.pending
         with self._lock:
             models = list(self._models.values())
         return sum(m.loop.pending for m in models)
+
+    def chat_template_source(self, model_id: str) -> str:
+        """Where this model's chat template comes from (what ``model_info(id).chat_template_source`` says)."""
+        return self._model(model_id).chat_template_source
 
     # --- generation ---------------------------------------------------------
 

@@ -48,7 +48,7 @@ def render(
 
 
 def default_stops(engine: Engine, model_id: str) -> tuple[str, ...]:
-    source = engine.model_info(model_id).chat_template_source
+    source = engine.chat_template_source(model_id)
     return PLAIN_STOPS if source == PLAIN_SOURCE else ()
 
 

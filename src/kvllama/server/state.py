@@ -55,7 +55,7 @@ class ServerState:
         if bound is None:
             return
         try:
-            pending = self.engine.model_info(model_id).pending
+            pending = self.engine.pending(model_id)
         except UnknownModelError:
             raise ApiError(404, f"model {name!r} is not loaded", param="model",
                            code="model_not_found") from None
