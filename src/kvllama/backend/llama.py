@@ -114,11 +114,17 @@ class LlamaBackend:
     def is_eog(self, token: int) -> bool:
         return self.model.is_eog(token)
 
-    # --- decode thread ------------------------------------------------------
+    # --- any thread ---------------------------------------------------------
 
     def new_sampler(self, params: SamplingParams) -> NativeSampler:
-        """Any thread: parsing a grammar happens here, never on the decode thread."""
+        """Parsing a grammar happens here, in the caller's thread, never on the decode thread."""
         return NativeSampler(self.model, params, self._candidates)
+
+    def abort(self) -> None:
+        """Stop the forward pass running now; the loop ends or replans its requests."""
+        self.ctx.abort()
+
+    # --- decode thread ------------------------------------------------------
 
     def decode(self, rows: Sequence[BatchRow]) -> None:
         self.batch.fill(rows)
@@ -138,9 +144,8 @@ class LlamaBackend:
         first (llama-server's rule: the sequence must still hold every position
         from ``n_keep - n_swa`` on).
         """
-        n_swa = self.description.n_swa
-        window_gone = n_swa > 0 and self.ctx.seq_pos_min(seq_id) > max(0, n_keep - n_swa)
-        if window_gone and not self.options.swa_full:
+        n_swa = 0 if self.options.swa_full else self.description.n_swa
+        if n_swa > 0 and self.ctx.seq_pos_min(seq_id) > max(0, n_keep - n_swa):
             return False
         return self.ctx.clear_sequence(seq_id, n_keep, -1)
 
@@ -159,10 +164,6 @@ class LlamaBackend:
     def _apply_pending_copies(self) -> None:
         # The scratch sequence (id n_seq_max) is free outside compaction.
         self.ctx.apply_pending_copies(self.shape.n_seq_max, self._flush_batch, token=0)
-
-    def abort(self) -> None:
-        """Stop the forward pass running now (any thread); the loop ends its requests."""
-        self.ctx.abort()
 
     def rebuild(self) -> None:
         """A fresh context of the same shape after llama.cpp reported a fatal error.
