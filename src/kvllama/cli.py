@@ -159,7 +159,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-extra-bufts", action="store_true", default=None,
                    help="llama.cpp CPU weight repacking: faster, not batch-invariant")
     g.add_argument("--max-decode-rows", type=int, default=None,
-                   help="decode rows per forward pass (default 7; 0 = no limit, not batch-invariant)")
+                   help="decode rows per forward pass (default: 7 for K-quant weights on CPU, where "
+                        "llama.cpp switches kernels at 8 rows, else no limit; 0 = no limit)")
     g.add_argument("--prefill-chunk-size", type=int, default=None,
                    help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
     g.add_argument("--n-threads-batch", type=int, default=None,

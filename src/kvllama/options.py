@@ -62,10 +62,11 @@ class ModelOptions:
     # default because the repacked kernels compute a row differently depending
     # on how many rows share the batch, which breaks alone == beside-others.
     use_extra_bufts: bool = False
-    # Decode rows per forward pass; more decoders run as several passes. 7 keeps
-    # a sequence's tokens identical alone or beside others (llama.cpp's CPU
-    # matmul switches kernels at 8 rows); 0 means no limit (faster at 8+ streams).
-    max_decode_rows: int = 7
+    # Decode rows per forward pass; more decoders run as several passes. None:
+    # 7 where llama.cpp's CPU matmul switches kernels at 8 rows for this model's
+    # weight types (keeps a sequence's tokens identical alone or beside others),
+    # else no limit (backend/decode_rows.py); 0 means no limit.
+    max_decode_rows: int | None = None
     # How the cache identifies the model file: "sha256" (whole file) or "fast".
     fingerprint: str = "sha256"
     # Seconds one forward pass may run before llama.cpp is told to abort it (0: no
@@ -104,7 +105,8 @@ class ModelOptions:
         _int("n_ubatch", self.n_ubatch, minimum=1)
         _int("n_seq_max", self.n_seq_max, minimum=1, maximum=256)
         _int("n_threads", self.n_threads, minimum=1)
-        _int("max_decode_rows", self.max_decode_rows, minimum=0)
+        if self.max_decode_rows is not None:
+            _int("max_decode_rows", self.max_decode_rows, minimum=0)
         if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)
                 or not 0 <= self.decode_timeout < 1e9):
             raise InvalidOptionError("decode_timeout", self.decode_timeout, "seconds >= 0 (0: no limit)")

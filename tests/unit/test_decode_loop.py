@@ -272,18 +272,25 @@ def test_embed_returns_one_vector_per_text(stub_engine):
         engine.embed("s", [])
 
 
-def test_every_batch_has_one_prompt_first_then_decode_rows_on_consecutive_ids(stub_engine):
+def test_every_batch_has_equal_prompt_chunks_first_then_decode_rows_on_consecutive_ids(stub_engine):
     engine, backend = stub_engine(n_seq_max=4, n_batch=32, n_ctx_seq=512, decode_delay=0.0005)
     streams = [engine.infer("s", "p" * (10 + 17 * i), max_tokens=5 + 7 * i, temperature=0) for i in range(7)]
     for s in streams:
         s.result()
     assert backend.moves, "finishing requests out of order must have compacted the slots"
+    shared = 0
     for rows in backend.decode_log:
-        prompt_seqs = {seq for _t, _p, seq, want in rows if not want}
-        assert len(prompt_seqs) <= 1
-        decode = [seq for _t, _p, seq, want in rows if want]
-        prompt_rows = [r for r in rows if r[2] in prompt_seqs]
-        assert rows[: len(prompt_rows)] == prompt_rows  # the prompt's rows come first
-        tail = decode[1:] if prompt_seqs and decode and decode[0] in prompt_seqs else decode
-        tail = [s for s in tail if s not in prompt_seqs]
-        assert tail == list(range(len(tail)))
+        # The last row of a prompt's final chunk wants logits too: count rows per sequence.
+        per_seq: dict[int, int] = {}
+        for _t, _p, seq, _w in rows:
+            per_seq[seq] = per_seq.get(seq, 0) + 1
+        prompt_seqs = [seq for seq, n in per_seq.items() if n > 1]
+        n_prompt_rows = sum(per_seq[s] for s in prompt_seqs)
+        assert {r[2] for r in rows[:n_prompt_rows]} == set(prompt_seqs)  # prompt rows first
+        assert len({per_seq[s] for s in prompt_seqs}) <= 1  # one chunk size: one ubatch
+        first = prompt_seqs[0] if prompt_seqs else 0
+        assert prompt_seqs == list(range(first, first + len(prompt_seqs)))  # consecutive ids
+        shared += len(prompt_seqs) > 1
+        decode = [r[2] for r in rows[n_prompt_rows:]]
+        assert decode == list(range(len(decode)))
+    assert shared, "prompts admitted together must have shared a tick"

@@ -19,13 +19,30 @@ def test_prefill_is_chunked_only_while_someone_decodes():
     assert [s.count for s in beside.slices if not s.decoding] == [32]
 
 
-def test_one_prompt_per_tick_oldest_first_within_budget():
+def test_prompts_on_consecutive_ids_share_a_tick_with_equal_chunks_oldest_first():
     seqs = [prog(0, 50, 0), prog(1, 50, 0), prog(2, 3, 3, True)]
     tick = plan(seqs, 40, 16)
-    assert [(s.key, s.count) for s in tick.slices] == [(0, 16), (2, 1)]
-    done_first = [prog(0, 50, 50, True), prog(1, 50, 0), prog(2, 50, 0)]
-    assert [s.key for s in plan(done_first, 64, 64).slices if not s.decoding] == [1]
+    assert [(s.key, s.count) for s in tick.slices] == [(0, 8), (1, 8), (2, 1)]
+    done_first = [prog(0, 50, 50, True), prog(1, 50, 0), prog(2, 50, 0, seq=5)]
+    assert [s.key for s in plan(done_first, 64, 64).slices if not s.decoding] == [1]  # id 5 not adjacent
     assert plan(seqs, 40, 16).n_rows <= 40
+
+
+def test_four_prompts_admitted_together_prefill_together_in_one_ubatch():
+    seqs = [prog(i, 200, 0) for i in range(4)]
+    first = plan(seqs, 512, 128, align=64, n_ubatch=512)
+    assert [(s.key, s.start, s.count) for s in first.slices] == [(i, 0, 128) for i in range(4)]
+    then = plan([prog(i, 200, 128) for i in range(4)], 512, 128, align=64, n_ubatch=512)
+    assert [(s.count, s.sample) for s in then.slices] == [(72, True)] * 4
+    # Rows beyond n_ubatch would be split unevenly by llama.cpp: never planned.
+    assert plan(seqs, 2048, 128, align=64, n_ubatch=256).n_rows <= 256
+
+
+def test_a_neighbour_whose_chunk_would_break_the_rules_waits():
+    # The neighbour has 12 tokens left: an 8-row chunk would leave 4, so it sits this tick out.
+    seqs = [prog(0, 300, 0), prog(1, 20, 8)]
+    tick = plan(seqs, 16, 16, align=8)
+    assert [(s.key, s.count) for s in tick.slices] == [(0, 16)]
 
 
 def test_chunk_ends_are_aligned_so_boundaries_do_not_depend_on_other_requests():
@@ -53,13 +70,46 @@ def test_nothing_to_do_gives_an_empty_tick():
     assert plan([prog(0, 10, 10)], 64, 16).slices == ()
 
 
-def test_decode_groups_split_many_decoders_into_balanced_passes():
+def test_decode_groups_split_many_decoders_into_full_passes_first():
     from kvllama.engine.scheduler import decode_groups
 
     seqs = [prog(0, 100, 0, seq=8)] + [prog(i, 5, 5, True) for i in range(1, 9)]
     tick = plan(seqs, 64, 16)
     groups = decode_groups(tick.slices, 7)
-    assert [len(g) for g in groups] == [5, 4]  # prompt + 4 decoders, then 4 decoders
+    assert [len(g) for g in groups] == [8, 1]  # prompt + 7 decoders, then 1 decoder
     assert not groups[0][0].decoding and all(s.decoding for s in groups[1])
     assert decode_groups(tick.slices, 0) == [tick.slices]
     assert decode_groups((), 7) == []
+
+
+def test_no_chunk_of_fewer_than_eight_rows_unless_the_prompt_is_shorter():
+    from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+
+    # 70 tokens in chunks of 64: 62 + 8, not 64 + 6.
+    first = plan([prog(0, 70, 0), prog(1, 5, 5, True)], 512, 64, align=64).slices[0]
+    assert (first.start, first.count) == (0, 62)
+    assert plan([prog(0, 70, 62), prog(1, 5, 5, True)], 512, 64, align=64).slices[0].count == 8
+    # A save point 3 rows ahead is skipped rather than cut into a 3-row chunk.
+    near = SeqProgress(0, 0, 300, 125, False, stop_at=128)
+    assert plan([near], 512, 64, align=64).slices[0].count >= MIN_CHUNK_ROWS
+    # A budget too small for a canonical chunk waits while others decode...
+    crowded = plan([prog(0, 100, 0)] + [prog(i, 5, 5, True) for i in range(1, 6)], 10, 64)
+    assert all(s.decoding for s in crowded.slices)
+    # ...and never stalls when nobody decodes; a 5-token prompt is one chunk.
+    assert plan([prog(0, 100, 0)], 4, 64).slices[0].count == 4
+    assert plan([prog(0, 5, 0)], 512, 64).slices[0].count == 5
+
+
+def test_every_chunk_of_every_split_is_canonical():
+    from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+
+    for n in range(8, 400, 7):
+        for start in (0, 64, 125):
+            if start >= n - 8:
+                continue
+            done, counts = start, []
+            while done < n:
+                s = plan([prog(0, n, done), prog(1, 5, 5, True)], 512, 64, align=64).slices[0]
+                counts.append(s.count)
+                done += s.count
+            assert done == n and min(counts) >= MIN_CHUNK_ROWS, (n, start, counts)

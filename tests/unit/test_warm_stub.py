@@ -29,10 +29,11 @@ def test_repeat_prompt_restores_and_prefills_only_the_tail(cached):
     wait_saves(engine)
     warm = engine.complete("s", prompt, max_tokens=5, temperature=0)
     assert cold.cache_hit_kind == "cold" and warm.cache_hit_kind == "exact"
-    assert warm.cache_delta.read == 256  # the aligned row, leaving >= 8 tokens to prefill
+    # The finish row (the whole prompt) cut back to leave 8 tokens to prefill.
+    assert warm.cache_delta.read == 301 - 8
     assert warm.generated_tokens == cold.generated_tokens
     assert backend.restores == 1
-    assert engine.model_info("s").last_cache_hit == {"kind": "exact", "prefix_len": 256}
+    assert engine.model_info("s").last_cache_hit == {"kind": "exact", "prefix_len": 293}
 
 
 def test_agents_sharing_an_uncached_prefix_prefill_it_once(cached):
@@ -53,7 +54,8 @@ def test_finish_key_resumes_the_conversation(cached):
     wait_saves(engine)
     prompt2 = [*turn1.context_tokens, *b" next"]
     turn2 = engine.complete("s", prompt2, max_tokens=3, temperature=0, parent_key=turn1.finish_key)
-    assert turn2.cache_delta.read == turn1.committed_tokens
+    # The finish row ends at turn 1's prompt: its reply is prefilled again, like a cold run.
+    assert turn2.cache_delta.read == len(turn1.context_tokens) - len(turn1.generated_tokens)
     assert turn2.cache_hit_kind == "partial"
 
 
@@ -76,10 +78,10 @@ def test_a_restore_the_backend_refuses_is_a_miss_and_is_not_hit_again(cached):
     assert m["restore_failures"] == 1 and m["hits"]["exact"] == 0 and m["hits"]["partial"] == 0
     assert m["misses"] == 2  # the cold lookup and the refused restore
     wait_saves(engine)
-    # The refused row was forgotten, so the second request's cold save wrote it anew
-    # (an existing row would have been skipped, as the identical finish row is).
+    # The refused row (the finish row: the whole prompt) was forgotten, so the second
+    # request's finish save wrote it anew; its existing cold row was skipped.
     m = engine.cache_metrics()
-    assert m["saves"]["cold"] == 2 and m["saves"]["finish"] == 1 and m["saves_skipped"] == 1
+    assert m["saves"]["cold"] == 1 and m["saves"]["finish"] == 2 and m["saves_skipped"] == 1
     third = engine.complete("s", prompt, max_tokens=5, temperature=0)
     assert len(refused) == 2 and third.cache_hit_kind == "cold"
     assert engine.cache_metrics()["restore_failures"] == 2

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
+from kvllama.backend.decode_rows import default_max_decode_rows
 from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError
 from kvllama.native.batch import BatchRow, NativeBatch
@@ -78,7 +79,10 @@ class LlamaBackend:
             n_ubatch=options.n_ubatch,
             n_seq_max=options.n_seq_max,
             kv_bytes_estimate=self._kv_bytes(facts),
-            max_decode_rows=options.max_decode_rows,
+            max_decode_rows=(
+                options.max_decode_rows if options.max_decode_rows is not None
+                else default_max_decode_rows(self.gguf, options.n_gpu_layers, facts["n_layer"])
+            ),
         )
 
     def _kv_bytes(self, facts: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from kvllama.engine.channels import Channels
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
 from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
+from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
 from kvllama.kvcache import SaveReason
@@ -103,7 +104,7 @@ class Admission(LoopState):
         except Exception:
             log.exception("restoring request %s from the cache failed; computing it cold", r.id)
             self.backend.clear_sequence(r.seq_id)
-            r.n_computed = 0
+            r.n_computed = r.exact_len = 0
             r.cache = CacheAccount()
 
     def _open_channels(self, r: Request) -> None:
@@ -122,12 +123,14 @@ class Admission(LoopState):
 
     def _resume(self, r: Request, session: Session) -> bool:
         """Continue a parked session in place; False when its sequence cannot be reused."""
-        keep = self.sessions.reusable_prefix(session.tokens, r.prompt)
-        if keep == 0 or session.cache_salt != r.options.cache_salt:
+        # The parked tokens are canonical (see Finishing._cut_to_exact); leave the prompt's
+        # last MIN_CHUNK_ROWS tokens to prefill, as a cold run computes them.
+        keep = min(self.sessions.reusable_prefix(session.tokens, r.prompt), len(r.prompt) - MIN_CHUNK_ROWS)
+        if keep <= 0 or session.cache_salt != r.options.cache_salt:
             return False
         if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
-        r.n_computed = r.cache.read = keep
+        r.n_computed = r.exact_len = r.cache.read = keep
         r.cache.hit_kind = CacheHitKind.STICKY
         return True
 

@@ -28,15 +28,18 @@ class Finishing(LoopState):
         if stop is None and r.channels is not None:
             stop = r.channels.finish()
             reason = "stop" if stop is not None else reason
-        if self.warm is not None and r.seq_id is not None and reason != "cancelled":
+        committed = r.n_computed
+        # What outlives the request (finish row, parked session) is its canonical part only.
+        reusable = r.seq_id is not None and self._cut_to_exact(r)
+        if self.warm is not None and reusable and reason != "cancelled":
             try:
                 self.warm.at_finish(r)
             except Exception:  # the reply stands; only its finish row is lost
                 log.exception("saving request %s to the cache failed", r.id)
         opts = r.options
-        if opts.session_id is not None and r.seq_id is not None and r.n_computed > 0:
+        if opts.session_id is not None and reusable and r.n_computed > 0:
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
-            self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))
+            self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
             r.seq_id = None  # the sequence now belongs to the session
         self._release(r)
         r.sink.put(DoneEvent(
@@ -44,12 +47,27 @@ class Finishing(LoopState):
             stats=self._stats(r),
             prompt_tokens=r.prompt,
             stop_sequence=stop,
-            committed_tokens=r.n_computed,
+            committed_tokens=committed,
             finish_key=r.cache.finish_key,
             cache_hit_kind=r.cache.hit_kind.value,  # type: ignore[arg-type]
             cache_delta=CacheDelta(read=r.cache.read, created=r.cache.created),
             seed=r.params.seed,
         ))
+
+    def _cut_to_exact(self, r: Request) -> bool:
+        """Cut the sequence back to its canonical part; False if the model cannot.
+
+        The reply's KV came from decode rows, which llama.cpp computes unlike a
+        prompt chunk, so a later turn re-prefills it: that keeps a resumed
+        conversation equal to a cold run of the same tokens. A sliding-window
+        layer refuses a cut below its window (a reply longer than about
+        n_ubatch tokens); then nothing of this sequence is kept.
+        """
+        if r.n_computed > r.exact_len:
+            if not self.backend.truncate_sequence(r.seq_id, r.exact_len):  # type: ignore[arg-type]
+                return False
+            r.n_computed = r.exact_len
+        return True
 
     def _emit_error(self, r: Request, exc: Exception) -> None:
         if r.done:

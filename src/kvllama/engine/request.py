@@ -131,6 +131,10 @@ class Request:
     seq_id: int | None = None
     # Tokens whose KV is in the sequence.
     n_computed: int = 0
+    # Leading tokens whose KV came from prompt chunks of MIN_CHUNK_ROWS+ rows (or a cache
+    # row or session made of those): the part a cold run of the same tokens computes the
+    # same way. Decode rows never count (README "Exactness"), so only this part is reused.
+    exact_len: int = 0
     generated: list[int] = field(default_factory=list)
     # Sampled but not yet decoded: the next tick's row for this request.
     pending_token: int | None = None

@@ -7,7 +7,7 @@ import time
 
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
-from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
+from kvllama.engine.scheduler import MIN_CHUNK_ROWS, SeqProgress, Slice, decode_groups, plan
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent
 from kvllama.native.batch import BatchRow
@@ -22,7 +22,8 @@ class Runner(LoopState):
                         r.cache.cold_point)
             for i, r in enumerate(self._running)
         ]
-        tick = plan(views, self.backend.shape.n_batch, self.chunk_size, self.align)
+        shape = self.backend.shape
+        tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch)
         if tick.slices:
             self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
@@ -65,6 +66,8 @@ class Runner(LoopState):
                 r.timing.decode_seconds += elapsed
             else:
                 r.timing.prefill_seconds += elapsed
+                if s.count >= MIN_CHUNK_ROWS and r.exact_len == s.start:
+                    r.exact_len = r.n_computed
                 if self.warm is not None:
                     self.warm.after_prefill_step(r)
         for row_index, r in samples:
@@ -134,6 +137,4 @@ class Runner(LoopState):
             self._finish(r, "length")  # the sequence's context is full
         else:
             r.pending_token = token
-            if self.warm is not None:
-                self.warm.after_token(r)
 

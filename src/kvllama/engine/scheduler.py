@@ -6,21 +6,25 @@ unit-tested without a model. The policy:
 * every sequence that is generating gets its one decode row, so running
   streams keep producing tokens whatever else arrives;
 * the rest of the ``n_batch`` budget goes to the oldest prompt still
-  prefilling; while anyone is decoding it gets at most ``chunk_size`` rows
-  per tick (chunked prefill), and when nobody is decoding it may take the
-  whole budget.
+  prefilling, shared with prompts that can ride in its ubatch; while anyone
+  is decoding they get at most ``chunk_size`` rows per tick together
+  (chunked prefill), and when nobody is decoding the whole budget.
 
 Two rules keep outputs exact (measured on this project's CPUs, see
 README "Exactness"): llama.cpp computes a sequence's rows slightly
 differently depending on how many of its tokens share a ubatch, so
 
-* a prompt chunk ends on a multiple of ``align`` (or at the prompt's end),
-  making chunk boundaries the same whatever else runs and whatever prefix
-  was restored from the cache;
-* one prompt per tick, its rows first in the batch, then the decode rows in
-  ascending sequence id: llama.cpp's split for non-unified KV then computes
-  the prompt chunk as one ubatch of its own and all decode rows as another,
-  instead of peeling one prompt token off into the decode ubatch.
+* a prompt chunk has at least ``MIN_CHUNK_ROWS`` rows, and so does a
+  prompt's last chunk (the chunk before it stops short): chunks of 8 rows or
+  more compute every row identically whatever their size, so a prompt's KV
+  does not depend on how it was cut, on what else runs, or on which prefix
+  was restored; chunk ends fall on multiples of ``align`` where they can
+  (cache save points sit there);
+* prompt chunks first in the batch, all of one row count on consecutive
+  sequence ids, then the decode rows in ascending sequence id: llama.cpp's
+  split for non-unified KV then computes the prompt chunks as one ubatch and
+  all decode rows as another, instead of peeling prompt rows off into
+  uneven pieces.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Rows a prompt chunk needs for llama.cpp to compute them the way every larger chunk does.
+MIN_CHUNK_ROWS = 8
 
 @dataclass(frozen=True, slots=True)
 class SeqProgress:
@@ -72,24 +78,89 @@ class Tick:
         return any(not s.decoding for s in self.slices)
 
 
-def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int = 1) -> Tick:
+def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int = 1,
+         n_ubatch: int | None = None) -> Tick:
     decoders = sorted((s for s in seqs if s.decoding), key=lambda s: s.seq_id)[:n_batch]
-    decode_slices = [Slice(s.key, s.n_computed, 1, sample=True, decoding=True) for s in decoders]
+    decode_slices = tuple(Slice(s.key, s.n_computed, 1, sample=True, decoding=True) for s in decoders)
     budget = n_batch - len(decode_slices)
-    prompt = next((s for s in seqs if not s.decoding and s.n_computed < s.n_prompt), None)
-    if prompt is None or budget == 0:
-        return Tick(tuple(decode_slices))
-    limit = chunk_size if decoders else n_batch
-    end = prompt.n_computed + min(prompt.n_prompt - prompt.n_computed, limit, budget)
-    if prompt.stop_at is not None and prompt.n_computed < prompt.stop_at < end:
-        end = prompt.stop_at
-    if end < prompt.n_prompt and align > 1:
+    prompts = [s for s in seqs if not s.decoding and s.n_computed < s.n_prompt]
+    if not prompts or budget == 0:
+        return Tick(decode_slices)
+    # All prompt rows of a tick form one ubatch (llama.cpp would split a larger one unevenly).
+    rows = min(chunk_size if decoders else n_batch, budget, n_ubatch or n_batch)
+    chunks = _group_chunks(prompts, rows, align)
+    if not chunks and not decoders:  # a batch smaller than a canonical chunk: never stall
+        leader = prompts[0]
+        count = min(leader.n_prompt - leader.n_computed, rows)
+        chunks = [Slice(leader.key, leader.n_computed, count, leader.n_computed + count == leader.n_prompt,
+                        decoding=False)]
+    return Tick((*chunks, *decode_slices))
+
+
+def _group_chunks(prompts: list[SeqProgress], rows: int, align: int) -> list[Slice]:
+    """This tick's prompt chunks: the oldest prompt, with neighbours that can share its ubatch.
+
+    llama.cpp (non-unified KV) puts chunks of consecutive sequence ids with
+    equal row counts in one ubatch and cuts unequal ones into equal pieces, so
+    prompts are grouped only on a run of consecutive ids and all get the same
+    row count; a prompt for which that count breaks the chunk rules (see
+    ``_chunk_end``) waits for a later tick. Several prompts admitted together
+    then prefill together, as a batched llama.cpp loop would.
+    """
+    leader = prompts[0]
+    by_id = {p.seq_id: p for p in prompts}
+    run = [leader]
+    while run[-1].seq_id + 1 in by_id:
+        run.append(by_id[run[-1].seq_id + 1])
+    while run[0].seq_id - 1 in by_id:
+        run.insert(0, by_id[run[0].seq_id - 1])
+    for k in range(min(len(run), max(1, rows // MIN_CHUNK_ROWS)), 0, -1):
+        members = _members_around(run, leader, k)
+        ends = [_chunk_end(m, rows // k, align) for m in members]
+        if any(e is None for e in ends):
+            continue
+        count = min(e - m.n_computed for e, m in zip(ends, members, strict=True))  # type: ignore[operator]
+        fits = [m for m in members if _can_take(m, count)]
+        if leader in fits:
+            return [Slice(m.key, m.n_computed, count, m.n_computed + count == m.n_prompt, decoding=False)
+                    for m in fits]
+    return []
+
+
+def _members_around(run: list[SeqProgress], leader: SeqProgress, k: int) -> list[SeqProgress]:
+    """``k`` consecutive members of ``run`` that include the leader, as far right as possible."""
+    i = run.index(leader)
+    start = max(0, min(i, len(run) - k))
+    return run[start : start + k]
+
+
+def _can_take(p: SeqProgress, count: int) -> bool:
+    """A chunk of ``count`` rows obeys the chunk rules for this prompt."""
+    left = p.n_prompt - p.n_computed - count
+    stop = p.stop_at
+    crosses_stop = stop is not None and p.n_computed < stop < p.n_computed + count
+    return count >= MIN_CHUNK_ROWS and (left == 0 or left >= MIN_CHUNK_ROWS) and not crosses_stop
+
+
+def _chunk_end(prompt: SeqProgress, rows: int, align: int) -> int | None:
+    """Where this tick's chunk of ``prompt`` ends; None to skip the prompt this tick.
+
+    Every chunk holds at least ``MIN_CHUNK_ROWS`` rows, and so does the
+    prompt's last one, unless the whole remainder is shorter than that.
+    """
+    start, n = prompt.n_computed, prompt.n_prompt
+    if n - start < MIN_CHUNK_ROWS:
+        return n  # a prompt shorter than a canonical chunk: its rows are never reused
+    end = start + min(n - start, rows)
+    stop = prompt.stop_at
+    if stop is not None and start + MIN_CHUNK_ROWS <= stop < end:
+        end = stop
+    if end < n:
         aligned = end // align * align
-        # Never stall: a budget smaller than one aligned step still makes progress.
-        end = aligned if aligned > prompt.n_computed else end
-    count = end - prompt.n_computed
-    chunk = Slice(prompt.key, prompt.n_computed, count, sample=end == prompt.n_prompt, decoding=False)
-    return Tick((chunk, *decode_slices))
+        if aligned >= start + MIN_CHUNK_ROWS:
+            end = aligned
+        end = min(end, n - MIN_CHUNK_ROWS)  # never leave a last chunk of 1-7 rows
+    return end if end - start >= MIN_CHUNK_ROWS else None
 
 
 def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple[Slice, ...]]:
@@ -97,16 +168,15 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
     but differently from 8 rows on (measured; see README "Exactness"), so a
-    tick with more decoders than that runs as several balanced passes. The
-    prompt chunk, if any, rides with the first group (it is its own ubatch
-    either way). 0 means no limit.
+    tick with more decoders than that runs as several passes, full ones first:
+    a pass costs less per row the more rows it has (8 decoders: 7 + 1 rows ran
+    faster than 4 + 4). The prompt chunks, if any, ride with the first group
+    (they are their own ubatch either way). 0 means no limit.
     """
     prompt = [s for s in slices if not s.decoding]
     decode = [s for s in slices if s.decoding]
     if max_decode_rows <= 0 or len(decode) <= max_decode_rows:
         return [slices] if slices else []
-    n_groups = -(-len(decode) // max_decode_rows)
-    size = -(-len(decode) // n_groups)
-    groups = [tuple(decode[i : i + size]) for i in range(0, len(decode), size)]
+    groups = [tuple(decode[i : i + max_decode_rows]) for i in range(0, len(decode), max_decode_rows)]
     groups[0] = (*prompt, *groups[0])
     return groups

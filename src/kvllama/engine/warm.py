@@ -4,13 +4,14 @@ This is the only engine module that knows about :mod:`kvllama.kvcache`. It
 runs on the loop thread (the state blob must be read and written there);
 the cache's writer pool does the file work off the decode path.
 
-Exactness rules (README "Exactness"): prompt rows are saved only where a
-prompt chunk ends on a multiple of the alignment, and a restore always leaves
-at least ``min_tail`` prompt tokens to prefill, so the restored run computes
-every remaining token in the same kind of ubatch as a cold run. A restored
-prefix therefore gives bit-identical tokens to a cold prefill. Finish rows
-(prompt + reply) hold the KV the conversation itself computed, so resuming
-from one gives exactly what keeping the sequence live would have given.
+Exactness rules (README "Exactness"): the cache holds canonical KV only,
+the leading tokens a request computed in prompt chunks of 8+ rows
+(``Request.exact_len``), never a reply's decode rows; and a restore always
+leaves at least ``min_tail`` prompt tokens to prefill (a longer row is cut
+back after the restore), so the rest is computed in canonical chunks too. A
+restored prefix therefore gives bit-identical tokens to a cold prefill, and a
+conversation resumed from its finish row (which ends at the turn's prompt; the
+next turn re-prefills the reply) equals a cold run of the same tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.request import CacheHitKind, Request
+from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 
 # Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
@@ -33,11 +35,9 @@ class SavePolicy:
     min_tokens: int = 128
     # Prompt rows sit on multiples of this (matches the prefill chunk alignment).
     boundary: int = 64
-    # A restore leaves at least this many prompt tokens to prefill.
-    min_tail: int = 8
-    # Save every this many generated tokens during long generations (0: never).
-    continued_interval: int = 512
-    # A finish row is saved when the request added at least this many tokens.
+    # A restore leaves at least this many prompt tokens to prefill (MIN_CHUNK_ROWS).
+    min_tail: int = MIN_CHUNK_ROWS
+    # A finish row is saved when the request added at least this many canonical tokens.
     finish_min_new: int = 1
 
 
@@ -73,27 +73,26 @@ class WarmStart:
     def restore(self, r: Request) -> None:
         """Load the best usable row into the request's sequence.
 
-        A caller's ``parent_key`` (the previous turn's finish row) may cover the
-        prompt up to its last token: resuming a conversation is exact with
-        respect to the live sequence, whatever the new message's length. Other
-        rows must leave ``min_tail`` tokens to prefill, which keeps a restored
-        prompt bit-identical to a cold prefill.
+        Looked up in the documented order (exact prompt, ``parent_key``, longest
+        prefix), any row up to the whole prompt; a row that leaves fewer
+        than ``min_tail`` tokens to prefill is cut back to leave that many,
+        which keeps the prompt's last chunk canonical. A cut that the model's
+        sliding window refuses falls back to rows short enough not to need one.
         """
         n = len(r.prompt)
+        limit = n - self.policy.min_tail
+        if limit <= 0:
+            return
         root = self.root(r.options.cache_salt)
-        hit = None
-        if r.options.parent_key is not None and n > 1:
-            hit = self.cache.lookup(root, r.prompt, max_len=n - 1, parent_key=r.options.parent_key)
-            if hit is not None and hit.source != "parent":
-                hit = None
-        tail_max = n - self.policy.min_tail
-        if hit is None and tail_max > 0:
-            hit = self.cache.lookup(root, r.prompt, max_len=tail_max)
+        hit = self.cache.lookup(root, r.prompt, max_len=n, parent_key=r.options.parent_key)
         if hit is None or not self._load(r, hit):
             return
+        if r.n_computed > limit and not self._cut(r, limit):
+            hit = self.cache.lookup(root, r.prompt, max_len=limit)
+            if hit is None or not self._load(r, hit):
+                return
         # "exact": nothing more of this prompt could have been restored under the rules above.
-        best = n - 1 if hit.source == "parent" else tail_max - self.policy.boundary + 1
-        r.cache.hit_kind = CacheHitKind.EXACT if hit.n_tokens >= best else CacheHitKind.PARTIAL
+        r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
 
     def _load(self, r: Request, hit: CacheHit) -> bool:
         """Restore ``hit`` into the request's sequence; False (sequence left empty) if unusable.
@@ -111,15 +110,24 @@ class WarmStart:
             self.cache.reject(hit)
             self.backend.clear_sequence(r.seq_id)
             return False
-        r.n_computed = hit.n_tokens
-        r.cache.read = hit.n_tokens
+        r.n_computed = r.exact_len = r.cache.read = hit.n_tokens
         return True
 
+    def _cut(self, r: Request, n_keep: int) -> bool:
+        """Cut a restored row back; False (sequence emptied) if its sliding window refuses."""
+        assert r.seq_id is not None
+        if self.backend.truncate_sequence(r.seq_id, n_keep):
+            r.n_computed = r.exact_len = r.cache.read = n_keep
+            return True
+        self.backend.clear_sequence(r.seq_id)
+        r.n_computed = r.exact_len = r.cache.read = 0
+        return False
+
     def save(self, r: Request, reason: SaveReason) -> bytes | None:
-        """Snapshot the request's sequence as it is now (its first n_computed context tokens)."""
+        """Snapshot the request's sequence as it is now, if all of it is canonical."""
         assert r.seq_id is not None
         n = r.n_computed
-        if n <= 0:
+        if n <= 0 or r.exact_len < n:
             return None
         tokens = (r.prompt + tuple(r.generated))[:n]
         blob = self.backend.sequence_state(r.seq_id)
@@ -169,11 +177,6 @@ class WarmStart:
     def after_prefill_step(self, r: Request) -> None:
         if r.cache.cold_point is not None and r.n_computed == r.cache.cold_point:
             self.save(r, SaveReason.COLD)
-
-    def after_token(self, r: Request) -> None:
-        interval = self.policy.continued_interval
-        if interval and len(r.generated) % interval == 0 and r.pending_token is not None:
-            self.save(r, SaveReason.CONTINUED)
 
     def at_finish(self, r: Request) -> None:
         if r.n_computed - r.cache.read >= self.policy.finish_min_new:

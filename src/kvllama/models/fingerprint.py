@@ -9,9 +9,9 @@ restores fine but would not give the tokens a cold run gives here):
   disks), the KV cache types, the KV layout (``kv_unified``, ``n_seq_max``:
   a non-unified blob embeds one cell list per stream, ``swa_full``), and the
   llama.cpp state format version;
-- numbers (:func:`numerics`): flash attention, the ubatch shapes prompts and
-  decode rows are computed in (``n_batch``, ``n_ubatch``, the prefill chunk
-  and its alignment, ``max_decode_rows``), the per-sequence context (it caps
+- numbers (:func:`numerics`): flash attention, the ubatch shapes prompts are
+  computed in (``n_batch``, ``n_ubatch``, the prefill chunk and its
+  alignment), the per-sequence context (it caps
   how many KV cells an attention pass spans), CPU weight repacking
   (``use_extra_bufts``), GPU offload, and the llama.cpp build with the CPU
   features its kernels were picked for (a disk tier may be copied to, or
@@ -44,7 +44,7 @@ _CHUNK = 4 << 20
 # ModelOptions fields folded into the root (directly, or through the context shape they produce).
 IN_ROOT = frozenset({
     "type_k", "type_v", "flash_attn", "kv_unified", "n_seq_max", "swa_full", "fingerprint",
-    "n_ctx", "n_batch", "n_ubatch", "prefill_chunk_size", "max_decode_rows", "use_extra_bufts",
+    "n_ctx", "n_batch", "n_ubatch", "prefill_chunk_size", "use_extra_bufts",
     "n_gpu_layers", "split_mode", "main_gpu", "tensor_split",
 })
 NOT_IN_ROOT = {
@@ -53,6 +53,7 @@ NOT_IN_ROOT = {
     "n_threads_batch": "as n_threads",
     "use_mmap": "the same weight bytes, read another way",
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
+    "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",
     "thinking_markers": "as markers",
@@ -123,7 +124,6 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
         "n_ubatch": shape.n_ubatch,
         "prefill_chunk": chunk,
         "prefill_align": min(PREFILL_ALIGN, chunk),
-        "max_decode_rows": shape.max_decode_rows,
         "use_extra_bufts": options.use_extra_bufts,
         "n_gpu_layers": options.n_gpu_layers,
         "system": "stub" if stub else system_info(),

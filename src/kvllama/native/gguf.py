@@ -45,6 +45,8 @@ class GgufInfo:
     size_bytes: int
     metadata: dict[str, Any]
     n_tensors: int
+    # ggml type ids of the tensors (which CPU kernels the model's matmuls can take).
+    tensor_types: frozenset[int] = frozenset()
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -137,11 +139,12 @@ def _parse(path: str, data: mmap.mmap, size: int) -> GgufInfo:
         key = cur.string()
         metadata[key] = cur.value(cur.unpack("<I"))
     tensor_ends: list[tuple[int, int]] = []
+    types: set[int] = set()
     for _ in range(n_tensors):
         cur.skip_string()
         n_dims = cur.unpack("<I")
         dims = [cur.unpack("<Q") for _ in range(n_dims)]
-        cur.unpack("<I")  # ggml type
+        types.add(cur.unpack("<I"))  # ggml type
         offset = cur.unpack("<Q")
         n_elements = 1
         for d in dims:
@@ -157,4 +160,4 @@ def _parse(path: str, data: mmap.mmap, size: int) -> GgufInfo:
                 f"bytes but the file has {size}"
             )
     return GgufInfo(path=path, version=version, size_bytes=size, metadata=metadata,
-                    n_tensors=n_tensors)
+                    n_tensors=n_tensors, tensor_types=frozenset(types))

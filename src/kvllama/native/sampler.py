@@ -68,6 +68,11 @@ class CandidateBuffer:
         return bool(np.isfinite(self.data["logit"][:size]).any())
 
 
+def _is_plain_greedy(p: SamplingParams) -> bool:
+    no_penalties = p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+    return p.greedy and p.grammar is None and no_penalties
+
+
 class NativeSampler:
     def __init__(self, model: NativeModel, params: SamplingParams,
                  candidates: CandidateBuffer | None = None) -> None:
@@ -75,6 +80,10 @@ class NativeSampler:
         self._lib = lib
         self.grammar: Any = None
         self._candidates = candidates
+        # Plain greedy (no penalties, no grammar): the argmax of the logits row, read in
+        # place. llama.cpp's greedy chain first copies all n_vocab logits into a candidate
+        # array (262,144 entries for Gemma 3), which costs more than the argmax itself.
+        self._argmax_vocab = model.n_vocab if _is_plain_greedy(params) else 0
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.handle = lib.llama_sampler_chain_init(chain_params)
@@ -121,6 +130,12 @@ class NativeSampler:
     def sample(self, ctx_handle: object, index: int) -> int:
         """Sample from the logits of batch row ``index`` and accept the token."""
         lib = self._lib
+        if self._argmax_vocab:
+            logits = lib.llama_get_logits_ith(ctx_handle, index)
+            if not logits:
+                raise RuntimeError(f"llama.cpp has no logits for batch row {index}")
+            row = np.ctypeslib.as_array(logits, shape=(self._argmax_vocab,))
+            return int(row.argmax())  # the first maximum, as llama.cpp's greedy sampler picks
         if self.grammar is None:
             return int(lib.llama_sampler_sample(self.handle, ctx_handle, index))
         cand = self._candidates

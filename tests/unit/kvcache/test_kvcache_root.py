@@ -50,7 +50,6 @@ def test_every_model_option_is_either_in_the_root_or_excluded_for_a_reason():
     {"n_batch": 1024},
     {"n_ubatch": 256},
     {"prefill_chunk_size": 64},
-    {"max_decode_rows": 0},
     {"use_extra_bufts": True},
     {"n_gpu_layers": 99},
     {"n_gpu_layers": -1},
@@ -86,7 +85,7 @@ def test_the_root_describes_what_it_covers():
     root = fingerprint.key_root(backend_for(options), options)
     assert root.n_seq_max == 8 and root.swa_full is False and root.flash_attn == "off"
     numerics = dict(root.numerics)
-    assert numerics["n_ubatch"] == 512 and numerics["max_decode_rows"] == 7
+    assert numerics["n_ubatch"] == 512 and "max_decode_rows" not in numerics
     assert numerics["prefill_chunk"] == 128 and numerics["prefill_align"] == 64
     assert numerics["use_extra_bufts"] is False and numerics["system"] == "stub"
     assert "n_threads" not in root.describe()

@@ -1,0 +1,53 @@
+"""How many decode rows one forward pass may carry without changing a row's numbers.
+
+ggml's CPU backend multiplies K-quant and IQ weights (Q2_K..Q6_K, IQ1..IQ4_XS)
+with its tiled kernels only from 8 rows of activations on, and with its
+vector-dot kernels below that (``ggml-cpu/tiled/tiled.cpp``: "profitable at
+rows >= 8"). The two sum in different orders, so a sequence decoded in a pass
+of 8+ rows gets slightly different logits than in a pass of 1-7 rows, and
+greedy decoding turns that into different tokens. Capping decode passes at 7
+rows keeps every stream in one kernel class whatever else runs.
+
+The cap is needed only where that switch exists: a model without such
+tensors (F16, Q8_0, Q4_0 ... weights), a process that takes one kernel for
+every batch size (``GGML_CPU_TILED_MM_FORCE=1``, which costs one-row passes
+about 40 % here, or ``GGML_CPU_TILED_MM=0``, which costs prefill about 20 %),
+or a model fully on a GPU needs none, and then 8+ streams run as one pass.
+Measured: README "Exactness" and "Performance".
+"""
+
+from __future__ import annotations
+
+import os
+
+from kvllama.native.gguf import GgufInfo
+
+# Below this many rows the CPU backend takes the vector-dot kernels for tiled types.
+TILED_MIN_ROWS = 8
+
+# ggml_type ids that ggml-cpu's tiled matmul takes (ggml.h numbering).
+_TILED_TYPES = frozenset({
+    10,  # Q2_K
+    11,  # Q3_K
+    12,  # Q4_K
+    13,  # Q5_K
+    14,  # Q6_K
+    16,  # IQ2_XXS
+    17,  # IQ2_XS
+    18,  # IQ3_XXS
+    19,  # IQ1_S
+    21,  # IQ3_S
+    22,  # IQ2_S
+    23,  # IQ4_XS
+    29,  # IQ1_M
+})
+
+
+def default_max_decode_rows(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> int:
+    """7 where the CPU kernel switch can reach this model's matmuls, else 0 (no limit)."""
+    forced = os.environ.get("GGML_CPU_TILED_MM_FORCE", "").strip() == "1"
+    if forced or os.environ.get("GGML_CPU_TILED_MM", "").strip() == "0":
+        return 0  # tiled kernels for every batch size, or for none
+    if n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer):
+        return 0  # every layer offloaded: the CPU kernels do not run the model
+    return TILED_MIN_ROWS - 1 if gguf.tensor_types & _TILED_TYPES else 0
