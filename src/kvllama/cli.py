@@ -93,7 +93,9 @@ def _add_bench_parsers(sub: Any) -> None:
         "throughput", help="engine vs a bare llama_decode loop, by concurrency",
         description="Per concurrency N: N prompts through the engine (greedy, no KV cache) and through "
                     "a bare loop over the same llama.cpp wheel (one prefill, N rows per step, argmax), "
-                    "alternating; prints the medians and engine/floor. --model takes any GGUF.")
+                    "alternating; prints the medians and engine/floor. --model takes any GGUF, or \"tiny\" "
+                    "for a 23 MB random-weight Gemma 3 (written once to the cache dir) whose fast forward "
+                    "pass shows the engine's own cost per token.")
     _add_model_flags(tput)
     tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
     tput.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt")
@@ -281,7 +283,12 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
     streams = [int(x) for x in args.streams.split(",") if x.strip()]
-    rows = run_throughput(args.model, _pick(args, _MODEL_FLAGS), streams, args.prompt_tokens,
+    model = args.model
+    if model == "tiny":  # the random-weight fixture: measures the engine's own cost per token
+        from kvllama.bench.tiny_model import tiny_model_path
+
+        model = str(tiny_model_path())
+    rows = run_throughput(model, _pick(args, _MODEL_FLAGS), streams, args.prompt_tokens,
                           args.max_tokens, repeat=args.repeat)
     print(format_table(rows))
     if args.json_file:

@@ -157,3 +157,17 @@ def test_alone_equals_beside_others_greedy_and_seeded(engine):
     assert s.result().generated_tokens == alone_s.generated_tokens
     for o in others:
         assert len(o.result().generated_tokens) <= 30
+
+
+@pytest.mark.slow
+def test_alone_equals_beside_others_for_every_stream_count(engine):
+    # Every stream count from 1 to n_seq_max: passes of 1..7 rows, and (at 8) the decode-row
+    # cap that keeps a K-quant model's rows in one CPU kernel class (README "Exactness").
+    n_seq_max = engine.model_info(MODEL).context["n_seq_max"]
+    prompts = [f"Entry {i}: the {('river', 'harbor', 'orchard')[i % 3]} was" for i in range(n_seq_max)]
+    params = [{"max_tokens": 12, "temperature": 0} if i % 2 == 0 else
+              {"max_tokens": 12, "temperature": 0.9, "seed": 100 + i} for i in range(n_seq_max)]
+    alone = [engine.complete(MODEL, p, **kw).generated_tokens for p, kw in zip(prompts, params, strict=True)]
+    for k in range(2, n_seq_max + 1):
+        streams = [engine.infer(MODEL, prompts[i], **params[i]) for i in range(k)]
+        assert [s.result().generated_tokens for s in streams] == alone[:k], f"{k} streams"

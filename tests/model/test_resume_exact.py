@@ -1,0 +1,127 @@
+"""A resumed conversation equals a cold run of the same tokens, however it is served.
+
+Turn 2 is turn 1's ``context_tokens`` plus a new message. Served from a sticky
+session, from turn 1's finish row (``parent_key``), from a session evicted to
+the cache, after a restart (disk tier), and in a burst beside other requests,
+its tokens must equal those of an engine without any cache computing the same
+token list from scratch: greedy and seeded, below and above the 512-token
+sliding window. Before the reply's decode-computed KV was re-prefilled on
+resume, greedy output diverged from the cold run at about the 8th token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import kvllama
+from kvllama.kvcache import CacheConfig
+
+pytestmark = pytest.mark.slow
+
+M = "resume"
+OPTIONS = {"n_seq_max": 4, "n_ctx": 4 * 2048, "n_threads": 2}
+TOPICS = ("rivers", "printing", "bridges", "harvests", "lanterns", "ledgers", "orchards")
+CASES = [
+    pytest.param(130, {"temperature": 0.0}, id="greedy-below-window"),
+    pytest.param(130, {"temperature": 0.8, "seed": 11}, id="seeded-below-window"),
+    # Known gap (issue 11 stays open): above the window, where the sliding-window layers'
+    # cells wrap around, a resume can place the new rows in other cells than a cold run
+    # does, and attention then sums them in another order.
+    pytest.param(250, {"temperature": 0.0}, id="greedy-above-window",
+                 marks=pytest.mark.xfail(strict=False, reason="sliding-window cell placement")),
+    pytest.param(250, {"temperature": 0.8, "seed": 11}, id="seeded-above-window",
+                 marks=pytest.mark.xfail(strict=False, reason="sliding-window cell placement")),
+]
+
+
+def _text(words: int, seed: int = 0) -> str:
+    return " ".join(f"{TOPICS[(i + seed) % len(TOPICS)]} {i + seed * 1000}" for i in range(words // 2))
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("resume-disk")
+
+
+@pytest.fixture(scope="module")
+def warm(disk: Path) -> Iterator[kvllama.Engine]:
+    with kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)) as eng:
+        eng.load_model(M, **OPTIONS)
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def cold() -> Iterator[kvllama.Engine]:
+    with kvllama.Engine(cache=None) as eng:
+        eng.load_model(M, **OPTIONS)
+        yield eng
+
+
+def _turn2(engine: kvllama.Engine, turn1: kvllama.CompletionResult, message: str) -> list[int]:
+    return [*turn1.context_tokens, *engine.tokenize(M, message, add_special=False)]
+
+
+def _hold(engine: kvllama.Engine) -> threading.Event:
+    """Block the model's loop until the returned event is set, so submissions arrive together."""
+    gate = threading.Event()
+    engine._models[M].loop.call(gate.wait)
+    return gate
+
+
+@pytest.mark.parametrize(("words", "sampling"), CASES)
+def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sampling):
+    params = {"max_tokens": 16, **sampling}
+    prompt = _text(words, seed=words)
+    sid = f"conv-{words}-{sampling['temperature']}"
+    turn1 = warm.complete(M, prompt, max_tokens=12, session_id=sid, **sampling)
+    n_prompt1 = len(turn1.context_tokens) - len(turn1.generated_tokens)
+    assert len(turn1.generated_tokens) == 12 and turn1.finish_key is not None
+    p2 = _turn2(warm, turn1, " Then the story turns to winter.")
+    expected = cold.complete(M, p2, **params).generated_tokens
+    assert len(expected) == 16
+
+    sticky = warm.complete(M, p2, session_id=sid, **params)
+    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == n_prompt1
+    assert sticky.generated_tokens == expected
+
+    by_parent = warm.complete(M, p2, parent_key=turn1.finish_key, **params)
+    assert by_parent.cache_delta.read >= n_prompt1
+    assert by_parent.generated_tokens == expected
+
+    # The session (now holding turn 2's prompt) is evicted to the cache; turn 2 again.
+    assert warm.end_session(sid) is True
+    evicted = warm.complete(M, p2, **params)
+    assert evicted.cache_hit_kind in ("exact", "partial") and evicted.cache_delta.read >= n_prompt1
+    assert evicted.generated_tokens == expected
+
+    assert warm.cache.flush(30)
+    with kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)) as restarted:
+        restarted.load_model(M, **OPTIONS)
+        after = restarted.complete(M, p2, **params)
+    assert after.cache_delta.read >= n_prompt1 and after.generated_tokens == expected
+
+    gate = _hold(warm)
+    others = [warm.infer(M, _text(40, seed=s), max_tokens=20, temperature=0.7, seed=s) for s in range(3)]
+    beside = warm.infer(M, p2, **params)
+    gate.set()
+    assert beside.result().generated_tokens == expected
+    for other in others:
+        assert other.result().finish_reason in ("length", "stop")
+
+
+def test_a_reply_too_long_to_cut_back_resumes_exactly_through_the_prompt_row(warm, cold):
+    # 600 generated tokens push the sliding-window cache (512 + 512 cells) past turn 1's
+    # prompt, so the session cannot be cut back to it: no session is kept, and turn 2
+    # restores the prompt's cold row and prefills the rest, still equal to a cold run.
+    prompt = _text(200, seed=5)
+    turn1 = warm.complete(M, prompt, max_tokens=600, temperature=0, stop_at_eog=False, session_id="long")
+    assert len(turn1.generated_tokens) == 600
+    p2 = _turn2(warm, turn1, " Next.")
+    resumed = warm.complete(M, p2, max_tokens=12, temperature=0, session_id="long")
+    assert resumed.cache_hit_kind != "sticky" and resumed.cache_delta.read > 0
+    assert resumed.generated_tokens == cold.complete(M, p2, max_tokens=12, temperature=0).generated_tokens
+    warm.end_session("long")
