@@ -153,7 +153,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=None)
     g.add_argument("--type-k", choices=KV_TYPES, default=None)
     g.add_argument("--type-v", choices=KV_TYPES, default=None)
-    g.add_argument("--swa-full", action="store_true", default=None)
+    g.add_argument("--swa-full", action=argparse.BooleanOptionalAction, default=None,
+                   help="full-size sliding-window cache (default on: resumed turns stay exact; "
+                        "--no-swa-full saves KV memory on long contexts)")
     g.add_argument("--kv-unified", action="store_true", default=None)
     g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
     g.add_argument("--markers", default=None,

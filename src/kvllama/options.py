@@ -51,7 +51,11 @@ class ModelOptions:
     flash_attn: str = "off"
     type_k: str = "f16"
     type_v: str = "f16"
-    swa_full: bool = False
+    # A full-size sliding-window cache (llama.cpp's own default). Off, each sequence's
+    # window layers keep a ring of n_swa + n_ubatch cells, and once a sequence wraps it
+    # a resumed turn places its rows in other cells than a cold run of the same tokens
+    # (measured: README "Exactness"); the cost is KV memory for those layers.
+    swa_full: bool = True
     kv_unified: bool = False
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import kvllama
+from kvllama.engine.request import resume_point
 from kvllama.kvcache import CacheConfig
 
 pytestmark = pytest.mark.slow
@@ -26,15 +27,12 @@ M = "resume"
 OPTIONS = {"n_seq_max": 4, "n_ctx": 4 * 2048, "n_threads": 2}
 TOPICS = ("rivers", "printing", "bridges", "harvests", "lanterns", "ledgers", "orchards")
 CASES = [
-    pytest.param(130, {"temperature": 0.0}, id="greedy-below-window"),
-    pytest.param(130, {"temperature": 0.8, "seed": 11}, id="seeded-below-window"),
-    # Known gap (issue 11 stays open): above the window, where the sliding-window layers'
-    # cells wrap around, a resume can place the new rows in other cells than a cold run
-    # does, and attention then sums them in another order.
-    pytest.param(250, {"temperature": 0.0}, id="greedy-above-window",
-                 marks=pytest.mark.xfail(strict=False, reason="sliding-window cell placement")),
-    pytest.param(250, {"temperature": 0.8, "seed": 11}, id="seeded-above-window",
-                 marks=pytest.mark.xfail(strict=False, reason="sliding-window cell placement")),
+    pytest.param(64, {"temperature": 0.0}, id="greedy-below-window"),
+    pytest.param(64, {"temperature": 0.8, "seed": 11}, id="seeded-below-window"),
+    # ~1,020 and ~1,400-token prompts: resumes on the 64-token grid above the window.
+    pytest.param(250, {"temperature": 0.0}, id="greedy-above-window"),
+    pytest.param(250, {"temperature": 0.8, "seed": 11}, id="seeded-above-window"),
+    pytest.param(340, {"temperature": 0.0}, id="greedy-1400-tokens"),
 ]
 
 
@@ -85,24 +83,26 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
     assert len(expected) == 16
 
     sticky = warm.complete(M, p2, session_id=sid, **params)
-    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == n_prompt1
+    # Above the sliding window, resumes sit on the 64-token grid (README "Exactness").
+    kept = resume_point(n_prompt1, warm._models[M].backend.shape.swa_window)
+    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == kept
     assert sticky.generated_tokens == expected
 
     by_parent = warm.complete(M, p2, parent_key=turn1.finish_key, **params)
-    assert by_parent.cache_delta.read >= n_prompt1
+    assert by_parent.cache_delta.read >= kept
     assert by_parent.generated_tokens == expected
 
     # The session (now holding turn 2's prompt) is evicted to the cache; turn 2 again.
     assert warm.end_session(sid) is True
     evicted = warm.complete(M, p2, **params)
-    assert evicted.cache_hit_kind in ("exact", "partial") and evicted.cache_delta.read >= n_prompt1
+    assert evicted.cache_hit_kind in ("exact", "partial") and evicted.cache_delta.read >= kept
     assert evicted.generated_tokens == expected
 
     assert warm.cache.flush(30)
     with kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)) as restarted:
         restarted.load_model(M, **OPTIONS)
         after = restarted.complete(M, p2, **params)
-    assert after.cache_delta.read >= n_prompt1 and after.generated_tokens == expected
+    assert after.cache_delta.read >= kept and after.generated_tokens == expected
 
     gate = _hold(warm)
     others = [warm.infer(M, _text(40, seed=s), max_tokens=20, temperature=0.7, seed=s) for s in range(3)]
@@ -113,15 +113,16 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
         assert other.result().finish_reason in ("length", "stop")
 
 
-def test_a_reply_too_long_to_cut_back_resumes_exactly_through_the_prompt_row(warm, cold):
-    # 600 generated tokens push the sliding-window cache (512 + 512 cells) past turn 1's
-    # prompt, so the session cannot be cut back to it: no session is kept, and turn 2
-    # restores the prompt's cold row and prefills the rest, still equal to a cold run.
+def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold):
+    # 600 generated tokens (decode rows) are cut off the parked session and prefilled again
+    # by turn 2 as part of its prompt: still equal to a cold run of the same tokens.
     prompt = _text(200, seed=5)
     turn1 = warm.complete(M, prompt, max_tokens=600, temperature=0, stop_at_eog=False, session_id="long")
     assert len(turn1.generated_tokens) == 600
     p2 = _turn2(warm, turn1, " Next.")
     resumed = warm.complete(M, p2, max_tokens=12, temperature=0, session_id="long")
-    assert resumed.cache_hit_kind != "sticky" and resumed.cache_delta.read > 0
+    n_prompt1 = len(turn1.context_tokens) - 600
+    kept = resume_point(n_prompt1, warm._models[M].backend.shape.swa_window)
+    assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == kept
     assert resumed.generated_tokens == cold.complete(M, p2, max_tokens=12, temperature=0).generated_tokens
     warm.end_session("long")

@@ -83,6 +83,7 @@ class LlamaBackend:
                 options.max_decode_rows if options.max_decode_rows is not None
                 else default_max_decode_rows(self.gguf, options.n_gpu_layers, facts["n_layer"])
             ),
+            swa_window=facts["n_swa"],
         )
 
     def _kv_bytes(self, facts: dict[str, Any]) -> int:

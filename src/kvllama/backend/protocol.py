@@ -49,6 +49,9 @@ class ContextShape:
     kv_bytes_estimate: int
     # Most decode rows per forward pass that keep outputs batch-invariant (0: no limit).
     max_decode_rows: int = 0
+    # The sliding window whose older cells llama.cpp leaves out of a sequence's state
+    # blob (swa_full or not; 0: no sliding window): past it, resumes sit on a grid.
+    swa_window: int = 0
 
 
 class Sampler(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import replace
 from kvllama.engine.channels import Channels
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
-from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
+from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
@@ -125,7 +125,8 @@ class Admission(LoopState):
         """Continue a parked session in place; False when its sequence cannot be reused."""
         # The parked tokens are canonical (see Finishing._cut_to_exact); leave the prompt's
         # last MIN_CHUNK_ROWS tokens to prefill, as a cold run computes them.
-        keep = min(self.sessions.reusable_prefix(session.tokens, r.prompt), len(r.prompt) - MIN_CHUNK_ROWS)
+        keep = resume_point(min(self.sessions.reusable_prefix(session.tokens, r.prompt),
+                                len(r.prompt) - MIN_CHUNK_ROWS), self.backend.shape.swa_window)
         if keep <= 0 or session.cache_salt != r.options.cache_salt:
             return False
         if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):

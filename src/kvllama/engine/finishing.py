@@ -6,7 +6,7 @@ import logging
 import time
 
 from kvllama.engine.loop_state import LoopState, typed_error
-from kvllama.engine.request import Request, Status
+from kvllama.engine.request import Request, Status, resume_point
 from kvllama.engine.sessions import Session
 from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stats
 
@@ -61,12 +61,14 @@ class Finishing(LoopState):
         prompt chunk, so a later turn re-prefills it: that keeps a resumed
         conversation equal to a cold run of the same tokens. A sliding-window
         layer refuses a cut below its window (a reply longer than about
-        n_ubatch tokens); then nothing of this sequence is kept.
+        n_ubatch tokens); then nothing of this sequence is kept. Above the
+        window the cut lands on the resume grid (``resume_point``).
         """
-        if r.n_computed > r.exact_len:
-            if not self.backend.truncate_sequence(r.seq_id, r.exact_len):  # type: ignore[arg-type]
+        keep = resume_point(r.exact_len, self.backend.shape.swa_window)
+        if r.n_computed > keep:
+            if not self.backend.truncate_sequence(r.seq_id, keep):  # type: ignore[arg-type]
                 return False
-            r.n_computed = r.exact_len
+            r.n_computed = r.exact_len = keep
         return True
 
     def _emit_error(self, r: Request, exc: Exception) -> None:

@@ -117,6 +117,8 @@ class CacheAccount:
     read: int = 0
     created: int = 0
     finish_key: bytes | None = None
+    # The row restored into the sequence, while the sequence still holds exactly it.
+    restored_key: bytes | None = None
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
 
@@ -169,3 +171,23 @@ class Request:
     @property
     def done(self) -> bool:
         return self.status is Status.FINISHED
+
+
+# Resume points above a sliding window are multiples of this (the prefill alignment).
+RESUME_GRID = 64
+
+
+def resume_point(n: int, swa_window: int) -> int:
+    """The longest exact resume point at most ``n`` tokens long.
+
+    A sequence's state keeps only the sliding-window layers' last ``n_swa``
+    positions, and a restore (or a cut followed by llama.cpp re-placing
+    cells) puts them at other cell indices than a cold run did. Attention
+    sums over cells in vector lanes by cell index, so the shift must be a
+    multiple of the lane grouping: measured, a 1,019-token row restored and
+    continued differs from a cold run (max |delta logit| 0.29), 900 and 1,000
+    too, while 768, 960 and 1,024 are bit-exact (README "Exactness").
+    """
+    if swa_window and n > swa_window:
+        return n // RESUME_GRID * RESUME_GRID
+    return n

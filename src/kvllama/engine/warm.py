@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.request import CacheHitKind, Request
+from kvllama.engine.request import CacheHitKind, Request, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 
@@ -37,6 +37,8 @@ class SavePolicy:
     boundary: int = 64
     # A restore leaves at least this many prompt tokens to prefill (MIN_CHUNK_ROWS).
     min_tail: int = MIN_CHUNK_ROWS
+    # A restore is worth it only if it spares at least this many prompt tokens.
+    min_restore: int = 16
     # A finish row is saved when the request added at least this many canonical tokens.
     finish_min_new: int = 1
 
@@ -80,16 +82,21 @@ class WarmStart:
         sliding window refuses falls back to rows short enough not to need one.
         """
         n = len(r.prompt)
-        limit = n - self.policy.min_tail
-        if limit <= 0:
+        window = self.backend.shape.swa_window
+        limit = resume_point(n - self.policy.min_tail, window)
+        if limit < self.policy.min_restore:
             return
         root = self.root(r.options.cache_salt)
         hit = self.cache.lookup(root, r.prompt, max_len=n, parent_key=r.options.parent_key)
-        if hit is None or not self._load(r, hit):
+        # Rows above the window sit on the resume grid; one that does not (an older
+        # layout) is passed over for the longest row below it.
+        while hit is not None and resume_point(hit.n_tokens, window) != hit.n_tokens:
+            hit = self.cache.lookup(root, r.prompt, max_len=resume_point(hit.n_tokens, window))
+        if hit is None or min(hit.n_tokens, limit) < self.policy.min_restore or not self._load(r, hit):
             return
         if r.n_computed > limit and not self._cut(r, limit):
             hit = self.cache.lookup(root, r.prompt, max_len=limit)
-            if hit is None or not self._load(r, hit):
+            if hit is None or hit.n_tokens < self.policy.min_restore or not self._load(r, hit):
                 return
         # "exact": nothing more of this prompt could have been restored under the rules above.
         r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
@@ -111,6 +118,7 @@ class WarmStart:
             self.backend.clear_sequence(r.seq_id)
             return False
         r.n_computed = r.exact_len = r.cache.read = hit.n_tokens
+        r.cache.restored_key = hit.key
         return True
 
     def _cut(self, r: Request, n_keep: int) -> bool:
@@ -118,6 +126,7 @@ class WarmStart:
         assert r.seq_id is not None
         if self.backend.truncate_sequence(r.seq_id, n_keep):
             r.n_computed = r.exact_len = r.cache.read = n_keep
+            r.cache.restored_key = None  # what the sequence holds is no longer that row
             return True
         self.backend.clear_sequence(r.seq_id)
         r.n_computed = r.exact_len = r.cache.read = 0
@@ -181,3 +190,5 @@ class WarmStart:
     def at_finish(self, r: Request) -> None:
         if r.n_computed - r.cache.read >= self.policy.finish_min_new:
             r.cache.finish_key = self.save(r, SaveReason.FINISH)
+        elif r.cache.restored_key is not None and r.n_computed == r.cache.read:
+            r.cache.finish_key = r.cache.restored_key  # the restored row is this turn's row

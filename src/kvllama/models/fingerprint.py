@@ -125,6 +125,9 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
         "prefill_chunk": chunk,
         "prefill_align": min(PREFILL_ALIGN, chunk),
         "use_extra_bufts": options.use_extra_bufts,
+        # What a row holds: 2 = prompt-chunk KV only, on the resume grid above a sliding
+        # window (engine/warm.py). Rows of layout 1 carried reply rows and off-grid lengths.
+        "row_layout": 2,
         "n_gpu_layers": options.n_gpu_layers,
         "system": "stub" if stub else system_info(),
     }
