@@ -50,7 +50,7 @@ def test_cache_commands_on_rows_the_engine_wrote(tmp_path, capsys):
     assert cli.main(["cache", "inspect", rows[0]["key"][:12], *where, "--json"]) == 0
     inputs = json.loads(capsys.readouterr().out)["key_inputs"]
     assert inputs["model_fingerprint"].startswith("sha256:") and "llama-cpp-python" in inputs["state_version"]
-    assert inputs["n_seq_max"] == 8 and inputs["swa_full"] is False and inputs["format"] == 2
+    assert inputs["n_seq_max"] == 8 and inputs["swa_full"] is True and inputs["format"] == 2
     assert inputs["numerics"]["use_extra_bufts"] is False and "CPU" in inputs["numerics"]["system"]
     assert cli.main(["cache", "verify", *where, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["disk"] == {

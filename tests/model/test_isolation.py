@@ -90,19 +90,21 @@ def test_two_tenants_with_one_session_id_never_meet(engine):
     assert engine.end_session("s1", cache_salt="t2") and engine.end_session("s1", cache_salt="t1")
 
 
-def test_a_sticky_cut_below_the_sliding_window_falls_back_and_stays_exact(engine):
-    # Past the sliding-window cache's 1024 cells (n_swa 512 + n_ubatch 512): the cells of
-    # the first positions have been reused, so a cut at token 100 has no window under it.
-    long_prompt = _text(600, seed=7)
-    first = engine.complete(M, long_prompt, max_tokens=4, temperature=0, session_id="swa")
-    assert first.stats.prompt_tokens > 1100
-    edited = [*first.context_tokens[:100], *engine.tokenize(M, " Something else entirely.",
-                                                            add_special=False)]
-    cut = engine.complete(M, edited, max_tokens=12, temperature=0, session_id="swa")
-    cold = engine.complete(M, edited, max_tokens=12, temperature=0, cache_salt="swa-cold")
-    assert cut.cache_hit_kind != "sticky"  # the window below token 100 is long gone
-    assert cut.generated_tokens == cold.generated_tokens
-    engine.end_session("swa")
+def test_a_sticky_cut_below_the_sliding_window_falls_back_and_stays_exact():
+    # With the ring-sized window cache (--no-swa-full): past its 1024 cells (n_swa 512 +
+    # n_ubatch 512) the cells of the first positions have been reused, so a cut at token
+    # 100 has no window under it. (The default full-size cache can always cut.)
+    with kvllama.Engine(cache=CacheConfig(shm_dir=None, disk_dir=None)) as engine:
+        engine.load_model(M, n_seq_max=2, n_ctx=4096, n_threads=2, swa_full=False)
+        long_prompt = _text(600, seed=7)
+        first = engine.complete(M, long_prompt, max_tokens=4, temperature=0, session_id="swa")
+        assert first.stats.prompt_tokens > 1100
+        edited = [*first.context_tokens[:100], *engine.tokenize(M, " Something else entirely.",
+                                                                add_special=False)]
+        cut = engine.complete(M, edited, max_tokens=12, temperature=0, session_id="swa")
+        cold = engine.complete(M, edited, max_tokens=12, temperature=0, cache_salt="swa-cold")
+        assert cut.cache_hit_kind != "sticky"  # the window below token 100 is long gone
+        assert cut.generated_tokens == cold.generated_tokens
 
 
 def test_embeddings_run_beside_streams_instead_of_blocking_them(engine):
