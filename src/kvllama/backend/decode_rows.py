@@ -18,9 +18,8 @@ Measured: README "Exactness" and "Performance".
 
 from __future__ import annotations
 
-import os
-
 from kvllama.native.gguf import GgufInfo
+from kvllama.native.kernels import STOCK, cpu_kernel_mode
 
 # Below this many rows the CPU backend takes the vector-dot kernels for tiled types.
 TILED_MIN_ROWS = 8
@@ -45,8 +44,7 @@ _TILED_TYPES = frozenset({
 
 def default_max_decode_rows(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> int:
     """7 where the CPU kernel switch can reach this model's matmuls, else 0 (no limit)."""
-    forced = os.environ.get("GGML_CPU_TILED_MM_FORCE", "").strip() == "1"
-    if forced or os.environ.get("GGML_CPU_TILED_MM", "").strip() == "0":
+    if cpu_kernel_mode() != STOCK:
         return 0  # tiled kernels for every batch size, or for none
     if n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer):
         return 0  # every layer offloaded: the CPU kernels do not run the model

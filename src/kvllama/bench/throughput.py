@@ -3,7 +3,8 @@
 For each concurrency ``N`` the same work runs through the engine's public API
 (``Engine.infer``, temperature 0, no stop at end-of-generation) and through
 the floor (:mod:`kvllama.bench.floor`): a loop over the same llama-cpp-python
-wheel with nothing of the engine in it. Both load the same GGUF with the same
+wheel with nothing of the engine in it, in a child process with llama.cpp's
+stock kernel settings (:mod:`kvllama.bench.floor_process`). Both load the same GGUF with the same
 options (threads, cells per sequence, flash attention, KV layout); runs
 alternate and the medians are compared, because this kind of machine drifts by
 tens of percent over seconds. engine/floor is then what the engine costs over
@@ -23,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from kvllama.api.engine import Engine
-from kvllama.bench.floor import Floor
+from kvllama.bench.floor_process import FloorProcess
 from kvllama.events import TokenEvent
 from kvllama.options import ModelOptions
 
@@ -120,7 +121,8 @@ def run_throughput(
     options = {**options, "n_seq_max": options.get("n_seq_max") or max(streams)}
     params = {"max_tokens": max_tokens, "temperature": 0.0, "stop_at_eog": False}
     # No KV cache: a saved prompt row would let the engine skip the repeats' prefill.
-    with Engine(cache=None) as engine, Floor(path, ModelOptions.from_kwargs(**options)) as floor:
+    # The floor runs in a child process with llama.cpp's stock kernel settings (floor_process.py).
+    with Engine(cache=None) as engine, FloorProcess(path, ModelOptions.from_kwargs(**options)) as floor:
         engine.load_model(MODEL_ID, path, **options)
         # Warm-up: first decodes pay one-off allocation costs, on both sides.
         engine.complete(MODEL_ID, "warm up", max_tokens=4, temperature=0)

@@ -37,6 +37,7 @@ from kvllama.backend.protocol import Backend
 from kvllama.engine.loop import PREFILL_ALIGN
 from kvllama.kvcache import KeyRoot
 from kvllama.kvcache.keys import NumericValue
+from kvllama.native.kernels import cpu_kernel_mode
 from kvllama.options import ModelOptions
 
 _CHUNK = 4 << 20
@@ -128,6 +129,8 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
         # What a row holds: 2 = prompt-chunk KV only, on the resume grid above a sliding
         # window (engine/warm.py). Rows of layout 1 carried reply rows and off-grid lengths.
         "row_layout": 2,
+        # ggml's CPU kernel choice for K-quant weights (native/kernels.py): other numbers.
+        "cpu_tiled_mm": cpu_kernel_mode(),
         "n_gpu_layers": options.n_gpu_layers,
         "system": "stub" if stub else system_info(),
     }

@@ -41,7 +41,7 @@ def test_every_model_option_is_either_in_the_root_or_excluded_for_a_reason():
 @pytest.mark.parametrize("change", [
     {"n_seq_max": 4},  # the stream count is written into every non-unified blob
     {"kv_unified": True},
-    {"swa_full": True},
+    {"swa_full": False},
     {"type_k": "q8_0"},
     {"type_v": "f32"},
     {"flash_attn": "on"},
@@ -83,7 +83,7 @@ def test_device_placement_matters_once_layers_are_offloaded():
 def test_the_root_describes_what_it_covers():
     options = ModelOptions(n_threads=2)
     root = fingerprint.key_root(backend_for(options), options)
-    assert root.n_seq_max == 8 and root.swa_full is False and root.flash_attn == "off"
+    assert root.n_seq_max == 8 and root.swa_full is True and root.flash_attn == "off"
     numerics = dict(root.numerics)
     assert numerics["n_ubatch"] == 512 and "max_decode_rows" not in numerics
     assert numerics["prefill_chunk"] == 128 and numerics["prefill_align"] == 64
