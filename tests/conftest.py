@@ -38,10 +38,11 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
     """
     engines: list[kvllama.Engine] = []
 
-    def make(cache: object = None, **config: object) -> tuple[kvllama.Engine, StubBackend]:
+    def make(cache: object = None, load: dict[str, object] | None = None,
+             **config: object) -> tuple[kvllama.Engine, StubBackend]:
         backend = StubBackend(StubConfig(**config))  # type: ignore[arg-type]
         engine = kvllama.Engine(cache=cache, backend_factory=lambda _path, _opts: backend)  # type: ignore[arg-type]
-        engine.load_model("s")
+        engine.load_model("s", **(load or {}))
         engines.append(engine)
         return engine, backend
 

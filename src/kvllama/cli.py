@@ -115,6 +115,12 @@ def _add_bench_serve_parser(bench_sub: Any) -> None:
     bserve.add_argument("--rounds", type=int, default=4)
     bserve.add_argument("--system-tokens", type=int, default=1000)
     bserve.add_argument("--max-tokens", type=int, default=32)
+    bserve.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
+                        help="user u starts u*SECONDS after the bench starts (0 = all at once)")
+    bserve.add_argument("--question-words", type=int, default=0, metavar="N",
+                        help="N user-specific words per question, so users share only the system prompt")
+    bserve.add_argument("--repeat-words", default="", metavar="W1,W2",
+                        help="also time one W-word prompt cold, then again warm (/v1/completions)")
     bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
     bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     bserve.set_defaults(func=_cmd_bench_serve)
@@ -157,6 +163,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="full-size sliding-window cache (default on: resumed turns stay exact; "
                         "--no-swa-full saves KV memory on long contexts)")
     g.add_argument("--kv-unified", action="store_true", default=None)
+    g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave a finished request's prompt in its slot until a slot is needed (default on: "
+                        "a repeated or continued prompt prefills only its last tokens)")
     g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
     g.add_argument("--markers", default=None,
                    help="thinking/tool-call marker preset (think, deepseek-r1, qwen3, hermes, gemma-tools)")
@@ -193,7 +202,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "chat_template", "use_extra_bufts", "max_decode_rows", "markers",
+                "swa_full", "kv_unified", "keep_finished", "chat_template", "use_extra_bufts",
+                "max_decode_rows", "markers",
                 "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
@@ -270,15 +280,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
     from kvllama.bench.serve import print_report, run_bench_serve
+    from kvllama.bench.serve_repeat import parse_word_counts, print_repeat, run_repeat
 
+    repeat_words = parse_word_counts(args.repeat_words)
     report = run_bench_serve(args.url, args.served_model_name, users=args.users, rounds=args.rounds,
                              system_tokens=args.system_tokens, max_tokens=args.max_tokens,
-                             api_key=args.api_key)
+                             api_key=args.api_key, stagger=args.stagger, question_words=args.question_words)
     print_report(report)
+    if repeat_words:
+        report["repeat"] = run_repeat(args.url, args.served_model_name, repeat_words, api_key=args.api_key)
+        print_repeat(report["repeat"])
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
-    return 1 if report.get("errors") else 0
+    return 1 if report.get("errors") or report.get("repeat", {}).get("errors") else 0
 
 
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ class ModelOptions:
     # (measured: README "Exactness"); the cost is KV memory for those layers.
     swa_full: bool = True
     kv_unified: bool = False
+    # Leave a finished request's prompt KV in its slot until the slot is needed, so a
+    # request that repeats or continues it prefills only its last tokens (engine/residents.py).
+    keep_finished: bool = True
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
     # A Jinja chat template to use when the GGUF carries none.
@@ -120,7 +123,7 @@ class ModelOptions:
             _int("n_ctx", self.n_ctx, minimum=8)
         if self.prefill_chunk_size is not None:
             _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
-        for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts"):
+        for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts", "keep_finished"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptionError(name, getattr(self, name), "true or false")
         if self.n_ubatch > self.n_batch:

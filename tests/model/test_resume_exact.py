@@ -63,6 +63,18 @@ def _turn2(engine: kvllama.Engine, turn1: kvllama.CompletionResult, message: str
     return [*turn1.context_tokens, *engine.tokenize(M, message, add_special=False)]
 
 
+def _kept_live(n_prompt: int, window: int) -> tuple[int, int]:
+    """(tokens a parked turn keeps live, the grid row below it).
+
+    A finished turn keeps its whole prompt live when a row on the 64-token
+    resume grid below it is cached already (its cold row, at (n - 8) // 64 * 64),
+    else it is cut to the grid so its finish row can be saved there.
+    """
+    grid = resume_point(n_prompt, window)
+    live = n_prompt if grid == n_prompt or (n_prompt - 8) // 64 * 64 == grid else grid
+    return live, grid
+
+
 def _hold(engine: kvllama.Engine) -> threading.Event:
     """Block the model's loop until the returned event is set, so submissions arrive together."""
     gate = threading.Event()
@@ -83,9 +95,10 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
     assert len(expected) == 16
 
     sticky = warm.complete(M, p2, session_id=sid, **params)
-    # Above the sliding window, resumes sit on the 64-token grid (README "Exactness").
-    kept = resume_point(n_prompt1, warm._models[M].backend.shape.swa_window)
-    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == kept
+    # A live sequence resumes anywhere; restored rows above the sliding window sit on the
+    # 64-token grid (README "Exactness").
+    live, kept = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
+    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == live
     assert sticky.generated_tokens == expected
 
     by_parent = warm.complete(M, p2, parent_key=turn1.finish_key, **params)
@@ -122,7 +135,7 @@ def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold):
     p2 = _turn2(warm, turn1, " Next.")
     resumed = warm.complete(M, p2, max_tokens=12, temperature=0, session_id="long")
     n_prompt1 = len(turn1.context_tokens) - 600
-    kept = resume_point(n_prompt1, warm._models[M].backend.shape.swa_window)
-    assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == kept
+    live, _grid = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
+    assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == live
     assert resumed.generated_tokens == cold.complete(M, p2, max_tokens=12, temperature=0).generated_tokens
     warm.end_session("long")

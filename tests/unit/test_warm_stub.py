@@ -13,7 +13,7 @@ from kvllama.kvcache import CacheConfig, KeyRoot, KvCache
 
 @pytest.fixture
 def cached(stub_engine):
-    """A stub engine with a RAM-only KV cache."""
+    """A stub engine with a RAM-only KV cache (``load``: load options, e.g. keep_finished)."""
     return lambda **config: stub_engine(cache=CacheConfig(shm_dir=None, disk_dir=None), **config)
 
 
@@ -23,7 +23,7 @@ def wait_saves(engine):
 
 
 def test_repeat_prompt_restores_and_prefills_only_the_tail(cached):
-    engine, backend = cached(n_ctx_seq=1024, n_batch=512)
+    engine, backend = cached(n_ctx_seq=1024, n_batch=512, load={"keep_finished": False})
     prompt = "x" * 300
     cold = engine.complete("s", prompt, max_tokens=5, temperature=0)
     wait_saves(engine)
@@ -60,7 +60,7 @@ def test_finish_key_resumes_the_conversation(cached):
 
 
 def test_a_restore_the_backend_refuses_is_a_miss_and_is_not_hit_again(cached):
-    engine, backend = cached(n_ctx_seq=1024, n_batch=512)
+    engine, backend = cached(n_ctx_seq=1024, n_batch=512, load={"keep_finished": False})
     prompt = "z" * 300
     cold = engine.complete("s", prompt, max_tokens=5, temperature=0)
     wait_saves(engine)

@@ -121,6 +121,7 @@ class Engine:
                 warm = WarmStart(self.cache, root, backend, policy)
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
+                keep_finished=opts.keep_finished,
                 markers=markers_from_options(opts), signing_key=self.thinking_key,
             )
         except BaseException:

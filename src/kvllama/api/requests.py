@@ -35,7 +35,26 @@ def request_options(params: dict[str, Any]) -> RequestOptions:
     parent_key = params.pop("parent_key", None)
     if parent_key is not None and not isinstance(parent_key, bytes):
         raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
-    return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key)
+    save_points = _save_points(params.pop("save_points", None))
+    return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key,
+                          save_points=save_points)
+
+
+MAX_SAVE_POINTS = 16
+
+
+def _save_points(value: object) -> tuple[int, ...]:
+    """Token offsets into the prompt where a shared prefix ends (see RequestOptions.save_points)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidRequestError("save_points must be a list of token offsets into the prompt")
+    if len(value) > MAX_SAVE_POINTS:
+        raise InvalidRequestError(f"save_points takes at most {MAX_SAVE_POINTS} offsets, got {len(value)}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InvalidRequestError(f"save_points entries must be non-negative token offsets, got {v!r}")
+    return tuple(sorted(set(value)))
 
 
 def build_request(

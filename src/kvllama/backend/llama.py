@@ -147,9 +147,11 @@ class LlamaBackend:
         llama.cpp's ``seq_rm`` reports success on a sliding-window cache even when
         the cells the next token must attend to were pruned long ago, so check
         first (llama-server's rule: the sequence must still hold every position
-        from ``n_keep - n_swa`` on).
+        from ``n_keep - n_swa`` on). With ``swa_full`` a live sequence keeps
+        every position, but a restored one holds only its row's last window
+        (a state blob keeps no more), so the check applies either way.
         """
-        n_swa = 0 if self.options.swa_full else self.description.n_swa
+        n_swa = self.description.n_swa
         if n_swa > 0 and self.ctx.seq_pos_min(seq_id) > max(0, n_keep - n_swa):
             return False
         return self.ctx.clear_sequence(seq_id, n_keep, -1)

@@ -14,13 +14,17 @@ from dataclasses import replace
 from kvllama.engine.channels import Channels
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
-from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status, resume_point
+from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
+from kvllama.engine.residents import Resident
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
 from kvllama.kvcache import SaveReason
 
 log = logging.getLogger("kvllama.engine")
+
+# A resident is taken over a free slot only if it spares at least this many prompt tokens.
+MIN_RESIDENT_SHARE = 16
 
 
 class Admission(LoopState):
@@ -56,13 +60,20 @@ class Admission(LoopState):
         self._waiting.extendleft(reversed(deferred))
 
     def _free_seq_id(self) -> int:
-        """The lowest id no running request and no parked session holds.
+        """The lowest id no running request, parked session or resident holds; else a resident's.
 
         Never a count: right after sessions are released the ids in use have
         holes, and ``len(running) + len(parked)`` can name a held sequence.
+        Residents only wait for a use: the least recently used one gives way.
         """
-        used = {r.seq_id for r in self._running} | set(self.sessions.seq_ids())
-        return next(i for i in range(self.backend.shape.n_seq_max) if i not in used)
+        used = {r.seq_id for r in self._running} | {*self.sessions.seq_ids(), *self.residents.seq_ids()}
+        free = next((i for i in range(self.backend.shape.n_seq_max) if i not in used), None)
+        if free is not None:
+            return free
+        oldest = self.residents.take_oldest()
+        assert oldest is not None, "admission only runs while a slot is free or held by a resident"
+        self.backend.clear_sequence(oldest.seq_id)
+        return oldest.seq_id
 
     def _start(self, r: Request) -> None:
         try:
@@ -76,11 +87,13 @@ class Admission(LoopState):
         opts = r.options
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
-        r.seq_id = session.seq_id if session else self._free_seq_id()
+        held: Session | Resident | None = session or self.residents.take_best(
+            r.prompt, opts.cache_salt, len(r.prompt) - MIN_CHUNK_ROWS, MIN_RESIDENT_SHARE)
+        r.seq_id = held.seq_id if held else self._free_seq_id()
         r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1
         try:
-            if session is None or not self._resume(r, session):
+            if held is None or not self._resume(r, held):
                 if session is not None:
                     self._save_session(session, SaveReason.EVICT)  # the new turn diverged: keep the old one
                 self.backend.clear_sequence(r.seq_id)
@@ -90,8 +103,10 @@ class Admission(LoopState):
         if self.warm is not None:
             if r.n_computed == 0:
                 self._restore(r)
-            point = self.warm.cold_save_point(len(r.prompt))
-            r.cache.cold_point = point if point is not None and point > r.n_computed else None
+            try:
+                self.warm.plan_save_points(r)
+            except Exception:  # costs only this prompt's rows, never the request
+                log.exception("planning cache save points for request %s failed", r.id)
         self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read}
         r.status = Status.PREFILLING
         self._running.append(r)
@@ -121,18 +136,25 @@ class Admission(LoopState):
                 r.greedy_sampler = self.backend.new_sampler(replace(p, temperature=0.0))
         r.channels = Channels(self.backend.piece, r.sink, r.params.stop, router, self.signing_key)
 
-    def _resume(self, r: Request, session: Session) -> bool:
-        """Continue a parked session in place; False when its sequence cannot be reused."""
-        # The parked tokens are canonical (see Finishing._cut_to_exact); leave the prompt's
-        # last MIN_CHUNK_ROWS tokens to prefill, as a cold run computes them.
-        keep = resume_point(min(self.sessions.reusable_prefix(session.tokens, r.prompt),
-                                len(r.prompt) - MIN_CHUNK_ROWS), self.backend.shape.swa_window)
-        if keep <= 0 or session.cache_salt != r.options.cache_salt:
+    def _resume(self, r: Request, held: Session | Resident) -> bool:
+        """Continue a parked session or a resident in place; False when its sequence cannot be reused.
+
+        The held tokens are canonical (see Finishing._cut_to_exact); the
+        prompt's last MIN_CHUNK_ROWS tokens are left to prefill, as a cold run
+        computes them. A live sequence keeps its cells where its prefill put
+        them, so the cut may fall anywhere (no resume grid, unlike a restore).
+        """
+        keep = min(self.sessions.reusable_prefix(held.tokens, r.prompt), len(r.prompt) - MIN_CHUNK_ROWS)
+        if keep <= 0 or held.cache_salt != r.options.cache_salt:
             return False
-        if keep < len(session.tokens) and not self.backend.truncate_sequence(session.seq_id, keep):
+        if keep < len(held.tokens) and not self.backend.truncate_sequence(held.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
         r.n_computed = r.exact_len = r.cache.read = keep
-        r.cache.hit_kind = CacheHitKind.STICKY
+        if isinstance(held, Session):
+            r.cache.hit_kind = CacheHitKind.STICKY
+        else:
+            whole = keep == len(r.prompt) - MIN_CHUNK_ROWS
+            r.cache.hit_kind = CacheHitKind.EXACT if whole else CacheHitKind.PARTIAL
         return True
 
     def _release_session(self, session: Session, reason: SaveReason) -> None:
@@ -153,15 +175,17 @@ class Admission(LoopState):
         """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
         decoders = [r.seq_id for r in self._running if r.pending_token is not None]
         prompts = [r.seq_id for r in self._running if r.pending_token is None]
-        parked = self.sessions.seq_ids()
+        parked = self.sessions.seq_ids() + self.residents.seq_ids()
         moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max, parked)
         if not moves:
             return
-        by_id: dict[int, Request | Session] = {r.seq_id: r for r in self._running}  # type: ignore[misc]
+        by_id: dict[int, Request | Session | Resident] = {r.seq_id: r for r in self._running}  # type: ignore[misc]
         by_id.update({s.seq_id: s for s in self.sessions.parked.values()})
+        by_id.update(self.residents.by_seq)
         for src, dst in moves:
             self.backend.move_sequence(src, dst)
             holder = by_id.pop(src)
             holder.seq_id = dst
             by_id[dst] = holder
+        self.residents.by_seq = {x.seq_id: x for x in by_id.values() if isinstance(x, Resident)}
 

@@ -7,6 +7,7 @@ import time
 
 from kvllama.engine.loop_state import LoopState, typed_error
 from kvllama.engine.request import Request, Status, resume_point
+from kvllama.engine.residents import Resident
 from kvllama.engine.sessions import Session
 from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stats
 
@@ -37,10 +38,14 @@ class Finishing(LoopState):
             except Exception:  # the reply stands; only its finish row is lost
                 log.exception("saving request %s to the cache failed", r.id)
         opts = r.options
-        if opts.session_id is not None and reusable and r.n_computed > 0:
+        if reusable and r.n_computed > 0:
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
-            self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
-            r.seq_id = None  # the sequence now belongs to the session
+            if opts.session_id is not None:
+                self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
+                r.seq_id = None  # the sequence now belongs to the session
+            elif self.residents.enabled and reason != "cancelled":
+                self.residents.keep(Resident(r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
+                r.seq_id = None  # the slot keeps it until a request needs the slot
         self._release(r)
         r.sink.put(DoneEvent(
             finish_reason=reason,
@@ -61,10 +66,14 @@ class Finishing(LoopState):
         prompt chunk, so a later turn re-prefills it: that keeps a resumed
         conversation equal to a cold run of the same tokens. A sliding-window
         layer refuses a cut below its window (a reply longer than about
-        n_ubatch tokens); then nothing of this sequence is kept. Above the
-        window the cut lands on the resume grid (``resume_point``).
+        n_ubatch tokens); then nothing of this sequence is kept. The finish row
+        must sit on the resume grid (``resume_point``): when no row is cached
+        there yet, the cut lands on the grid so the row can be saved.
         """
-        keep = resume_point(r.exact_len, self.backend.shape.swa_window)
+        keep = r.exact_len
+        grid = resume_point(keep, self.backend.shape.swa_window)
+        if grid < keep and self.warm is not None and self.warm.row_at(r, grid) is None:
+            keep = grid
         if r.n_computed > keep:
             if not self.backend.truncate_sequence(r.seq_id, keep):  # type: ignore[arg-type]
                 return False

@@ -27,6 +27,7 @@ from kvllama.engine.finishing import Finishing
 from kvllama.engine.loop_state import LoopStatus, Phase, typed_error
 from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
+from kvllama.engine.residents import ResidentPool
 from kvllama.engine.runner import Runner
 from kvllama.engine.sessions import SessionPolicy, SessionTable
 from kvllama.engine.warm import WarmStart
@@ -50,6 +51,7 @@ class ModelLoop(Admission, Runner, Finishing):
         name: str = "model",
         warm: WarmStart | None = None,
         session_policy: SessionPolicy | None = None,
+        keep_finished: bool = True,
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
     ) -> None:
@@ -59,6 +61,7 @@ class ModelLoop(Admission, Runner, Finishing):
         self.markers = markers
         self.signing_key = signing_key
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
+        self.residents = ResidentPool(enabled=keep_finished)
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
         self.align = min(PREFILL_ALIGN, self.chunk_size)
@@ -193,6 +196,7 @@ class ModelLoop(Admission, Runner, Finishing):
             except Exception:
                 log.exception("could not save session %s before the rebuild", session.id)
                 self.sessions.parked.pop(session.key, None)
+        self.residents.clear()  # their KV goes with the old context; their rows are cached
         self.backend.rebuild()
         st.context_rebuilds += 1
         st.healthy = True

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kvllama.backend.protocol import Backend
 from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
+from kvllama.engine.residents import ResidentPool
 from kvllama.engine.sessions import SessionTable
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import InternalEngineError, KvllamaError
@@ -68,6 +69,7 @@ class LoopState:
     markers: MarkerStrings | None
     signing_key: bytes | None
     sessions: SessionTable
+    residents: ResidentPool
     chunk_size: int
     align: int
     status: LoopStatus

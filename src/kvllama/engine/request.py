@@ -87,6 +87,9 @@ class RequestOptions:
     session_id: str | None = None
     # A previous result's finish_key: resume exactly from that row.
     parent_key: bytes | None = None
+    # Token offsets where this prompt's prefix is shared with others (the end of a system
+    # prompt, a cache_control breakpoint): the prefill saves a row there (engine/warm.py).
+    save_points: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,14 @@ class CacheAccount:
     restored_key: bytes | None = None
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
+    # Shared-prefix save points inside the prompt (engine/warm.py picks them at admission;
+    # a follower that could restore one adds it while this request still prefills).
+    prefix_points: set[int] = field(default_factory=set)
+
+    def next_save_point(self, n_computed: int) -> int | None:
+        """The first save point past ``n_computed``: the prefill stops a chunk there."""
+        ahead = [p for p in (self.cold_point, *self.prefix_points) if p is not None and p > n_computed]
+        return min(ahead) if ahead else None
 
 
 @dataclass(eq=False)

@@ -19,7 +19,7 @@ class Runner(LoopState):
     def _tick(self) -> None:
         views = [
             SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
-                        r.cache.cold_point)
+                        r.cache.next_save_point(r.n_computed))
             for i, r in enumerate(self._running)
         ]
         shape = self.backend.shape

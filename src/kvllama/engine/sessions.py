@@ -79,8 +79,14 @@ class SessionTable:
     @staticmethod
     def reusable_prefix(stored: Sequence[int], prompt: Sequence[int]) -> int:
         """Tokens of ``stored`` the new prompt keeps (at most len(prompt) - 1: one must be decoded)."""
-        limit = min(len(stored), len(prompt) - 1)
-        n = 0
-        while n < limit and stored[n] == prompt[n]:
-            n += 1
-        return n
+        return min(shared_prefix(stored, prompt), len(prompt) - 1)
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share (compared a block at a time, then token by token)."""
+    n, i, step = min(len(a), len(b)), 0, 256
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -20,8 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
+from kvllama.engine.recent_prefixes import RecentPrefixes
 from kvllama.engine.request import CacheHitKind, Request, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+from kvllama.engine.sessions import shared_prefix
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 
 # Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
@@ -41,6 +43,8 @@ class SavePolicy:
     min_restore: int = 16
     # A finish row is saved when the request added at least this many canonical tokens.
     finish_min_new: int = 1
+    # Shared-prefix rows a prompt's prefill may save besides its cold row.
+    max_prefix_points: int = 4
 
 
 class WarmStart:
@@ -52,6 +56,7 @@ class WarmStart:
         self._roots: OrderedDict[str | None, KeyRoot] = OrderedDict()
         # Cold rows handed to the writer pool and maybe not yet visible: key -> (salt, tokens).
         self._unpublished: dict[bytes, tuple[str | None, tuple[int, ...]]] = {}
+        self.recent = RecentPrefixes(cache.config.block_size)
 
     def root(self, salt: str | None) -> KeyRoot:
         """The key root of one tenant; the most recent ``MAX_SALT_ROOTS`` are kept."""
@@ -76,30 +81,71 @@ class WarmStart:
         """Load the best usable row into the request's sequence.
 
         Looked up in the documented order (exact prompt, ``parent_key``, longest
-        prefix), any row up to the whole prompt; a row that leaves fewer
-        than ``min_tail`` tokens to prefill is cut back to leave that many,
-        which keeps the prompt's last chunk canonical. A cut that the model's
-        sliding window refuses falls back to rows short enough not to need one.
+        prefix), any row up to the whole prompt; a row that leaves fewer than
+        ``min_tail`` tokens to prefill is cut back to leave that many, which
+        keeps the prompt's last chunk canonical. A longer row that only starts
+        like the prompt (another user's question after the same system prompt)
+        is used when it shares more, cut back to the shared part. A cut that
+        the model's sliding window refuses is never tried: such rows are passed
+        over for shorter ones.
         """
         n = len(r.prompt)
-        window = self.backend.shape.swa_window
-        limit = resume_point(n - self.policy.min_tail, window)
+        limit = resume_point(n - self.policy.min_tail, self.backend.shape.swa_window)
         if limit < self.policy.min_restore:
             return
         root = self.root(r.options.cache_salt)
-        hit = self.cache.lookup(root, r.prompt, max_len=n, parent_key=r.options.parent_key)
-        # Rows above the window sit on the resume grid; one that does not (an older
-        # layout) is passed over for the longest row below it.
-        while hit is not None and resume_point(hit.n_tokens, window) != hit.n_tokens:
-            hit = self.cache.lookup(root, r.prompt, max_len=resume_point(hit.n_tokens, window))
-        if hit is None or min(hit.n_tokens, limit) < self.policy.min_restore or not self._load(r, hit):
+        hit = self._prefix_hit(root, r, limit)
+        best = min(hit.n_tokens, limit) if hit is not None else 0
+        shared = self._shared_hit(root, r, limit, better_than=best)
+        if shared is not None and self._load(r, shared[0]) and self._cut(r, shared[1]):
+            r.cache.hit_kind = CacheHitKind.PARTIAL
+            return
+        if hit is None or best < self.policy.min_restore or not self._load(r, hit):
             return
         if r.n_computed > limit and not self._cut(r, limit):
-            hit = self.cache.lookup(root, r.prompt, max_len=limit)
-            if hit is None or hit.n_tokens < self.policy.min_restore or not self._load(r, hit):
-                return
+            return
         # "exact": nothing more of this prompt could have been restored under the rules above.
         r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
+
+    def _prefix_hit(self, root: KeyRoot, r: Request, limit: int) -> CacheHit | None:
+        """The best row that is a prefix of the prompt, on the resume grid, that a cut to ``limit`` allows."""
+        window = self.backend.shape.swa_window
+        hit = self.cache.lookup(root, r.prompt, max_len=len(r.prompt), parent_key=r.options.parent_key)
+        # Rows above the window sit on the resume grid; one that does not (an older layout),
+        # or one the window forbids cutting back to ``limit``, is passed over for a shorter row.
+        while hit is not None and (resume_point(hit.n_tokens, window) != hit.n_tokens
+                                   or (hit.n_tokens > limit and not self._can_cut(hit.n_tokens, limit))):
+            below = resume_point(hit.n_tokens, window)
+            below = below if below < hit.n_tokens else limit
+            hit = self.cache.lookup(root, r.prompt, max_len=min(below, limit))
+        return hit
+
+    def _shared_hit(
+        self, root: KeyRoot, r: Request, limit: int, better_than: int
+    ) -> tuple[CacheHit, int] | None:
+        """A longer row sharing more than ``better_than`` tokens with the prompt, and where to cut it."""
+        found = self.cache.lookup_shared(root, r.prompt, max_len=limit)
+        if found is None:
+            return None
+        hit, shared = found
+        cut = self.grid_point(min(shared, limit))
+        if cut <= max(better_than, self.policy.min_restore - 1) or not self._can_cut(hit.n_tokens, cut):
+            return None
+        return hit, cut
+
+    def _can_cut(self, row_len: int, n_keep: int) -> bool:
+        """Can a restored row of ``row_len`` tokens be cut to ``n_keep``?
+
+        A state blob holds only the sliding-window layers' last ``n_swa``
+        positions (README "Exactness"), and the token after the cut attends
+        to the ``n_swa`` positions before it: all must be in the blob.
+        """
+        n_swa = self.backend.description.n_swa
+        return n_swa <= 0 or max(0, row_len - n_swa) <= max(0, n_keep - n_swa)
+
+    def grid_point(self, n: int) -> int:
+        """The longest save or cut point at most ``n`` tokens: on the boundary grid, then the resume grid."""
+        return resume_point(n // self.policy.boundary * self.policy.boundary, self.backend.shape.swa_window)
 
     def _load(self, r: Request, hit: CacheHit) -> bool:
         """Restore ``hit`` into the request's sequence; False (sequence left empty) if unusable.
@@ -130,6 +176,7 @@ class WarmStart:
             return True
         self.backend.clear_sequence(r.seq_id)
         r.n_computed = r.exact_len = r.cache.read = 0
+        r.cache.restored_key = None
         return False
 
     def save(self, r: Request, reason: SaveReason) -> bytes | None:
@@ -144,7 +191,7 @@ class WarmStart:
         key = self.cache.save(self.root(r.options.cache_salt), tokens, blob, reason)
         if key is not None:
             r.cache.created = max(r.cache.created, n - r.cache.read)
-            if reason is SaveReason.COLD:
+            if reason in (SaveReason.COLD, SaveReason.PREFIX):
                 self._unpublished[key] = (r.options.cache_salt, tokens)
         return key
 
@@ -155,24 +202,67 @@ class WarmStart:
         to be cleared, so a dropped save would lose the conversation's state.
         An empty blob is refused and counted by the cache like any other save.
         """
+        grid = resume_point(len(tokens), self.backend.shape.swa_window)
+        if grid < len(tokens) and self.backend.truncate_sequence(seq_id, grid):
+            tokens = tokens[:grid]  # a row off the resume grid could never be restored exactly
         if tokens:
             blob = self.backend.sequence_state(seq_id)
             self.cache.save(self.root(salt), tokens, blob, reason, sync=True)
 
+    def plan_save_points(self, r: Request) -> None:
+        """Where this request's prefill saves rows: its cold point and its shared-prefix points.
+
+        Shared points: the offsets the caller named (``save_points``: the end
+        of a system prompt, ``cache_control`` breakpoints) and the end of what
+        the prompt shares with a recent one (:class:`RecentPrefixes`). Each is
+        put on the save grid; points already cached, too short to be worth a
+        row, or too close to another chunk end are dropped; at most
+        ``max_prefix_points`` are kept (the shortest: they are shared most).
+        """
+        n = len(r.prompt)
+        cold = self.cold_save_point(n)
+        r.cache.cold_point = cold if cold is not None and cold > r.n_computed else None
+        root = self.root(r.options.cache_salt)
+        recent = self.recent.observe(root.digest, r.prompt)
+        wanted = sorted({self.grid_point(p) for p in (*r.options.save_points, recent) if p <= n})
+        points: set[int] = set()
+        for p in wanted:
+            if len(points) >= self.policy.max_prefix_points:
+                break
+            if self._worth_saving(r, p) and self.cache.find_row(root, r.prompt[:p]) is None:
+                points.add(p)
+        r.cache.prefix_points = points
+
+    def _worth_saving(self, r: Request, p: int) -> bool:
+        return (self.policy.min_tokens <= p <= len(r.prompt) - self.policy.min_tail
+                and p >= r.n_computed + MIN_CHUNK_ROWS and p != r.cache.cold_point)
+
     def should_wait(self, r: Request, running: list[Request]) -> bool:
-        """True while another request prefills (or is still saving) a prompt row ``r`` could restore.
+        """True while another request prefills (or is still saving) a prefix ``r`` could restore.
 
         Agents that start together on one long system prompt then pay for one
         prefill, not one each: the first computes and saves the shared prefix,
-        the others wait in the queue and restore it.
+        the others wait in the queue and restore it. A running request that
+        shares a prefix with ``r`` but was not going to save there is asked
+        to (the save point is added to its prefill), so this works for any
+        shared prefix, not only the ones named in advance.
         """
         usable = len(r.prompt) - self.policy.min_tail
         for q in running:
-            point = q.cache.cold_point
-            same_tenant = q.options.cache_salt == r.options.cache_salt
-            if (point is not None and q.n_computed < point <= usable and same_tenant
-                    and r.prompt[:point] == q.prompt[:point]):
+            if q.options.cache_salt != r.options.cache_salt or q.n_computed >= len(q.prompt):
+                continue
+            point = self.grid_point(min(shared_prefix(r.prompt, q.prompt), usable))
+            if point < self.policy.min_tokens or q.n_computed >= point:
+                continue
+            if point in (q.cache.cold_point, *q.cache.prefix_points):
                 return True
+            if point >= q.n_computed + MIN_CHUNK_ROWS:
+                q.cache.prefix_points.add(point)
+                return True
+        return self._saving_for(r, usable)
+
+    def _saving_for(self, r: Request, usable: int) -> bool:
+        """A prefill row that ``r`` could restore is still on its way to the cache."""
         if not self._unpublished:
             return False
         pending = self.cache.pending_keys()
@@ -184,11 +274,24 @@ class WarmStart:
         )
 
     def after_prefill_step(self, r: Request) -> None:
-        if r.cache.cold_point is not None and r.n_computed == r.cache.cold_point:
+        c = r.cache
+        if c.cold_point is not None and r.n_computed == c.cold_point:
             self.save(r, SaveReason.COLD)
+        elif r.n_computed in c.prefix_points:
+            self.save(r, SaveReason.PREFIX)
+
+    def row_at(self, r: Request, n: int) -> bytes | None:
+        """The key of the cached row of the request's first ``n`` tokens, if there is one."""
+        return self.cache.find_row(self.root(r.options.cache_salt), (r.prompt + tuple(r.generated))[:n])
 
     def at_finish(self, r: Request) -> None:
-        if r.n_computed - r.cache.read >= self.policy.finish_min_new:
+        """The turn's finish row: saved, or (when the sequence is longer than the grid allows a
+        row to be) the row already cached on the grid below it (see Finishing._cut_to_exact)."""
+        grid = resume_point(r.n_computed, self.backend.shape.swa_window)
+        if grid < r.n_computed:
+            r.cache.finish_key = self.row_at(r, grid)
+        elif r.n_computed - r.cache.read >= self.policy.finish_min_new:
             r.cache.finish_key = self.save(r, SaveReason.FINISH)
         elif r.cache.restored_key is not None and r.n_computed == r.cache.read:
             r.cache.finish_key = r.cache.restored_key  # the restored row is this turn's row
+

@@ -62,7 +62,7 @@ class KvCache(RootRegistry, RowReader, CacheAdmin, CacheCloser):
     ) -> None:
         self.config = config or CacheConfig()
         self._mu = threading.Lock()
-        self._index = Index()
+        self._index = Index(self.config.block_size)
         self._metrics = Metrics()
         self._policy = EvictionPolicy(self.config.half_life)
         # root digest -> KeyRoot description, for new rows; an LRU of at most config.max_roots.

@@ -16,7 +16,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass
 
-from kvllama.kvcache.keys import CacheKey
+from kvllama.kvcache.keys import CacheKey, KeyChain
 from kvllama.kvcache.rowformat import RowMeta, SaveReason
 
 
@@ -49,9 +49,13 @@ class Entry:
 
 
 class Index:
-    def __init__(self) -> None:
+    def __init__(self, block_size: int = 64) -> None:
         self._entries: dict[CacheKey, Entry] = {}
         self._lengths: dict[bytes, Counter[int]] = {}
+        # Chain value of each block-aligned prefix -> the rows that start with it (a branch
+        # index: finds a longer row that shares only its first blocks with a prompt).
+        self._block = block_size
+        self._branches: dict[bytes, dict[CacheKey, None]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,6 +72,8 @@ class Index:
             entry.pins += old.pins
         self._entries[entry.key] = entry
         self._lengths.setdefault(entry.root, Counter())[entry.n_tokens] += 1
+        for value in self._block_values(entry):
+            self._branches.setdefault(value, {})[entry.key] = None
 
     def remove(self, key: CacheKey) -> Entry | None:
         entry = self._entries.pop(key, None)
@@ -78,7 +84,21 @@ class Index:
                 del counts[entry.n_tokens]
             if not counts:
                 del self._lengths[entry.root]
+            for value in self._block_values(entry):
+                rows = self._branches.get(value)
+                if rows is not None:
+                    rows.pop(key, None)
+                    if not rows:
+                        del self._branches[value]
         return entry
+
+    def _block_values(self, entry: Entry) -> list[bytes]:
+        return KeyChain(entry.root, entry.tokens, self._block).block_values(entry.n_tokens // self._block)
+
+    def branches(self, value: bytes) -> list[Entry]:
+        """The rows whose tokens start with the block-aligned prefix whose chain value is ``value``."""
+        rows = self._branches.get(value)
+        return [self._entries[k] for k in rows] if rows else []
 
     def lengths(self, root: bytes) -> list[int]:
         """Distinct lengths of the rows under ``root``."""

@@ -199,6 +199,18 @@ class KeyChain:
             h.update(data[i * step : (i + 1) * step])
             chain.append(h.digest())
 
+    def block_values(self, n_blocks: int) -> list[bytes]:
+        """The chain values after 1..``n_blocks`` whole blocks: the identity of each block-aligned prefix.
+
+        Two token lists under one root share the value after block i exactly when
+        their first i blocks are equal (up to a hash collision, which callers
+        rule out by comparing tokens), so the index can find rows that merely
+        *start* with a prompt's prefix.
+        """
+        n_blocks = min(n_blocks, len(self.tokens) // self._block)
+        self._extend(n_blocks)
+        return self._chain[1 : n_blocks + 1]
+
     def key(self, n: int) -> CacheKey:
         """The key of ``tokens[:n]``."""
         if not 0 <= n <= len(self.tokens):

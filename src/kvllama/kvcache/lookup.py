@@ -52,6 +52,26 @@ class Finder:
                 return hit
         return None
 
+    def shared(self, root: bytes, toks: array, n: int) -> tuple[CacheHit, int] | None:
+        """A row that shares the most whole blocks with ``toks[:n]``, and how many tokens it shares.
+
+        Unlike :meth:`find`, the row may be longer than the prompt and go on
+        differently: restored and cut back to the shared part, it serves a
+        prompt that only starts like it (another user's question after the
+        same system prompt). Candidates are confirmed by comparing tokens.
+        """
+        values = KeyChain(root, toks, self._block).block_values(n // self._block)
+        with self._mu:
+            for i in range(len(values), 0, -1):
+                shared = i * self._block
+                for entry in self._index.branches(values[i - 1]):
+                    if entry.root == root and entry.tokens[:shared] == toks[:shared]:
+                        hit = CacheHit(entry.key, entry.n_tokens, entry.tier, "partial", "shared",
+                                       entry.tokens)
+                        return hit, shared
+                    self._metrics.inc("collisions")
+        return None
+
     def _probe(self, key: CacheKey, root: bytes, toks: array, n: int, source: HitSource) -> CacheHit | None:
         with self._mu:
             entry = self._index.get(key)

@@ -28,7 +28,7 @@ COUNTERS = (
 MAPS = (
     "hits",  # by kind: exact | partial
     "hits_by_tier",
-    "hits_by_source",  # exact_key | parent | prefix
+    "hits_by_source",  # exact_key | parent | prefix | shared
     "saves",  # by reason
     "evictions",  # by tier the row left
     "demotions",  # by tier the row went to

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from kvllama.kvcache.config import CacheConfig
 from kvllama.kvcache.errors import CorruptRowError
 from kvllama.kvcache.index import Entry, Index
-from kvllama.kvcache.keys import CacheKey, token_array
+from kvllama.kvcache.keys import CacheKey, key_of, token_array
 from kvllama.kvcache.lookup import Finder
 from kvllama.kvcache.metrics import Metrics
 from kvllama.kvcache.records import CacheHit
@@ -47,6 +47,8 @@ class RowReader:
     _recent_loads: OrderedDict[CacheKey, str]  # key -> tier, under _mu
     # From RootRegistry.
     _resolve: Callable[[RootLike], bytes]
+    # From KvCache.
+    pending_keys: Callable[[], frozenset[CacheKey]]
 
     def lookup(
         self,
@@ -66,6 +68,30 @@ class RowReader:
             self._metrics.inc("misses")
         self._metrics.add_seconds("lookup", time.perf_counter() - started)
         return hit
+
+    def lookup_shared(
+        self, root: RootLike, tokens: Sequence[int], *, max_len: int
+    ) -> tuple[CacheHit, int] | None:
+        """A row (of any length) sharing the most whole blocks with ``tokens[:max_len]``, and that count.
+
+        The caller restores it and cuts it back to the shared part, where the
+        model's memory allows that (see ``Finder.shared``).
+        """
+        digest, toks = self._resolve(root), token_array(tokens)
+        n = max(0, min(max_len, len(toks)))
+        return self._finder.shared(digest, toks, n) if n > 0 else None
+
+    def find_row(self, root: RootLike, tokens: Sequence[int]) -> CacheKey | None:
+        """The key of the row of exactly ``tokens`` (under ``root``), in any tier or being written."""
+        digest, toks = self._resolve(root), token_array(tokens)
+        if not toks:
+            return None
+        key = key_of(digest, toks, self.config.block_size)
+        with self._mu:
+            entry = self._index.get(key)
+            if entry is not None:
+                return key if entry.root == digest and entry.tokens == toks else None
+        return key if key in self.pending_keys() else None
 
     def longest_prefix_len(self, root: RootLike, tokens: Sequence[int]) -> int:
         """Length of the longest cached prefix of ``tokens`` in any tier (0 if none); for routers."""

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from kvllama.kvcache.keys import CacheKey
 
 HitKind = Literal["exact", "partial"]
-HitSource = Literal["exact_key", "parent", "prefix"]
+# "shared": a longer row that starts like the prompt, restored and cut back to the shared part.
+HitSource = Literal["exact_key", "parent", "prefix", "shared"]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class SaveReason(enum.IntEnum):
     FINISH = 3  # prompt + reply at the end of a request
     EVICT = 4  # a sequence pushed out of its slot
     SHUTDOWN = 5  # engine shutting down
+    PREFIX = 6  # a shared prefix, mid-prefill: a system prompt's end, a breakpoint, a common prefix
 
     @classmethod
     def parse(cls, value: SaveReason | str) -> SaveReason:

@@ -54,6 +54,7 @@ NOT_IN_ROOT = {
     "n_threads_batch": "as n_threads",
     "use_mmap": "the same weight bytes, read another way",
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
+    "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
     "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",

@@ -17,8 +17,9 @@ renders :class:`~kvllama.replies.Reply`, the fold of the same deltas, so
 both carry the same content. A reply whose last block is a tool call stops
 with ``tool_use``.
 
-Usage: ``input_tokens`` excludes cache reads (Anthropic's convention: input + cache_read + cache_creation is
-the whole prompt); the cache read is known only at the end, so message_start
+Usage: ``input_tokens`` excludes cache reads and the prompt tokens this
+request wrote to the cache (Anthropic's convention: input + cache_read +
+cache_creation is the whole prompt); the cache read is known only at the end, so message_start
 carries the full prompt length and message_delta the corrected cumulative
 counts, which the SDKs overwrite.
 """
@@ -55,11 +56,13 @@ def tool_use_id() -> str:
 
 
 def usage(result: CompletionResult) -> dict[str, int]:
-    read = result.cache_delta.read
+    prompt, read = result.stats.prompt_tokens, result.cache_delta.read
+    created = min(result.cache_delta.created, prompt - read)
     return {
-        "input_tokens": result.stats.prompt_tokens - read,
+        # Anthropic's identity: input + cache_creation + cache_read = every prompt token.
+        "input_tokens": prompt - read - created,
         "output_tokens": result.stats.generated_tokens,
-        "cache_creation_input_tokens": result.cache_delta.created,
+        "cache_creation_input_tokens": created,
         "cache_read_input_tokens": read,
     }
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kvllama.server import anthropic_format, chat_prompt
+from kvllama.server import anthropic_format, chat_prompt, prefix_points
 from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
 from kvllama.server.anthropic_format import AnthropicStreamWriter
 from kvllama.server.generation import complete, first_event, start, stream_frames
@@ -29,8 +29,12 @@ async def messages(request: Request) -> Response:
     name, model_id = state.resolve(body.model)
     turns = body.message_dicts()
     check_thinking_signatures(thinking_key(state), turns)
-    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model_id, turns, system=body.system,
-                                     tools=chat_prompt.tools_as_functions(body.tools))
+    breakpoints = prefix_points.anthropic_breakpoints(turns, body.system, body.tools,
+                                                      chat_prompt.tools_as_functions)
+    prompt = await run_in_threadpool(
+        chat_prompt.render, state.engine, model_id, turns, system=body.system,
+        tools=chat_prompt.tools_as_functions(body.tools), breakpoints=breakpoints,
+    )
     client_stops = list(body.stop_sequences or [])
     max_tokens = state.check_max_tokens(body.max_tokens)
     params = sampling(
@@ -40,6 +44,7 @@ async def messages(request: Request) -> Response:
         grammar=body.grammar,
     )
     params.update(session_params(request, body.session_id))
+    params["save_points"] = list(prompt.save_points) or None
     if body.thinking is not None:
         params.update(body.thinking.engine_params())
     gen = await start(state, name, model_id, prompt.text, params, started)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvllama.api.engine import Engine
+from kvllama.server import prefix_points
 
 PLAIN_SOURCE = "builtin:plain"
 # A new "Assistant:" line is a turn boundary too (base models like to write both sides).
@@ -28,6 +29,9 @@ class ChatPrompt:
     text: str
     # Stop sequences the template needs (the client's own come on top).
     default_stops: tuple[str, ...]
+    # Token offsets where shared prefixes end (server/prefix_points.py): the engine's
+    # ``save_points``. Empty when the engine has no KV cache to save them in.
+    save_points: tuple[int, ...] = ()
 
     def stops_with(self, client_stops: Sequence[str]) -> list[str]:
         merged = list(client_stops)
@@ -42,9 +46,15 @@ def render(
     *,
     system: str | Sequence[Any] | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    breakpoints: Sequence[prefix_points.Variant] = (),
 ) -> ChatPrompt:
     text = engine.apply_chat_template(model_id, messages, system=system, tools=tools)
-    return ChatPrompt(text, default_stops(engine, model_id))
+    points: tuple[int, ...] = ()
+    if engine.cache is not None:
+        conv = prefix_points.Conversation(messages, system, tools)
+        tokens = prefix_points.prompt_token_ids(engine, model_id, text)
+        points = prefix_points.save_points(engine, model_id, conv, text, tokens, breakpoints)
+    return ChatPrompt(text, default_stops(engine, model_id), points)
 
 
 def default_stops(engine: Engine, model_id: str) -> tuple[str, ...]:
@@ -57,11 +67,7 @@ def count_prompt_tokens(engine: Engine, model_id: str, text: str) -> int:
 
     (The rendered template may begin with the BOS text; the engine then adds none.)
     """
-    tokens = engine.tokenize(model_id, text, add_special=False, parse_special=True)
-    bos = engine.tokenize(model_id, "", add_special=True, parse_special=True)
-    if bos and tokens[:1] != bos[:1]:
-        return len(tokens) + 1
-    return len(tokens)
+    return len(prefix_points.prompt_token_ids(engine, model_id, text))
 
 
 def tools_as_functions(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:

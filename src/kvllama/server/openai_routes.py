@@ -45,6 +45,7 @@ async def chat_completions(request: Request) -> Response:
     params["grammar"] = _grammar(body.response_format, body.grammar)
     params.update(sampling(thinking=body.thinking, thinking_budget_tokens=body.thinking_budget_tokens))
     params.update(session_params(request, body.session_id))
+    params["save_points"] = list(prompt.save_points) or None
     return await _generate(request, state, "chat", (name, model_id), prompt.text, params, body, started)
 
 

@@ -82,6 +82,6 @@ def test_a_torn_stats_block_only_resets_popularity(row):
 def test_save_reasons_parse_from_names():
     assert SaveReason.parse("continued") is SaveReason.CONTINUED
     assert SaveReason.parse(SaveReason.SHUTDOWN) is SaveReason.SHUTDOWN
-    assert [r.label for r in SaveReason] == ["cold", "continued", "finish", "evict", "shutdown"]
+    assert [r.label for r in SaveReason] == ["cold", "continued", "finish", "evict", "shutdown", "prefix"]
     with pytest.raises(ValueError, match="unknown save reason"):
         SaveReason.parse("later")

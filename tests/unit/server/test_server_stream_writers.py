@@ -14,7 +14,7 @@ def done(reason: str = "stop", stop: str | None = None, generated: int = 3) -> D
     stats = Stats(prompt_tokens=10, generated_tokens=generated, queue_seconds=0.0, prefill_seconds=0.1,
                   decode_seconds=0.1, time_to_first_token=0.1, tokens_per_second=20.0)
     return DoneEvent(finish_reason=reason, stats=stats, prompt_tokens=tuple(range(10)),  # type: ignore[arg-type]
-                     stop_sequence=stop, cache_delta=CacheDelta(read=4, created=9))
+                     stop_sequence=stop, cache_delta=CacheDelta(read=4, created=5))
 
 
 def run(writer, events: list[Event]) -> list[tuple[str | None, object]]:
@@ -49,7 +49,7 @@ def test_anthropic_transcript_event_by_event():
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta",
                            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                           "usage": {"input_tokens": 6, "output_tokens": 3, "cache_creation_input_tokens": 9,
+                           "usage": {"input_tokens": 1, "output_tokens": 3, "cache_creation_input_tokens": 5,
                                      "cache_read_input_tokens": 4}}),
         ("message_stop", {"type": "message_stop"}),
     ]

@@ -1,0 +1,75 @@
+"""Finished sequences left in their slots until a slot is needed: the next prompt may start like them.
+
+llama-server keeps each slot's last prompt in KV and reuses its common
+prefix with the next request; kvllama does the same for every request that
+finishes without a ``session_id``. A resident holds the canonical part of
+the finished request (its prompt, cut to what prompt chunks computed; see
+``Finishing._cut_to_exact``), so a request that repeats or continues it
+(the next turn of a chat client that sends the whole conversation, the
+same prompt again) keeps the shared part in place: no restore, and the cut
+may fall anywhere (a live sequence keeps its cells where a cold run put
+them), so only the prompt's last ``MIN_CHUNK_ROWS`` tokens are prefilled.
+
+Residents cost nothing but the slot: llama.cpp's KV is allocated for every
+slot up front. Any request that needs a slot takes one: the resident that
+shares the most with its prompt, else a free id, else the least recently
+used resident. Their rows are already in the cache (at finish), so a
+resident is dropped without a save. Loop thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kvllama.engine.sessions import SessionTable
+
+
+@dataclass
+class Resident:
+    seq_id: int
+    # The tokens whose KV the sequence holds.
+    tokens: tuple[int, ...]
+    cache_salt: str | None
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ResidentPool:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.by_seq: dict[int, Resident] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_seq)
+
+    def keep(self, resident: Resident) -> None:
+        self.by_seq[resident.seq_id] = resident
+
+    def seq_ids(self) -> list[int]:
+        return list(self.by_seq)
+
+    def take_best(
+        self, prompt: Sequence[int], salt: str | None, limit: int, min_shared: int
+    ) -> Resident | None:
+        """The resident of this tenant that spares the most of ``prompt`` (at most ``limit`` tokens,
+        at least ``min_shared``), most recent first among equals."""
+        best, best_n = None, min_shared - 1
+        for resident in sorted(self.by_seq.values(), key=lambda x: -x.last_used):
+            if resident.cache_salt != salt:
+                continue
+            n = min(SessionTable.reusable_prefix(resident.tokens, prompt), limit)
+            if n > best_n:
+                best, best_n = resident, n
+        if best is not None:
+            del self.by_seq[best.seq_id]
+        return best
+
+    def take_oldest(self) -> Resident | None:
+        if not self.by_seq:
+            return None
+        oldest = min(self.by_seq.values(), key=lambda x: x.last_used)
+        return self.by_seq.pop(oldest.seq_id)
+
+    def clear(self) -> None:
+        self.by_seq.clear()
