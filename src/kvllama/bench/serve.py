@@ -121,7 +121,8 @@ def run_bench_serve(
 
 async def _bench(settings: dict[str, Any], api_key: str | None, timeout: float) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    system = system_prompt(settings["system_tokens"])
+    # A fresh nonce per run: a server that kept an earlier run's system prompt starts cold too.
+    system = f"{nonce_word()} {system_prompt(settings['system_tokens'])}"
     model, max_tokens, words = settings["model"], settings["max_tokens"], settings["question_words"]
     records: list[dict[str, Any]] = []
     base_url = settings["base_url"].rstrip("/")

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
+from kvllama.engine.fresh_rows import FreshRow, FreshRows
 from kvllama.engine.recent_prefixes import RecentPrefixes
 from kvllama.engine.request import CacheHitKind, Request, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
@@ -57,6 +58,7 @@ class WarmStart:
         # Cold rows handed to the writer pool and maybe not yet visible: key -> (salt, tokens).
         self._unpublished: dict[bytes, tuple[str | None, tuple[int, ...]]] = {}
         self.recent = RecentPrefixes(cache.config.block_size)
+        self.fresh = FreshRows()
 
     def root(self, salt: str | None) -> KeyRoot:
         """The key root of one tenant; the most recent ``MAX_SALT_ROOTS`` are kept."""
@@ -96,6 +98,10 @@ class WarmStart:
         root = self.root(r.options.cache_salt)
         hit = self._prefix_hit(root, r, limit)
         best = min(hit.n_tokens, limit) if hit is not None else 0
+        fresh = self.fresh.longest(r.prompt, r.options.cache_salt, limit)
+        if fresh is not None and len(fresh.tokens) > best and self._load_fresh(r, fresh):
+            r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
+            return
         shared = self._shared_hit(root, r, limit, better_than=best)
         if shared is not None and self._load(r, shared[0]) and self._cut(r, shared[1]):
             r.cache.hit_kind = CacheHitKind.PARTIAL
@@ -167,6 +173,16 @@ class WarmStart:
         r.cache.restored_key = hit.key
         return True
 
+    def _load_fresh(self, r: Request, row: FreshRow) -> bool:
+        """Restore a row saved moments ago from its blob in memory (see engine/fresh_rows.py)."""
+        assert r.seq_id is not None
+        if not self.backend.restore_sequence(r.seq_id, row.blob):
+            self.backend.clear_sequence(r.seq_id)
+            return False
+        r.n_computed = r.exact_len = r.cache.read = len(row.tokens)
+        r.cache.restored_key = row.key
+        return True
+
     def _cut(self, r: Request, n_keep: int) -> bool:
         """Cut a restored row back; False (sequence emptied) if its sliding window refuses."""
         assert r.seq_id is not None
@@ -193,6 +209,7 @@ class WarmStart:
             r.cache.created = max(r.cache.created, n - r.cache.read)
             if reason in (SaveReason.COLD, SaveReason.PREFIX):
                 self._unpublished[key] = (r.options.cache_salt, tokens)
+                self.fresh.add(FreshRow(key, r.options.cache_salt, tokens, blob))
         return key
 
     def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: SaveReason) -> None:
@@ -268,8 +285,10 @@ class WarmStart:
         pending = self.cache.pending_keys()
         for key in [k for k in self._unpublished if k not in pending]:
             del self._unpublished[key]
+        # A row still at hand (engine/fresh_rows.py) is restorable now: no need to wait for it.
         return any(
             salt == r.options.cache_salt and len(toks) <= usable and r.prompt[: len(toks)] == toks
+            and not self.fresh.covers(r.prompt, salt, len(toks))
             for salt, toks in self._unpublished.values()
         )
 
