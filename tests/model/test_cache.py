@@ -43,7 +43,7 @@ def test_warm_equals_cold_from_every_tier(tmp_path, cold_engine, tier, n_words):
     prompt = long_prompt(n_words, seed=n_words)
     cold = cold_engine.complete("m", prompt, max_tokens=24, temperature=0)
     with kvllama.Engine(cache=tiers(tmp_path, tier)) as eng:
-        eng.load_model("m")
+        eng.load_model("m", keep_finished=False)  # the warm request must come from the tier
         first = eng.complete("m", prompt, max_tokens=24, temperature=0)
         assert first.cache_hit_kind == "cold" and first.generated_tokens == cold.generated_tokens
         _wait_for_saves(eng)

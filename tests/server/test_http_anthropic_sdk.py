@@ -43,7 +43,9 @@ def test_stop_sequences_and_count_tokens(claude):
     assert cut.content[0].text == text[: text.index(stop)]
     counted = claude.messages.count_tokens(model=MODEL, system=system, messages=QUESTION)
     usage = whole.usage
-    assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens
+    # Anthropic's identity: every prompt token is input, a cache read or a cache write.
+    assert counted.input_tokens == (usage.input_tokens + usage.cache_read_input_tokens
+                                    + usage.cache_creation_input_tokens)
 
 
 def test_raw_sse_follows_the_documented_sequence(served):
