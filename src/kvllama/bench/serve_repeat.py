@@ -16,13 +16,33 @@ from typing import Any, TextIO
 
 import httpx
 
-from kvllama.bench.serve import nonce_word, stream_request, system_prompt
+from kvllama.bench.serve import nonce_word, stream_request
+
+
+# Prose, not a list of the commonest short words: these sentences run 1.25 tokens a
+# word with Gemma 3's tokenizer (2,048 words: 2,562 tokens), ordinary English text
+# about 1.3, the bench's chat notes 1.0, which would make "2,048 words" a much
+# shorter prompt than a user's.
+_PROSE = (
+    "The harbor master logged every arriving vessel before dawn, noting cargo, crew and weather.",
+    "In the archive, brittle letters from 1887 described a bridge that was never finished.",
+    "Our quarterly forecast assumes modest growth, although shipping costs remain unpredictable.",
+    "She calibrated the spectrometer twice, then compared the readings with last year's baseline.",
+    "Farmers along the valley rotate barley, lentils and clover to keep the soil productive.",
+    "The committee postponed its decision until the engineers could inspect the damaged turbine.",
+    "Several volunteers catalogued migratory birds near the estuary throughout the autumn.",
+    "A well-written contract specifies deliverables, deadlines, penalties and dispute resolution.",
+)
 
 
 def repeat_prompt(words: int, nonce: str) -> str:
-    """``words`` words: ``nonce`` first, then the bench's deterministic notes."""
-    body = system_prompt(words + 12).split()  # system_prompt drops 12 words for its head
-    return " ".join([nonce, *body[: max(0, words - 1)]])
+    """``words`` words of prose: ``nonce`` first, then the sentences above in turn."""
+    out = [nonce]
+    k = 0
+    while len(out) < words:
+        out.extend(_PROSE[k % len(_PROSE)].split())
+        k += 1
+    return " ".join(out[:words])
 
 
 def parse_word_counts(text: str) -> list[int]:
