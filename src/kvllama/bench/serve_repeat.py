@@ -18,7 +18,6 @@ import httpx
 
 from kvllama.bench.serve import nonce_word, stream_request
 
-
 # Prose, not a list of the commonest short words: these sentences run 1.25 tokens a
 # word with Gemma 3's tokenizer (2,048 words: 2,562 tokens), ordinary English text
 # about 1.3, the bench's chat notes 1.0, which would make "2,048 words" a much
