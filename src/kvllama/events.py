@@ -41,10 +41,26 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the likeliest alternatives.
+
+    ``bytes`` are the token's text bytes (a token may hold part of a UTF-8
+    character); ``top`` is (token, logprob, bytes), most likely first.
+    """
+
+    token: int
+    logprob: float
+    bytes: bytes
+    top: tuple[tuple[int, float, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """One generated token, also those that carry no visible text."""
 
     token: int
+    # Only when the request asked for log-probabilities.
+    logprob: TokenLogprob | None = None
     type: Literal["token"] = "token"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from kvllama.events import CacheDelta, CacheHitKind, DoneEvent, Event, FinishReason, Stats
+from kvllama.events import CacheDelta, CacheHitKind, DoneEvent, Event, FinishReason, Stats, TokenLogprob
 from kvllama.replies.reducer import Reducer
 
 
@@ -31,6 +31,8 @@ class CompletionResult:
     thinking_signature: str = ""
     # Tool calls, each the exact text between the model's tool-call markers.
     tool_calls: tuple[str, ...] = ()
+    # One per generated token when the request asked for ``logprobs``.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class ResultBuilder(Reducer):
@@ -58,6 +60,7 @@ class ResultBuilder(Reducer):
             thinking="".join(self.thinking),
             thinking_signature=self.thinking_signature,
             tool_calls=tuple(self.tool_calls),
+            logprobs=tuple(self.logprobs),
         )
 
 

@@ -15,6 +15,8 @@ from kvllama.errors import InvalidSamplingError
 from kvllama.gbnf import check_grammar
 
 MAX_STOP_SEQUENCES = 16
+MAX_LOGIT_BIAS = 1024
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,16 @@ class SamplingParams:
     # markers as plain text; a budget ends thinking after that many tokens.
     thinking: bool | None = None
     thinking_budget_tokens: int | None = None
+    # Added to a token's logit before sampling ((token id, bias) pairs; -100 bans it in
+    # practice, +100 all but forces it), as OpenAI's logit_bias.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # End-of-generation tokens cannot be sampled before this many tokens (vLLM's
+    # min_tokens), or at all with ignore_eos (llama-server's and vLLM's ignore_eos).
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    # Report each sampled token's log-probability and this many alternatives (0..20);
+    # None: no log-probabilities.
+    logprobs: int | None = None
 
     @classmethod
     def from_kwargs(cls, **params: Any) -> SamplingParams:
@@ -59,6 +71,8 @@ class SamplingParams:
             params["stop"] = tuple(stop)
         else:
             raise InvalidSamplingError("stop must be a string or a list of strings")
+        if "logit_bias" in params and params["logit_bias"] is not None:
+            params["logit_bias"] = _bias_pairs(params["logit_bias"])
         cleaned = {k: v for k, v in params.items() if v is not None}
         sampling = cls(**cleaned)
         sampling.validate()
@@ -82,6 +96,16 @@ class SamplingParams:
             # Here, not at admission: llama.cpp parses it on the decode loop's
             # thread, where a bad grammar can abort or exhaust the process.
             check_grammar(self.grammar)
+        _int_in("min_tokens", self.min_tokens, 0, None)
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidSamplingError("ignore_eos must be true or false")
+        if self.logprobs is not None:
+            _int_in("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidSamplingError(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens")
+        for token, bias in self.logit_bias:
+            _int_in("logit_bias token id", token, 0, None)
+            _float_in(f"logit_bias[{token}]", bias, -100.0, 100.0)
         if self.thinking is not None and not isinstance(self.thinking, bool):
             raise InvalidSamplingError("thinking must be true or false")
         if self.thinking_budget_tokens is not None:
@@ -105,6 +129,24 @@ class SamplingParams:
         if self.seed is not None:
             return self
         return replace(self, seed=secrets.randbelow(2**32 - 1))
+
+
+def _bias_pairs(value: object) -> tuple[tuple[int, float], ...]:
+    """``{token id: bias}`` (ids as ints or decimal strings, as JSON objects carry them) or pairs."""
+    items = value.items() if isinstance(value, dict) else value
+    if not isinstance(items, list | tuple) and not isinstance(value, dict):
+        raise InvalidSamplingError("logit_bias must map token ids to biases")
+    pairs: list[tuple[int, float]] = []
+    for item in items:  # type: ignore[union-attr]
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise InvalidSamplingError("logit_bias must map token ids to biases")
+        token, bias = item
+        if isinstance(token, str):
+            if not token.isdigit():
+                raise InvalidSamplingError(f"logit_bias keys must be token ids, got {token!r}")
+            token = int(token)
+        pairs.append((token, bias))
+    return tuple(pairs)
 
 
 def _has_surrogate(text: str) -> bool:

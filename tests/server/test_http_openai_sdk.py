@@ -79,7 +79,51 @@ def test_errors_map_to_sdk_exceptions_and_the_server_keeps_serving(oai):
         oai.chat.completions.create(model="gpt-none", messages=QUESTION, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="1024"):
         oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5000)
-    with pytest.raises(openai.BadRequestError, match="n=1"):
-        oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, n=2)
+    with pytest.raises(openai.BadRequestError, match="n"):
+        oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, n=17)
     ok = oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, temperature=0)
     assert ok.usage.completion_tokens >= 1
+
+
+# --- the fields benchmark tools and clients send: logprobs, n, logit_bias, ignore_eos, echo --------
+
+def test_logprobs_are_the_models_and_greedy_picks_the_top_one(oai):
+    r = oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0,
+                                    logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        tops = entry.top_logprobs
+        assert len(tops) == 3 and all(t.logprob <= 0 for t in tops) and entry.logprob <= 0
+        assert tops[0].logprob >= tops[1].logprob >= tops[2].logprob
+        assert entry.token == tops[0].token and entry.logprob == pytest.approx(tops[0].logprob)
+    assert sum(2.718281828 ** t.logprob for t in content[0].top_logprobs) <= 1.0 + 1e-6
+
+
+def test_n_choices_equal_the_same_seeds_alone(oai):
+    prompt = "Write one word about the sea:"
+    many = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0.9, seed=21, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    for i, choice in enumerate(many.choices):
+        alone = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0.9, seed=21 + i)
+        assert choice.text == alone.choices[0].text
+
+
+def test_logit_bias_bans_the_greedy_token_and_ignore_eos_runs_to_max_tokens(oai, served):
+    prompt = "The capital of France is"
+    first = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0)
+    greedy = served.engine.complete(MODEL, prompt, max_tokens=1, temperature=0).generated_tokens[0]
+    banned = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0,
+                                    logit_bias={str(greedy): -100})
+    assert banned.choices[0].text != first.choices[0].text
+    boosted = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0,
+                                     logit_bias={str(greedy): -100, "1000": 100})
+    assert boosted.choices[0].text == served.engine.detokenize(MODEL, [1000])
+    long = oai.completions.create(model=MODEL, prompt="Say yes.", max_tokens=24, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 24 and long.choices[0].finish_reason == "length"
+
+
+def test_echo_returns_prompt_and_completion(oai):
+    r = oai.completions.create(model=MODEL, prompt="One, two,", max_tokens=4, temperature=0, echo=True)
+    assert r.choices[0].text.startswith("One, two,") and len(r.choices[0].text) > len("One, two,")

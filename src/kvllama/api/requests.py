@@ -113,6 +113,9 @@ def bound_by_model(p: SamplingParams, backend: Backend) -> SamplingParams:
         if value > _INT32_MAX:
             raise InvalidOptionError(name, value, f"at most {_INT32_MAX}")
     n_vocab, n_ctx_seq = backend.description.n_vocab, backend.shape.n_ctx_seq
+    for token, _bias in p.logit_bias:
+        if token >= n_vocab:
+            raise InvalidOptionError("logit_bias", token, f"token ids of this model (0..{n_vocab - 1})")
     return replace(p, top_k=min(p.top_k, n_vocab), penalty_last_n=min(p.penalty_last_n, n_ctx_seq))
 
 

@@ -135,8 +135,16 @@ class LlamaBackend:
         self.batch.fill(rows)
         self.ctx.decode(self.batch)
 
-    def sample(self, sampler: NativeSampler, row_index: int) -> int:
-        return sampler.sample(self.ctx.handle, row_index)
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        return self.model.eog_ids
+
+    def sample(self, sampler: NativeSampler, row_index: int, ban: tuple[int, ...] = ()) -> int:
+        return sampler.sample(self.ctx.handle, row_index, ban)
+
+    def logprobs(self, sampler: NativeSampler, row_index: int, token: int,
+                 top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        return sampler.logprobs(self.ctx.handle, row_index, token, top_n, self.model.n_vocab)
 
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         self.ctx.clear_sequence(seq_id, from_pos, -1)

@@ -78,7 +78,14 @@ class Backend(Protocol):
 
     # --- decode thread only ---
     def decode(self, rows: Sequence[BatchRow]) -> None: ...
-    def sample(self, sampler: Sampler, row_index: int) -> int: ...
+    def sample(self, sampler: Sampler, row_index: int, ban: tuple[int, ...] = ()) -> int:
+        """Sample batch row ``row_index``; tokens in ``ban`` cannot be drawn."""
+    def logprobs(self, sampler: Sampler, row_index: int, token: int,
+                 top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """``token``'s log-probability at that row, and the ``top_n`` likeliest (id, logprob)."""
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        """Every end-of-generation token of the vocabulary."""
     def clear_sequence(self, seq_id: int, from_pos: int = 0) -> None:
         """Forget the sequence's KV from ``from_pos`` on (all of it by default)."""
     def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:

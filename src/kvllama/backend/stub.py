@@ -143,7 +143,18 @@ class StubBackend:
         self.decode_log.append(list(rows))
         self._last_rows = list(rows)
 
-    def sample(self, sampler: StubSampler, row_index: int) -> int:
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        return (EOS,)
+
+    def logprobs(self, sampler: StubSampler, row_index: int, token: int,
+                 top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """A fixed distribution: the sampled token most likely, then the alphabet in order."""
+        others = [t for t in _ALPHABET if t != token][: max(0, top_n - 1)]
+        top = ((token, -0.25), *((t, -2.0 - i) for i, t in enumerate(others)))
+        return -0.25, top[:top_n]
+
+    def sample(self, sampler: StubSampler, row_index: int, ban: tuple[int, ...] = ()) -> int:
         _tok, pos, seq, want = self._last_rows[row_index]
         crash = self.config.crash_sample_after
         if crash is not None and pos >= crash:
@@ -155,7 +166,7 @@ class StubBackend:
         if state.prompt_len is None:
             state.prompt_len = len(context)
         generated = len(context) - state.prompt_len
-        if self.config.eos_after is not None and generated >= self.config.eos_after:
+        if self.config.eos_after is not None and generated >= self.config.eos_after and EOS not in ban:
             return EOS
         digest = hashlib.blake2b(bytes(str(context), "ascii"), digest_size=8).digest()
         value = int.from_bytes(digest, "little")

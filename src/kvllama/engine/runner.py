@@ -9,7 +9,7 @@ from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS, SeqProgress, Slice, decode_groups, plan
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
-from kvllama.events import TokenEvent
+from kvllama.events import TokenEvent, TokenLogprob
 from kvllama.native.batch import BatchRow
 
 log = logging.getLogger("kvllama.engine")
@@ -108,13 +108,23 @@ class Runner(LoopState):
                 samples.append((len(rows) - 1, r))
         return rows, samples
 
+    def _logprob(self, sampler: object, row_index: int, token: int, top_n: int | None) -> TokenLogprob | None:
+        if top_n is None:
+            return None
+        logprob, top = self.backend.logprobs(sampler, row_index, token, top_n)  # type: ignore[arg-type]
+        piece = self.backend.piece
+        return TokenLogprob(token, logprob, piece(token), tuple((t, lp, piece(t)) for t, lp in top))
+
     def _sample(self, r: Request, row_index: int) -> None:
         if r.params.max_tokens == 0:
             self._finish(r, "length")
             return
         channels = r.channels
         greedy = r.greedy_sampler is not None and channels is not None and channels.greedy_now
-        token = self.backend.sample(r.greedy_sampler if greedy else r.sampler, row_index)
+        p = r.params
+        ban = self.backend.eog_ids if p.ignore_eos or len(r.generated) < p.min_tokens else ()
+        sampler = r.greedy_sampler if greedy else r.sampler
+        token = self.backend.sample(sampler, row_index, ban)
         if r.greedy_sampler is not None:
             # Both chains see every token, so grammar and penalty state stay in step.
             (r.sampler if greedy else r.greedy_sampler).accept(token)
@@ -126,7 +136,7 @@ class Runner(LoopState):
             self._finish(r, "stop")
             return
         r.generated.append(token)
-        r.sink.put(TokenEvent(token))
+        r.sink.put(TokenEvent(token, self._logprob(sampler, row_index, token, p.logprobs)))
         stop = channels.push(token) if channels is not None else None
         if stop is not None:
             self._finish(r, "stop", stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 from kvllama.errors import MalformedModelError
@@ -119,6 +120,14 @@ class NativeModel:
 
     def is_eog(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    @functools.cached_property
+    def eog_ids(self) -> tuple[int, ...]:
+        """Every end-of-generation token (EOS, EOT, ``<end_of_turn>``...): what
+        ``min_tokens`` and ``ignore_eos`` keep from being sampled. One pass over the
+        vocabulary (about 0.1 s for 262,144 tokens), the first time it is needed."""
+        is_eog, vocab = self._lib.llama_vocab_is_eog, self.vocab
+        return tuple(t for t in range(self.n_vocab) if is_eog(vocab, t))
 
     def special_tokens(self) -> dict[str, str]:
         """BOS/EOS texts for chat templates (``bos_token``/``eos_token``)."""

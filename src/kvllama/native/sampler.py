@@ -70,7 +70,7 @@ class CandidateBuffer:
 
 def _is_plain_greedy(p: SamplingParams) -> bool:
     no_penalties = p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
-    return p.greedy and p.grammar is None and no_penalties
+    return p.greedy and p.grammar is None and no_penalties and not p.logit_bias
 
 
 class NativeSampler:
@@ -105,6 +105,9 @@ class NativeSampler:
             self.grammar = grammar
             if self._candidates is None:
                 self._candidates = CandidateBuffer(model.n_vocab)
+        if p.logit_bias:
+            biases = (lib.llama_logit_bias * len(p.logit_bias))(*p.logit_bias)
+            add(lib.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), biases))
         if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             add(lib.llama_sampler_init_penalties(
                 model.n_vocab, p.penalty_last_n, p.repetition_penalty,
@@ -127,9 +130,18 @@ class NativeSampler:
         # The chain takes ownership: freeing the chain frees its members.
         self._lib.llama_sampler_chain_add(self.handle, sampler)
 
-    def sample(self, ctx_handle: object, index: int) -> int:
-        """Sample from the logits of batch row ``index`` and accept the token."""
+    def sample(self, ctx_handle: object, index: int, ban: tuple[int, ...] = ()) -> int:
+        """Sample from the logits of batch row ``index`` and accept the token.
+
+        ``ban``: tokens that must not be sampled now (end-of-generation tokens
+        before ``min_tokens``): their logits in llama.cpp's row are set to -inf
+        first, so every path below (argmax, the C chain, the grammar) skips them.
+        """
         lib = self._lib
+        if ban:
+            row_ptr = lib.llama_get_logits_ith(ctx_handle, index)
+            if row_ptr:
+                np.ctypeslib.as_array(row_ptr, shape=(max(ban) + 1,))[list(ban)] = -np.inf
         if self._argmax_vocab:
             logits = lib.llama_get_logits_ith(ctx_handle, index)
             if not logits:
@@ -155,6 +167,24 @@ class NativeSampler:
         lib.llama_sampler_accept(self.handle, token)
         lib.llama_sampler_accept(self.grammar, token)
         return token
+
+    def logprobs(self, ctx_handle: object, index: int, token: int, top_n: int,
+                 n_vocab: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """The log-probability of ``token`` under batch row ``index``'s logits, and the
+        ``top_n`` most likely tokens with theirs (the model's distribution, before
+        temperature and truncation, as vLLM reports by default)."""
+        row_ptr = self._lib.llama_get_logits_ith(ctx_handle, index)
+        if not row_ptr:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {index}")
+        row = np.ctypeslib.as_array(row_ptr, shape=(n_vocab,))
+        peak = float(row.max())
+        log_total = peak + math.log(float(np.exp(row - peak, dtype=np.float64).sum()))
+        top: tuple[tuple[int, float], ...] = ()
+        if top_n > 0:
+            best = np.argpartition(-row, top_n - 1)[:top_n]
+            best = best[np.argsort(-row[best], kind="stable")]
+            top = tuple((int(t), float(row[t]) - log_total) for t in best)
+        return float(row[token]) - log_total, top
 
     def accept(self, token: int) -> None:
         """Advance the chain's state (grammar, penalties) by a token another chain sampled.

@@ -32,6 +32,7 @@ from kvllama.events import (
     ThinkingEndEvent,
     ThinkingEvent,
     TokenEvent,
+    TokenLogprob,
     ToolCallEndEvent,
     ToolCallEvent,
 )
@@ -58,6 +59,7 @@ class Reducer:
 
     def __init__(self) -> None:
         self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
         self.chunks: list[str] = []
         self.thinking: list[str] = []
         self.thinking_signature = ""
@@ -73,8 +75,10 @@ class Reducer:
 
     def add(self, event: Event) -> list[Delta]:
         match event:
-            case TokenEvent(token=token):
+            case TokenEvent(token=token, logprob=logprob):
                 self.tokens.append(token)
+                if logprob is not None:
+                    self.logprobs.append(logprob)
                 return []
             case TextEvent(text=text):
                 self.chunks.append(text)

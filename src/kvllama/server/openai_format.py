@@ -20,11 +20,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from kvllama.events import Event, TextEvent
+from kvllama.events import Event, TextEvent, TokenEvent, TokenLogprob
 from kvllama.replies import BlockStart, Delta, Reply, TextDelta, ThinkingDelta, ToolInputDelta
 from kvllama.results import CompletionResult
 from kvllama.server import sse
 from kvllama.server.errors import error_body, from_exception
+from kvllama.server.openai_logprobs import chat_logprobs, completion_logprobs
 
 Kind = Literal["chat", "completion"]
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -71,19 +72,33 @@ def message(reply: Reply) -> dict[str, Any]:
     return out
 
 
-def response(kind: Kind, rid: str, model: str, result: CompletionResult, reply: Reply) -> dict[str, Any]:
-    """The whole non-streamed body: a chat message from ``reply``, a completion's text as generated."""
-    if kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": message(reply), "logprobs": None,
-                                  "finish_reason": finish_reason(result, len(reply.calls))}
-    else:
-        choice = {"index": 0, "text": result.reply, "logprobs": None,
-                  "finish_reason": FINISH[result.finish_reason]}
+def response(kind: Kind, rid: str, model: str, choices: Sequence[tuple[CompletionResult, Reply]],
+             *, logprobs: bool = False, echo: str = "") -> dict[str, Any]:
+    """The whole non-streamed body: one choice per (result, reply); a chat message from the
+    reply, a completion's text as generated (after the prompt with ``echo``)."""
+    out = []
+    for index, (result, reply) in enumerate(choices):
+        lp = None
+        if kind == "chat":
+            lp = chat_logprobs(result.logprobs) if logprobs else None
+            out.append({"index": index, "message": message(reply), "logprobs": lp,
+                        "finish_reason": finish_reason(result, len(reply.calls))})
+        else:
+            lp = completion_logprobs(result.logprobs, len(echo)) if logprobs else None
+            out.append({"index": index, "text": echo + result.reply, "logprobs": lp,
+                        "finish_reason": FINISH[result.finish_reason]})
     return {
         "id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": int(time.time()), "model": model, "system_fingerprint": FINGERPRINT,
-        "choices": [choice], "usage": usage(result),
+        "choices": out, "usage": usage_of([result for result, _ in choices]),
     }
+
+
+def usage_of(results: Sequence[CompletionResult]) -> dict[str, Any]:
+    """Usage over several choices of one prompt: the prompt once, every choice's tokens."""
+    first = usage(results[0])
+    generated = sum(r.stats.generated_tokens for r in results)
+    return {**first, "completion_tokens": generated, "total_tokens": first["prompt_tokens"] + generated}
 
 
 class OpenAIStreamWriter:
@@ -95,8 +110,14 @@ class OpenAIStreamWriter:
     usage chunk when asked for, and ``[DONE]``.
     """
 
-    def __init__(self, kind: Kind, rid: str, model: str, include_usage: bool) -> None:
+    def __init__(self, kind: Kind, rid: str, model: str, include_usage: bool, *, index: int = 0,
+                 closes: bool = True, logprobs: bool = False, echo: str = "") -> None:
         self.kind = kind
+        # Several choices share one stream: each writer renders its own ``index``, and only
+        # the stream (server/openai_choices.py) sends the usage chunk and [DONE].
+        self._index, self._closes = index, closes
+        self._logprobs, self._echo, self._sent = logprobs, echo, len(echo)
+        self._pending: list[TokenLogprob] = []
         self._envelope = {
             "id": rid,
             "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -108,9 +129,11 @@ class OpenAIStreamWriter:
     def start(self) -> list[str]:
         if self.kind == "chat":
             return [self._chunk({"role": "assistant", "content": ""}, None)]
-        return []
+        return [self._chunk(self._echo, None, echo=True)] if self._echo else []
 
     def on_event(self, event: Event, deltas: Sequence[Delta]) -> list[str]:
+        if self._logprobs and isinstance(event, TokenEvent) and event.logprob is not None:
+            self._pending.append(event.logprob)
         if self.kind == "chat":
             return [self._chunk(d, None) for delta in deltas if (d := self._delta(delta)) is not None]
         if isinstance(event, TextEvent) and event.text:
@@ -122,10 +145,28 @@ class OpenAIStreamWriter:
             frames = [self._chunk({}, finish_reason(result, len(reply.calls)))]
         else:
             frames = [self._chunk("", FINISH[result.finish_reason])]
+        if self._closes:
+            frames.extend(self.closing([result]))
+        return frames
+
+    def closing(self, results: Sequence[CompletionResult]) -> list[str]:
+        """The usage chunk (when asked for) and ``[DONE]``."""
+        frames = []
         if self._include_usage:
-            frames.append(sse.data_frame({**self._envelope, "choices": [], "usage": usage(result)}))
+            frames.append(sse.data_frame({**self._envelope, "choices": [], "usage": usage_of(results)}))
         frames.append(sse.DONE)
         return frames
+
+    def _take_logprobs(self) -> dict[str, Any] | None:
+        """The tokens sampled since the last chunk, on this chunk."""
+        if not self._logprobs:
+            return None
+        entries, self._pending = self._pending, []
+        if self.kind == "chat":
+            return chat_logprobs(entries)
+        out = completion_logprobs(entries, self._sent)
+        self._sent += sum(len(t) for t in out["tokens"])
+        return out
 
     def error(self, exc: BaseException) -> list[str]:
         return [sse.data_frame(error_body(from_exception(exc), "openai"))]
@@ -145,11 +186,13 @@ class OpenAIStreamWriter:
                 return {"tool_calls": [{"index": self._calls - 1, "function": {"arguments": arguments}}]}
         return None
 
-    def _chunk(self, delta: dict[str, Any] | str, finish: str | None) -> str:
+    def _chunk(self, delta: dict[str, Any] | str, finish: str | None, *, echo: bool = False) -> str:
+        lp = None if echo else self._take_logprobs()
         if self.kind == "chat":
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": self._index, "delta": delta, "logprobs": lp,
+                                      "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": self._index, "text": delta, "logprobs": lp, "finish_reason": finish}
         body: dict[str, Any] = {**self._envelope, "choices": [choice]}
         if self._include_usage:
             body["usage"] = None

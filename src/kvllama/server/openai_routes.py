@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse, Response
 from kvllama.server import chat_prompt, openai_format
 from kvllama.server.agent_params import session_params
 from kvllama.server.errors import ApiError
-from kvllama.server.generation import complete, first_event, start, stream_frames
+from kvllama.server.generation import stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from kvllama.server.openai_choices import complete_choices, first_events, merged_frames, start_choices
 from kvllama.server.openai_format import Kind, OpenAIStreamWriter
 from kvllama.server.schemas_common import read_json, sampling, stops, validate
 from kvllama.server.schemas_openai import (
@@ -43,7 +44,8 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = _first(body.max_completion_tokens, body.max_tokens, default=state.config.max_tokens_limit)
     params = _params(state, body, max_tokens, prompt.stops_with(stops(body.stop)))
     params["grammar"] = _grammar(body.response_format, body.grammar)
-    params.update(sampling(thinking=body.thinking, thinking_budget_tokens=body.thinking_budget_tokens))
+    params.update(sampling(thinking=body.thinking, thinking_budget_tokens=body.thinking_budget_tokens,
+                           logprobs=body.engine_logprobs()))
     params.update(session_params(request, body.session_id))
     params["save_points"] = list(prompt.save_points) or None
     return await _generate(request, state, "chat", (name, model_id), prompt.text, params, body, started)
@@ -62,6 +64,7 @@ async def completions(request: Request) -> Response:
     max_tokens = _first(body.max_tokens, default=state.config.default_completion_max_tokens)
     params = _params(state, body, max_tokens, stops(body.stop))
     params["grammar"] = body.grammar
+    params["logprobs"] = body.logprobs
     params.update(session_params(request, body.session_id))
     return await _generate(request, state, "completion", (name, model_id), prompt, params, body, started)
 
@@ -80,7 +83,8 @@ def _params(
         stop=stop or None, seed=body.seed,
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
+        presence_penalty=body.presence_penalty, logit_bias=body.logit_bias, min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos or None,
     )
 
 
@@ -104,14 +108,24 @@ async def _generate(
 ) -> Response:
     name, model_id = model
     given = {k: v for k, v in params.items() if v is not None}
-    gen = await start(state, name, model_id, prompt, given, started)
+    echo = ""
+    if isinstance(body, CompletionRequest) and body.echo:
+        echo = prompt if isinstance(prompt, str) else await run_in_threadpool(
+            state.engine.detokenize, model_id, prompt)
+    logprobs = given.get("logprobs") is not None
+    gens = await start_choices(state, name, model_id, prompt, given, body.n, started)
     rid = openai_format.new_id(kind)
     if not body.stream:
-        result = await complete(request, gen)
-        return JSONResponse(openai_format.response(kind, rid, name, result, gen.builder.reply))
-    first = await first_event(request, gen)
+        results = await complete_choices(request, gens)
+        choices = [(result, gen.builder.reply) for result, gen in zip(results, gens, strict=True)]
+        return JSONResponse(openai_format.response(kind, rid, name, choices, logprobs=logprobs, echo=echo))
+    firsts = await first_events(request, gens)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return sse_response(stream_frames(gen, first, OpenAIStreamWriter(kind, rid, name, include_usage)))
+    writers = [OpenAIStreamWriter(kind, rid, name, include_usage, index=i, closes=len(gens) == 1,
+                                  logprobs=logprobs, echo=echo) for i in range(len(gens))]
+    if len(gens) == 1:
+        return sse_response(stream_frames(gens[0], firsts[0], writers[0]))
+    return sse_response(merged_frames(gens, firsts, writers))
 
 
 @router.post("/v1/embeddings")

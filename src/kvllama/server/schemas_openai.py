@@ -2,18 +2,21 @@
 
 Unknown fields are ignored (clients send ``user``, ``store``, vendor
 extensions); fields kvllama cannot honour are accepted only at their neutral
-value (``n`` 1, ``logprobs`` off, ``echo`` off), anything else is a 400
-naming the field. ``top_k``, ``min_p``, ``repetition_penalty`` and
-``grammar`` are llama.cpp extensions, as in llama-server and vLLM.
+value (``suffix`` unset, ``best_of`` 1, ``echo`` without ``logprobs``),
+anything else is a 400 naming the field. ``top_k``, ``min_p``,
+``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and ``grammar`` are
+extensions, as in llama-server and vLLM.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvllama.server.schemas_common import CacheSalt, SessionId
+
+MAX_CHOICES = 16
 
 
 class _Body(BaseModel):
@@ -52,33 +55,15 @@ class _Sampling(_Body):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     max_tokens: int | None = None
-    n: int = 1
-    logprobs: Any = None
+    # Choices sampled from one prompt (its prefill is shared through the KV cache).
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    # Token id (as a string, JSON object keys are) -> bias in [-100, 100].
     logit_bias: dict[str, float] | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool = False
     grammar: str | None = None
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False, 0):
-            raise ValueError("logprobs are not supported")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
-        return value
 
 
 class ChatMessage(_Body):
@@ -94,7 +79,8 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
-    top_logprobs: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # Rendered into the chat template; calls come back as tool_calls (models with tool markers).
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
@@ -102,26 +88,32 @@ class ChatCompletionRequest(_Sampling):
     thinking: bool | None = None
     thinking_budget_tokens: int | None = Field(default=None, ge=1)
 
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def engine_logprobs(self) -> int | None:
+        """The engine's ``logprobs`` (alternatives per token), or None when not asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    # The legacy API's alternatives per token (0..5 at OpenAI; up to 20 here).
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
-        return value
+    @model_validator(mode="after")
+    def _echo_without_logprobs(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            # Prompt log-probabilities need logits for every prompt row, which changes how
+            # llama.cpp batches the output layer and so the reply (README "Exactness").
+            raise ValueError("echo with logprobs is not supported (prompt log-probabilities)")
+        return self
 
     @field_validator("suffix")
     @classmethod

@@ -115,14 +115,85 @@ def test_cache_salt_is_validated(client):
         assert r.json()["error"]["param"] == "cache_salt"
 
 
-def test_unsupported_choices_are_400_naming_the_field(client):
-    cases = [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"), ({"logit_bias": {"1": 2.0}}, "logit_bias")]
+def test_bad_choice_fields_are_400_naming_the_field(client):
+    cases = [({"n": 0}, "n"), ({"n": 17}, "n"), ({"top_logprobs": 2}, "top_logprobs"),
+             ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"), ({"min_tokens": -1}, "min_tokens")]
     for extra, param in cases:
         r = client.post("/v1/chat/completions", json=chat(**extra))
-        assert r.status_code == 400 and r.json()["error"]["param"] == param
+        assert r.status_code == 400, extra
+        assert param in (r.json()["error"]["param"] or r.json()["error"]["message"])
         assert r.json()["error"]["type"] == "invalid_request_error"
+    for bias in ({"x": 1.0}, {"1": 101.0}, {"99999999": 1.0}):
+        r = client.post("/v1/chat/completions", json=chat(logit_bias=bias))
+        assert r.status_code == 400 and "logit_bias" in r.json()["error"]["message"], bias
     r = client.post("/v1/completions", json={"model": "s", "prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = client.post("/v1/completions", json={"model": "s", "prompt": "a", "echo": True, "logprobs": 1})
+    assert r.status_code == 400 and "echo" in r.json()["error"]["message"]
+
+
+def test_n_choices_each_with_its_index_and_seed(client):
+    body = client.post("/v1/chat/completions", json=chat(n=3, temperature=1.0, seed=5)).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in body["choices"]]
+    assert len(set(texts)) == 3  # seeds 5, 6, 7
+    alone = client.post("/v1/chat/completions", json=chat(temperature=1.0, seed=6)).json()
+    assert alone["choices"][0]["message"]["content"] == texts[1]
+    assert body["usage"]["completion_tokens"] == 3 * 8
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 24
+
+
+def test_n_choices_stream_interleaved_with_one_usage_and_done(client):
+    r = client.post("/v1/completions", json={"model": "s", "prompt": "hey", "max_tokens": 4, "n": 2,
+                                             "temperature": 0, "stream": True,
+                                             "stream_options": {"include_usage": True}})
+    frames = [data for _, data in sse_events(r.text)]
+    assert frames[-1] == "[DONE]" and frames.count("[DONE]") == 1
+    chunks = frames[:-1]
+    texts = {0: "", 1: ""}
+    for c in chunks[:-1]:
+        for choice in c["choices"]:
+            texts[choice["index"]] += choice["text"]
+    assert texts[0] == texts[1] and len(texts[0]) == 4  # greedy: both choices alike
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
+
+
+def test_logprobs_on_chat_and_completions(client):
+    body = client.post("/v1/chat/completions", json=chat(logprobs=True, top_logprobs=2)).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 8 and all(e["logprob"] <= 0 and len(e["top_logprobs"]) == 2 for e in content)
+    assert "".join(e["token"] for e in content) == body["choices"][0]["message"]["content"]
+    body = client.post("/v1/completions", json={"model": "s", "prompt": "hey", "max_tokens": 3,
+                                                "temperature": 0, "logprobs": 1}).json()
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == 3 and lp["text_offset"] == [0, 1, 2]
+    assert all(len(top) == 1 for top in lp["top_logprobs"])
+    assert body["choices"][0]["text"] == "".join(lp["tokens"])
+    stream = client.post("/v1/chat/completions", json=chat(logprobs=True, stream=True))
+    chunks = [d for _, d in sse_events(stream.text)[:-1]]
+    streamed = [e for c in chunks for e in ((c["choices"][0]["logprobs"] or {}).get("content") or [])]
+    assert [e["token"] for e in streamed] == [e["token"] for e in content]
+
+
+def test_echo_prepends_the_prompt(client):
+    body = client.post("/v1/completions", json={"model": "s", "prompt": "hey", "max_tokens": 3,
+                                                "temperature": 0, "echo": True}).json()
+    assert body["choices"][0]["text"].startswith("hey") and len(body["choices"][0]["text"]) == 6
+    r = client.post("/v1/completions", json={"model": "s", "prompt": "hey", "max_tokens": 3,
+                                             "temperature": 0, "echo": True, "stream": True})
+    texts = [d["choices"][0]["text"] for _, d in sse_events(r.text)[:-1]]
+    assert texts[0] == "hey" and "".join(texts) == body["choices"][0]["text"]
+
+
+def test_ignore_eos_and_min_tokens_keep_generating(make_client):
+    client = make_client(eos_after=2)[0]
+    short = client.post("/v1/chat/completions", json=chat()).json()
+    assert short["usage"]["completion_tokens"] == 2 and short["choices"][0]["finish_reason"] == "stop"
+    for extra in ({"ignore_eos": True}, {"min_tokens": 8}):
+        body = client.post("/v1/chat/completions", json=chat(**extra)).json()
+        assert body["usage"]["completion_tokens"] == 8, extra
+    body = client.post("/v1/chat/completions", json=chat(min_tokens=4)).json()
+    assert body["usage"]["completion_tokens"] == 4  # the end token comes as soon as it may
 
 
 def test_max_tokens_above_the_limit_names_the_limit(make_client):
