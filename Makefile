@@ -19,7 +19,9 @@ run: setup
 	$(VENV)/bin/kvllama complete --max-tokens 32 --temperature 0 --stats "$(PROMPT)"
 
 # One run; tests/conftest.py orders it: stub unit tests, then real-model tests, slow ones last.
+# ensure_browser.sh installs chromium (apt-get, only if missing) for the status-page test.
 test: setup
+	@bash scripts/ensure_browser.sh
 	$(VENV)/bin/python -m pytest -q
 
 test-quick: setup

@@ -19,6 +19,7 @@ from kvllama.events import (
     Stats,
     TextEvent,
     TokenEvent,
+    TokenLogprob,
 )
 from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.loaded import ModelInfo
@@ -44,6 +45,7 @@ __all__ = [
     "Stats",
     "TextEvent",
     "TokenEvent",
+    "TokenLogprob",
     "collect",
     "errors",
 ]

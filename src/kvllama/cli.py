@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
 from kvllama.cache_cli import add_cache_flags, engine_cache_config
 from kvllama.cache_cli import register as register_cache_command
 from kvllama.errors import KvllamaError
@@ -102,6 +103,8 @@ def _add_bench_parsers(sub: Any) -> None:
     tput.add_argument("--max-tokens", type=int, default=64, help="tokens generated per stream")
     tput.add_argument("--repeat", type=int, default=3, help="alternating runs per level (medians)")
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    tput.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
+                      help="also draw the figures into this image (needs: pip install 'kvllama[plot]')")
     tput.set_defaults(func=_cmd_bench_throughput)
     _add_bench_serve_parser(bench_sub)
     _add_bench_cache_parser(bench_sub)
@@ -123,6 +126,8 @@ def _add_bench_serve_parser(bench_sub: Any) -> None:
                         help="also time one W-word prompt cold, then again warm (/v1/completions)")
     bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
     bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    bserve.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
+                        help="also draw the figures into this image (needs: pip install 'kvllama[plot]')")
     bserve.set_defaults(func=_cmd_bench_serve)
 
 
@@ -141,6 +146,8 @@ def _add_bench_cache_parser(bench_sub: Any) -> None:
     bcache.add_argument("--system-tokens", type=int, default=1000)
     bcache.add_argument("--max-tokens", type=int, default=32, help="reply tokens per agent turn")
     bcache.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    bcache.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
+                        help="also draw the figures into this image (needs: pip install 'kvllama[plot]')")
     bcache.set_defaults(func=_cmd_bench_cache)
 
 
@@ -267,6 +274,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from kvllama.server import ServerConfig, serve
+    from kvllama.server.runner import listening_banner
 
     name = args.served_model_name
     with _load(args) as engine:
@@ -274,7 +282,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               max_queue=None if args.max_queue < 0 else args.max_queue,
                               cache_metrics_provider=engine.cache_metrics)
-        serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
+        info = engine.model_info(MODEL_ID)
+        model = f"{info.description or info.architecture} ({info.path})"
+
+        def announce(url: str) -> None:
+            banner = listening_banner(url, {name: model}, api_key=args.api_key is not None, bind=args.host)
+            print(banner, flush=True)
+
+        serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)
     return 0
 
 
@@ -293,6 +308,8 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+    if args.plot:
+        plot_serve(report, args.plot)
     return 1 if report.get("errors") or report.get("repeat", {}).get("errors") else 0
 
 
@@ -308,9 +325,12 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     rows = run_throughput(model, _pick(args, _MODEL_FLAGS), streams, args.prompt_tokens,
                           args.max_tokens, repeat=args.repeat)
     print(format_table(rows))
+    report = {"benchmark": "throughput", "rows": as_json(rows)}
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
-            json.dump({"benchmark": "throughput", "rows": as_json(rows)}, f, indent=2)
+            json.dump(report, f, indent=2)
+    if args.plot:
+        plot_throughput(report, args.plot)
     return 0
 
 
@@ -328,6 +348,8 @@ def _cmd_bench_cache(args: argparse.Namespace) -> int:
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+    if args.plot:
+        plot_cache(report, args.plot)
     return 0
 
 

@@ -154,6 +154,31 @@ class SessionBusyError(KvllamaError):
         )
 
 
+class UnknownSessionError(KvllamaError, KeyError):
+    """No session of that id (in this tenant) to continue or fork (HTTP 404)."""
+
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id!r} to continue or fork")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SessionConflictError(KvllamaError):
+    """The session is not what the request expects: its length differs, or the id is taken (HTTP 409)."""
+
+    code = "session_conflict"
+
+
+class NoFreeSlotError(KvllamaError):
+    """Every sequence slot is held by a running request or a session (HTTP 503; retry later)."""
+
+    code = "no_free_slot"
+
+
 class DecodeError(KvllamaError):
     """llama_decode failed; the request that hit it ends with this error."""
 

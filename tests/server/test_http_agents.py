@@ -62,3 +62,33 @@ def test_anthropic_tool_use_block(claude):
     assert reply.stop_reason == "tool_use"
     block = next(b for b in reply.content if b.type == "tool_use")
     assert block.name == "lookup" and "city" in block.input and block.id.startswith("toolu_")
+
+
+def test_a_tool_call_sent_back_is_rendered_exactly_as_the_model_produced_it(oai, claude, served):
+    # Sampled as '<tool_call>{"name": "lookup", ...}</tool_call>' after " Let me check."; sent back
+    # as structured data it would be rendered by the template ("Tool call: lookup(...)" here).
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    reply = oai.chat.completions.create(model=AGENT, messages=messages, tools=TOOLS, max_tokens=80,
+                                        temperature=0, extra_body={"grammar": TOOL_GRAMMAR})
+    call = reply.choices[0].message.tool_calls[0]
+    turn = reply.choices[0].message.model_dump(exclude_none=True)
+    history = [*messages, turn, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    prompt = served.engine.apply_chat_template(AGENT, history)
+    assert ' Let me check.<tool_call>{"name": "lookup", "arguments": {"city": "' in prompt
+    assert "Tool call: lookup" not in prompt
+    edited = [*messages, {**turn, "tool_calls": [{**turn["tool_calls"][0], "id": "call_other_0"}]},
+              history[-1]]
+    assert "Tool call: lookup" in served.engine.apply_chat_template(AGENT, edited)
+    follow = oai.chat.completions.create(model=AGENT, messages=history, tools=TOOLS, max_tokens=4,
+                                         temperature=0)
+    assert follow.usage.prompt_tokens > reply.usage.prompt_tokens
+    # The Anthropic form of the same id (toolu_...) replays the same turn.
+    block = claude.messages.create(model=AGENT, max_tokens=80, messages=messages, tools=[
+        {"name": "lookup", "description": "weather", "input_schema": {"type": "object"}}],
+        extra_body={"grammar": TOOL_GRAMMAR})
+    use = next(b for b in block.content if b.type == "tool_use")
+    anthropic_history = [*messages, {"role": "assistant", "content": [b.model_dump() for b in block.content]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                       "content": "sunny"}]}]
+    rendered = served.engine.apply_chat_template(AGENT, anthropic_history)
+    assert "<tool_call>" in rendered and "Tool call: lookup" not in rendered

@@ -163,7 +163,7 @@ def test_anthropic_cache_control_blocks_become_save_points(stub_engine):
     engine, _ = stub_engine(cache=RAM_ONLY)
     doc = {"type": "text", "text": "Doc. " * 40, "cache_control": {"type": "ephemeral"}}
     messages = [{"role": "user", "content": [doc, {"type": "text", "text": "Question?"}]}]
-    from kvllama.server import prefix_points
+    from kvllama.chat import prefix_points
     marks = prefix_points.anthropic_breakpoints(messages, None, None, chat_prompt.tools_as_functions)
     prompt = chat_prompt.render(engine, "s", messages, breakpoints=marks)
     tokens = engine.tokenize("s", prompt.text)

@@ -12,10 +12,11 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from kvllama.api.chat import ChatMethods
 from kvllama.api.requests import (
     Prompt,
     build_request,
@@ -24,10 +25,12 @@ from kvllama.api.requests import (
     tokenize_text,
 )
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
-from kvllama.chat.templates import render_chat, resolve_template
+from kvllama.api.text_methods import TextMethods
+from kvllama.chat.templates import resolve_template
 from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
 from kvllama.engine.markers import markers_from_options
 from kvllama.engine.request import EventSink, QueueSink, Request
+from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.errors import (
     EngineClosedError,
@@ -61,7 +64,7 @@ MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
 
 
-class Engine:
+class Engine(TextMethods, ChatMethods):
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
     def __init__(
@@ -82,6 +85,8 @@ class Engine:
             cache = CacheConfig()
         self.cache: KvCache | None = KvCache(cache) if cache is not None else None
         self._save_policy = save_policy or SavePolicy()
+        # The turns tool calls came from, for exact replay (engine/tool_memory.py).
+        self.tool_memory = ToolCallMemory()
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._streams: weakref.WeakValueDictionary[str, RequestStream | AsyncRequestStream] = (
@@ -121,7 +126,7 @@ class Engine:
                 warm = WarmStart(self.cache, root, backend, policy)
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
-                keep_finished=opts.keep_finished,
+                keep_finished=opts.keep_finished, tool_memory=self.tool_memory,
                 markers=markers_from_options(opts), signing_key=self.thinking_key,
             )
         except BaseException:
@@ -266,6 +271,21 @@ class Engine:
             raise SessionBusyError(session_id)
         return any(m.loop.end_session(session_id, cache_salt) for m in models)
 
+    def fork_session(self, model_id: str, session_id: str, new_session_id: str,
+                     cache_salt: str | None = None) -> None:
+        """A new sticky session that starts as a copy of an idle one (its live KV copied once).
+
+        Both go on independently: the next turns of either prefill only their
+        own new tokens. Raises SessionBusyError (a request of either is running),
+        UnknownSessionError, SessionConflictError or NoFreeSlotError.
+        """
+        model = self._model(model_id)
+        with self._lock:
+            for sid in (session_id, new_session_id):
+                if (model.id, cache_salt, sid) in self._busy_sessions:
+                    raise SessionBusyError(sid)
+        model.loop.fork_session(session_id, new_session_id, cache_salt)
+
     def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
         self._streams[stream.id] = stream
         try:
@@ -303,40 +323,6 @@ class Engine:
     def cache_metrics(self) -> dict[str, Any]:
         """Hits, misses, saves, evictions, bytes per tier, timings (empty when disabled)."""
         return self.cache.metrics() if self.cache is not None else {}
-
-    # --- text utilities -----------------------------------------------------
-
-    def tokenize(
-        self, model_id: str, text: str, *, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
-        if not isinstance(text, str):
-            raise InvalidRequestError("text must be a string")
-        return self._model(model_id).backend.tokenize(
-            text, add_special=add_special, parse_special=parse_special
-        )
-
-    def detokenize(self, model_id: str, tokens: Sequence[int]) -> str:
-        backend = self._model(model_id).backend
-        return backend.detokenize(prompt_tokens(backend, tokens) if tokens else [])
-
-    def apply_chat_template(
-        self,
-        model_id: str,
-        messages: Sequence[Mapping[str, Any]],
-        system: str | Sequence[Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        template: str | None = None,
-        *,
-        add_generation_prompt: bool = True,
-    ) -> str:
-        """Render with the named template, else the GGUF's, else the load option, else 'plain'."""
-        model = self._model(model_id)
-        d = model.backend.description
-        source, _ = resolve_template(template, d.chat_template, model.options.chat_template)
-        return render_chat(
-            source, messages, system=system, tools=tools,
-            add_generation_prompt=add_generation_prompt, special_tokens=d.special_tokens,
-        )
 
     def embed(self, model_id: str, texts: str | Sequence[str]) -> list[list[float]]:
         """One pooled vector per text (mean over tokens; last token where pooling is absent).

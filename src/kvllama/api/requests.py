@@ -36,8 +36,16 @@ def request_options(params: dict[str, Any]) -> RequestOptions:
     if parent_key is not None and not isinstance(parent_key, bytes):
         raise InvalidRequestError("parent_key must be the bytes of a previous result's finish_key")
     save_points = _save_points(params.pop("save_points", None))
+    continue_session = params.pop("continue_session", False) or False
+    expect = params.pop("expect_session_tokens", None)
+    if not isinstance(continue_session, bool) or (continue_session and session_id is None):
+        raise InvalidRequestError("continue_session is true or false, and needs a session_id")
+    if expect is not None and (isinstance(expect, bool) or not isinstance(expect, int) or expect < 0
+                               or not continue_session):
+        raise InvalidRequestError("expect_session_tokens is a token count, with continue_session")
     return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key,
-                          save_points=save_points)
+                          save_points=save_points, continue_session=continue_session,
+                          expect_session_tokens=expect)
 
 
 MAX_SAVE_POINTS = 16
@@ -64,7 +72,11 @@ def build_request(
     params = dict(params)
     options = request_options(params)
     sampling = bound_by_model(SamplingParams.from_kwargs(**params).with_seed(), backend)
-    tokens = prompt_tokens(backend, prompt)
+    if options.continue_session and isinstance(prompt, str):
+        # It follows the session's transcript: no BOS in the middle of a conversation.
+        tokens = tokenize_text(backend, "prompt", prompt, add_special=False, parse_special=True)
+    else:
+        tokens = prompt_tokens(backend, prompt)
     n_ctx_seq = backend.shape.n_ctx_seq
     if len(tokens) >= n_ctx_seq:
         raise ContextOverflowError(len(tokens), n_ctx_seq)

@@ -167,6 +167,9 @@ class LlamaBackend:
     def move_sequence(self, src: int, dst: int) -> None:
         self.ctx.move_sequence(src, dst)
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        self.ctx.copy_sequence(src, dst)
+
     def sequence_state(self, seq_id: int) -> bytes:
         self._apply_pending_copies()
         return self.ctx.state_seq_get(seq_id)

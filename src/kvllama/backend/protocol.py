@@ -93,6 +93,8 @@ class Backend(Protocol):
 
     def move_sequence(self, src: int, dst: int) -> None:
         """Move a whole sequence to another id (``dst`` may be the scratch id n_seq_max)."""
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Copy a whole sequence to another (free) id; the source keeps its KV."""
 
     def sequence_state(self, seq_id: int) -> bytes:
         """The sequence's KV state as an opaque blob (llama_state_seq_get_data)."""

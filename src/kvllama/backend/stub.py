@@ -189,6 +189,12 @@ class StubBackend:
         self.clear_sequence(seq_id, n_keep) if n_keep > 0 else self.clear_sequence(seq_id)
         return True
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        state = self.seqs.get(src)
+        self.seqs.pop(dst, None)
+        if state is not None:
+            self.seqs[dst] = _SeqState(list(state.tokens), state.prompt_len)
+
     def move_sequence(self, src: int, dst: int) -> None:
         if not 0 <= dst <= self.shape.n_seq_max:
             raise DecodeError(-1, f"sequence id {dst} out of range")

@@ -11,7 +11,7 @@ model files, which are untrusted input.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +54,14 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     ),
 }
 FALLBACK_TEMPLATE = "plain"
+# "plain" has no turn end: a base model goes on writing the user's next line, so these
+# end a reply at the turn boundary (a new "Assistant:" line is one too).
+PLAIN_STOPS = ("\nUser:", "\nAssistant:")
+
+
+def template_stops(source: str) -> tuple[str, ...]:
+    """Stop strings a template needs, by where it came from (``builtin:plain``) or its name."""
+    return PLAIN_STOPS if source in ("builtin:plain", "plain") else ()
 
 
 def resolve_template(
@@ -86,8 +94,12 @@ def render_chat(
     tools: Sequence[Mapping[str, Any]] | None = None,
     add_generation_prompt: bool = True,
     special_tokens: Mapping[str, str] | None = None,
+    replay: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> str:
+    """``replay``: applied to the normalized messages (exact tool-call replay, Engine's)."""
     normalized = normalize_messages(messages, system)
+    if replay is not None:
+        normalized = replay(normalized)
     try:
         compiled = _environment().from_string(template)
         return compiled.render(

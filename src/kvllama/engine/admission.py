@@ -19,6 +19,7 @@ from kvllama.engine.residents import Resident
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
+from kvllama.errors import ContextOverflowError, SessionConflictError, UnknownSessionError
 from kvllama.kvcache import SaveReason
 
 log = logging.getLogger("kvllama.engine")
@@ -81,6 +82,8 @@ class Admission(LoopState):
             if r.sampler is None:
                 r.sampler = self.backend.new_sampler(r.params)
             self._open_channels(r)
+            if r.options.continue_session:
+                self._continue_prompt(r)
         except Exception as exc:
             self._fail(r, exc)
             return
@@ -110,6 +113,22 @@ class Admission(LoopState):
         self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read}
         r.status = Status.PREFILLING
         self._running.append(r)
+
+    def _continue_prompt(self, r: Request) -> None:
+        """``continue_session``: the prompt is what follows the session's transcript."""
+        opts = r.options
+        assert opts.session_id is not None
+        transcript = self.sessions.transcripts.get((opts.cache_salt, opts.session_id))
+        if transcript is None:
+            raise UnknownSessionError(opts.session_id)
+        expect = opts.expect_session_tokens
+        if expect is not None and expect != len(transcript):
+            raise SessionConflictError(
+                f"session {opts.session_id!r} holds {len(transcript)} tokens, the request expects {expect}")
+        prompt = transcript + r.prompt
+        if len(prompt) >= self.backend.shape.n_ctx_seq:
+            raise ContextOverflowError(len(prompt), self.backend.shape.n_ctx_seq)
+        r.spec = replace(r.spec, prompt=prompt)
 
     def _restore(self, r: Request) -> None:
         """A cache restore that fails for any reason is a miss: the request runs cold."""

@@ -11,12 +11,14 @@ prefix matching).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 
 from kvllama.engine.markers import Kind, MarkerRouter, Routed
 from kvllama.engine.request import EventSink
 from kvllama.engine.text import StopMatcher, Utf8Assembler
 from kvllama.events import TextEvent, ThinkingEndEvent, ThinkingEvent, ToolCallEndEvent, ToolCallEvent
+from kvllama.replies.tool_calls import parse_tool_calls
 from kvllama.signing import sign_thinking
 
 # token id, special rendering -> bytes
@@ -40,6 +42,8 @@ class Channels:
         self._stops = StopMatcher(stops)
         self._thinking_parts: list[str] = []
         self._tool_parts: list[str] = []
+        # (span id, calls in it) of every tool-call span so far (engine/tool_memory.py).
+        self.call_spans: list[tuple[str, int]] = []
         # The stop sequence that ended the reply, once one matched.
         self.stopped: str | None = None
 
@@ -90,7 +94,11 @@ class Channels:
             elif kind is Kind.TOOL_CALL_END:
                 whole = "".join(self._tool_parts)
                 self._tool_parts.clear()
-                self._sink.put(ToolCallEndEvent(whole, whole.encode("utf-8")))
+                span = uuid.uuid4().hex[:20]
+                calls = parse_tool_calls(whole)
+                if calls:
+                    self.call_spans.append((span, len(calls)))
+                self._sink.put(ToolCallEndEvent(whole, whole.encode("utf-8"), span))
 
     def _emit_text(self, text: str) -> None:
         if not text:

@@ -30,6 +30,7 @@ class Finishing(LoopState):
             stop = r.channels.finish()
             reason = "stop" if stop is not None else reason
         committed = r.n_computed
+        self._remember_calls(r, stop)
         # What outlives the request (finish row, parked session) is its canonical part only.
         reusable = r.seq_id is not None and self._cut_to_exact(r)
         if self.warm is not None and reusable and reason != "cancelled":
@@ -41,7 +42,9 @@ class Finishing(LoopState):
         if reusable and r.n_computed > 0:
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
             if opts.session_id is not None:
-                self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
+                transcript = r.prompt + tuple(r.generated)
+                self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
+                                           transcript=transcript))
                 r.seq_id = None  # the sequence now belongs to the session
             elif self.residents.enabled and reason != "cancelled":
                 self.residents.keep(Resident(r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
@@ -58,6 +61,16 @@ class Finishing(LoopState):
             cache_delta=CacheDelta(read=r.cache.read, created=r.cache.created),
             seed=r.params.seed,
         ))
+
+    def _remember_calls(self, r: Request, stop: str | None) -> None:
+        """Keep the turn's text for exact replay of its tool calls (engine/tool_memory.py)."""
+        spans = r.channels.call_spans if r.channels is not None else []
+        if not spans or self.tool_memory is None:
+            return
+        text = b"".join(self.backend.piece(t, True) for t in r.generated).decode("utf-8", "replace")
+        if stop is not None and stop in text:
+            text = text[: text.rindex(stop)]  # a stop sequence is not part of the reply
+        self.tool_memory.remember(spans, text)
 
     def _cut_to_exact(self, r: Request) -> bool:
         """Cut the sequence back to its canonical part; False if the model cannot.

@@ -29,9 +29,17 @@ from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.runner import Runner
-from kvllama.engine.sessions import SessionPolicy, SessionTable
+from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
-from kvllama.errors import ContextLostError, DecodeError, EngineClosedError
+from kvllama.errors import (
+    ContextLostError,
+    DecodeError,
+    EngineClosedError,
+    NoFreeSlotError,
+    SessionConflictError,
+    UnknownSessionError,
+)
 from kvllama.kvcache import SaveReason
 
 __all__ = ["PREFILL_ALIGN", "LoopStatus", "ModelLoop"]
@@ -52,6 +60,7 @@ class ModelLoop(Admission, Runner, Finishing):
         warm: WarmStart | None = None,
         session_policy: SessionPolicy | None = None,
         keep_finished: bool = True,
+        tool_memory: ToolCallMemory | None = None,
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
     ) -> None:
@@ -62,6 +71,7 @@ class ModelLoop(Admission, Runner, Finishing):
         self.signing_key = signing_key
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.residents = ResidentPool(enabled=keep_finished)
+        self.tool_memory = tool_memory
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
         self.align = min(PREFILL_ALIGN, self.chunk_size)
@@ -220,6 +230,27 @@ class ModelLoop(Admission, Runner, Finishing):
                         future.set_result(fn())
                     except BaseException as exc:
                         future.set_exception(exc)
+
+    def fork_session(self, session_id: str, new_id: str, cache_salt: str | None = None) -> None:
+        """Copy a parked session's live sequence into a new parked session (one ``seq_cp``).
+
+        From any thread. Raises UnknownSessionError (nothing parked under that id),
+        SessionConflictError (``new_id`` is parked already) or NoFreeSlotError.
+        """
+        def fork() -> None:
+            src = self.sessions.parked.get((cache_salt, session_id))
+            if src is None:
+                raise UnknownSessionError(session_id)
+            if (cache_salt, new_id) in self.sessions.parked:
+                raise SessionConflictError(f"session {new_id!r} exists already")
+            if len(self._running) + len(self.sessions.parked) >= self.backend.shape.n_seq_max:
+                raise NoFreeSlotError("no free sequence slot to fork the session into; retry later")
+            dst = self._free_seq_id()
+            self.backend.copy_sequence(src.seq_id, dst)
+            src.last_used = time.monotonic()
+            self.sessions.park(Session(new_id, dst, src.tokens, cache_salt, transcript=src.transcript))
+
+        self.call(fork).result()
 
     def end_session(self, session_id: str, cache_salt: str | None = None) -> bool:
         """Release a parked session (from any thread); False if it is unknown or running."""

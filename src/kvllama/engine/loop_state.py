@@ -18,6 +18,7 @@ from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.sessions import SessionTable
+from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import InternalEngineError, KvllamaError
 
@@ -70,6 +71,7 @@ class LoopState:
     signing_key: bytes | None
     sessions: SessionTable
     residents: ResidentPool
+    tool_memory: ToolCallMemory | None
     chunk_size: int
     align: int
     status: LoopStatus

@@ -90,6 +90,10 @@ class RequestOptions:
     # Token offsets where this prompt's prefix is shared with others (the end of a system
     # prompt, a cache_control breakpoint): the prefill saves a row there (engine/warm.py).
     save_points: tuple[int, ...] = ()
+    # The prompt continues the session's transcript (its previous prompt and reply) instead
+    # of repeating it; optionally only if the transcript is this many tokens long.
+    continue_session: bool = False
+    expect_session_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ All of this runs on the loop thread.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from kvllama.tokens import shared_prefix
 
 # A session is named by the client's id within its tenant (the cache salt): two
 # tenants that pick the same id never see, wait on or end each other's session.
@@ -34,6 +37,9 @@ class Session:
     tokens: tuple[int, ...]
     cache_salt: str | None
     last_used: float = field(default_factory=time.monotonic)
+    # The whole conversation so far (last prompt + reply), which ``continue_session`` extends;
+    # ``tokens`` is only what the sequence holds (the reply is re-prefilled, see finishing.py).
+    transcript: tuple[int, ...] = ()
 
     @property
     def key(self) -> SessionKey:
@@ -48,10 +54,15 @@ class SessionPolicy:
     max_share: float = 0.5
 
 
+# Transcripts kept for ``continue_session`` after a session's slot is given back (an LRU).
+MAX_TRANSCRIPTS = 4096
+
+
 class SessionTable:
     def __init__(self, n_seq_max: int, policy: SessionPolicy) -> None:
         self.policy = policy
         self.parked: dict[SessionKey, Session] = {}
+        self.transcripts: OrderedDict[SessionKey, tuple[int, ...]] = OrderedDict()
         self._max_parked = max(1, int(n_seq_max * policy.max_share))
 
     def take(self, key: SessionKey) -> Session | None:
@@ -60,6 +71,11 @@ class SessionTable:
     def park(self, session: Session) -> None:
         session.last_used = time.monotonic()
         self.parked[session.key] = session
+        if session.transcript:
+            self.transcripts[session.key] = session.transcript
+            self.transcripts.move_to_end(session.key)
+            while len(self.transcripts) > MAX_TRANSCRIPTS:
+                self.transcripts.popitem(last=False)
 
     def seq_ids(self) -> list[int]:
         return [s.seq_id for s in self.parked.values()]
@@ -81,12 +97,3 @@ class SessionTable:
         """Tokens of ``stored`` the new prompt keeps (at most len(prompt) - 1: one must be decoded)."""
         return min(shared_prefix(stored, prompt), len(prompt) - 1)
 
-
-def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share (compared a block at a time, then token by token)."""
-    n, i, step = min(len(a), len(b)), 0, 256
-    while i + step <= n and a[i : i + step] == b[i : i + step]:
-        i += step
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -24,8 +24,8 @@ from kvllama.engine.fresh_rows import FreshRow, FreshRows
 from kvllama.engine.recent_prefixes import RecentPrefixes
 from kvllama.engine.request import CacheHitKind, Request, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
-from kvllama.engine.sessions import shared_prefix
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
+from kvllama.tokens import shared_prefix
 
 # Per-salt roots kept at hand (an LRU): a client that sends a fresh random cache_salt with
 # every request must not grow the engine's memory. A dropped root is rebuilt on its next use.

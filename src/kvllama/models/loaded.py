@@ -37,6 +37,10 @@ class ModelInfo:
     description: str = ""
     # False while the decode loop rebuilds a failed llama.cpp context, or after the loop died.
     healthy: bool = True
+    # Sequence slots held by parked sticky sessions, and by finished requests kept in their
+    # slots (residents give way to any new request): free = n_seq_max - in_flight - sessions.
+    sessions: int = 0
+    residents: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -91,4 +95,6 @@ class LoadedModel:
             chat_template_source=self.chat_template_source,
             description=d.description,
             healthy=self.loop.healthy,
+            sessions=len(self.loop.sessions.parked),
+            residents=len(self.loop.residents),
         )

@@ -140,6 +140,12 @@ class NativeContext:
         self._lib.llama_memory_seq_rm(self.memory, src, -1, -1)
         self.copies_pending = True
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Whole-sequence copy (a session fork); queued like :meth:`move_sequence`'s."""
+        self._lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        self._lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        self.copies_pending = True
+
     def apply_pending_copies(self, scratch_seq: int, batch: NativeBatch, token: int) -> None:
         """Make llama.cpp apply queued sequence copies now.
 

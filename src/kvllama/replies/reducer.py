@@ -24,6 +24,8 @@ The presentation rules live here, once:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kvllama.events import (
     DoneEvent,
     ErrorEvent,
@@ -91,9 +93,9 @@ class Reducer:
                 return self._emit(self._thought_end(signature))
             case ToolCallEvent():
                 return []  # the end event carries the whole call
-            case ToolCallEndEvent(text=text):
+            case ToolCallEndEvent(text=text, span=span):
                 self.tool_calls.append(text)
-                return self._emit(self._tool_calls(text))
+                return self._emit(self._tool_calls(text, span))
             case DoneEvent():
                 self.done = event
                 return self.finish()
@@ -141,10 +143,12 @@ class Reducer:
             out.append(SignatureDelta(self._index, signature))
         return out + self._close()
 
-    def _tool_calls(self, text: str) -> list[Delta]:
+    def _tool_calls(self, text: str, span: str = "") -> list[Delta]:
         calls = parse_tool_calls(text)
         if calls is None:
             return self._text(text) if text else []
+        if span:
+            calls = [replace(c, id=f"call_{span}_{k}") for k, c in enumerate(calls)]
         out: list[Delta] = []
         for call in calls:
             self._held = ""

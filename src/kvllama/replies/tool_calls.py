@@ -31,6 +31,9 @@ from typing import Any
 class ToolCall:
     name: str
     arguments: dict[str, Any]
+    # ``call_<span>_<k>`` for a call the engine sampled (replayed exactly when sent back);
+    # "" when unnamed (the server then makes one up).
+    id: str = ""
 
     @property
     def arguments_json(self) -> str:

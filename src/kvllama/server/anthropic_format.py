@@ -42,6 +42,7 @@ from kvllama.replies import (
     ThinkingDelta,
     ToolInputDelta,
 )
+from kvllama.replies.tool_calls import ToolCall
 from kvllama.results import CompletionResult
 from kvllama.server import sse
 from kvllama.server.errors import error_body, from_exception
@@ -91,7 +92,7 @@ def content(reply: Reply) -> list[dict[str, Any]]:
         elif block.kind == "thinking":
             out.append({"type": "thinking", "thinking": block.text, "signature": block.signature})
         else:
-            out.append({**_tool_use(block.name), "input": json.loads(block.arguments_json or "{}")})
+            out.append({**_tool_use(block.call), "input": json.loads(block.arguments_json or "{}")})
     return out
 
 
@@ -107,8 +108,11 @@ def response(
     }
 
 
-def _tool_use(name: str) -> dict[str, Any]:
-    return {"type": "tool_use", "id": tool_use_id(), "name": name}
+def _tool_use(call: ToolCall | None) -> dict[str, Any]:
+    """A tool_use block head; a call the engine sampled keeps its id (``toolu_<span>_<k>``), so
+    the engine replays it exactly when the client sends it back (engine/tool_memory.py)."""
+    call_id = "toolu_" + call.id.removeprefix("call_") if call is not None and call.id else tool_use_id()
+    return {"type": "tool_use", "id": call_id, "name": call.name if call is not None else ""}
 
 
 def block_event(delta: Delta) -> dict[str, Any]:
@@ -119,7 +123,7 @@ def block_event(delta: Delta) -> dict[str, Any]:
         case BlockStart(index=index, kind="thinking"):
             return _start(index, {"type": "thinking", "thinking": "", "signature": ""})
         case BlockStart(index=index, call=call):
-            return _start(index, {**_tool_use(call.name if call is not None else ""), "input": {}})
+            return _start(index, {**_tool_use(call), "input": {}})
         case TextDelta(index=index, text=text):
             return _delta(index, {"type": "text_delta", "text": text})
         case ThinkingDelta(index=index, text=text):

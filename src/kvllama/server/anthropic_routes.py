@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kvllama.server import anthropic_format, chat_prompt, prefix_points
+from kvllama.chat import prefix_points
+from kvllama.server import anthropic_format, chat_prompt
 from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
 from kvllama.server.anthropic_format import AnthropicStreamWriter
 from kvllama.server.generation import complete, first_event, start, stream_frames

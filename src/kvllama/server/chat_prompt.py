@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvllama.api.engine import Engine
-from kvllama.server import prefix_points
-
-PLAIN_SOURCE = "builtin:plain"
-# A new "Assistant:" line is a turn boundary too (base models like to write both sides).
-PLAIN_STOPS = ("\nUser:", "\nAssistant:")
+from kvllama.chat import prefix_points
+from kvllama.chat.templates import template_stops
 
 
 @dataclass(frozen=True)
@@ -52,14 +49,14 @@ def render(
     points: tuple[int, ...] = ()
     if engine.cache is not None:
         conv = prefix_points.Conversation(messages, system, tools)
-        tokens = prefix_points.prompt_token_ids(engine, model_id, text)
-        points = prefix_points.save_points(engine, model_id, conv, text, tokens, breakpoints)
+        points = prefix_points.save_points(
+            lambda m, s, t: engine.apply_chat_template(model_id, m, system=s, tools=t),
+            lambda t: engine.prompt_tokens(model_id, t), conv, text, breakpoints)
     return ChatPrompt(text, default_stops(engine, model_id), points)
 
 
 def default_stops(engine: Engine, model_id: str) -> tuple[str, ...]:
-    source = engine.chat_template_source(model_id)
-    return PLAIN_STOPS if source == PLAIN_SOURCE else ()
+    return template_stops(engine.chat_template_source(model_id))
 
 
 def count_prompt_tokens(engine: Engine, model_id: str, text: str) -> int:
@@ -67,7 +64,7 @@ def count_prompt_tokens(engine: Engine, model_id: str, text: str) -> int:
 
     (The rendered template may begin with the BOS text; the engine then adds none.)
     """
-    return len(prefix_points.prompt_token_ids(engine, model_id, text))
+    return len(engine.prompt_tokens(model_id, text))
 
 
 def tools_as_functions(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:

@@ -2,10 +2,11 @@
 
 Mapping is by exception type (never by message text). A route family decides
 the body shape: paths under ``/v1/messages`` answer in Anthropic's
-``{"type": "error", "error": {"type", "message"}}``, everything else in
-OpenAI's ``{"error": {"message", "type", "param", "code"}}``. The one status
-that differs between the families is "overloaded": OpenAI clients expect 429,
-Anthropic clients 529.
+``{"type": "error", "error": {"type", "message"}}``, paths under ``/api/``
+(Ollama) in Ollama's ``{"error": "message"}``, everything else in OpenAI's
+``{"error": {"message", "type", "param", "code"}}``. The one status that
+differs between the families is "overloaded": OpenAI clients expect 429,
+Anthropic clients 529, Ollama clients 503 (what Ollama answers when its queue is full).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from kvllama import errors as kv
 
 log = logging.getLogger("kvllama.server")
 
-Family = Literal["openai", "anthropic"]
+Family = Literal["openai", "anthropic", "ollama"]
 
 # Status of an overloaded server, per family.
-OVERLOADED = {"openai": 429, "anthropic": 529}
+OVERLOADED = {"openai": 429, "anthropic": 529, "ollama": 503}
 # Nginx's convention for "client closed request": logged and counted, never seen by anyone.
 CLIENT_CLOSED = 499
 
@@ -56,6 +57,8 @@ class ClientDisconnected(Exception):
 
 
 def family_of(path: str) -> Family:
+    if path.startswith("/api/"):
+        return "ollama"
     return "anthropic" if path.startswith("/v1/messages") else "openai"
 
 
@@ -71,8 +74,12 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc), code="context_length_exceeded")
     if isinstance(exc, kv.InvalidRequestError):
         return ApiError(400, str(exc), param=getattr(exc, "option", None), code=exc.code)
-    if isinstance(exc, kv.SessionBusyError):
+    if isinstance(exc, kv.SessionBusyError | kv.SessionConflictError):
         return ApiError(409, str(exc), param="session_id", code=exc.code)
+    if isinstance(exc, kv.UnknownSessionError):
+        return ApiError(404, str(exc), param="session_id", code=exc.code)
+    if isinstance(exc, kv.NoFreeSlotError):
+        return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.DecodeTimeoutError | kv.ContextLostError):
         return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.EngineClosedError | kv.ModelBusyError):
@@ -90,6 +97,8 @@ def status_for(err: ApiError, family: Family) -> int:
 
 def error_body(err: ApiError, family: Family) -> dict[str, Any]:
     status = status_for(err, family)
+    if family == "ollama":
+        return {"error": err.message}
     if family == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": err.message}}

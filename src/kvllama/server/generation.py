@@ -54,6 +54,7 @@ class Generation:
         self._events: AsyncIterator[Event] = aiter(stream)
         self._started = started
         self._last_token: float | None = None
+        self._first_token: float | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,12 +93,15 @@ class Generation:
         if isinstance(event, TokenEvent):
             now = time.perf_counter()
             if self._last_token is None:
+                self._first_token = now
                 metrics.ttft.labels(self.name).observe(now - self._started)
             else:
                 metrics.itl.labels(self.name).observe(now - self._last_token)
             self._last_token = now
         elif isinstance(event, DoneEvent):
-            metrics.observe_result(self.name, self.builder.result())
+            now, first = time.perf_counter(), self._first_token
+            ttft = None if first is None else first - self._started
+            metrics.observe_result(self.name, self.builder.result(), ttft, now - self._started)
 
 
 async def start(

@@ -10,6 +10,9 @@ so they count Python API callers too and can never drift.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +28,42 @@ log = logging.getLogger("kvllama.server")
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Finished generation requests the status page lists (GET /status/requests).
+RECENT_REQUESTS = 50
+
+
+class RecentRequests:
+    """A bounded ring of the last finished generation requests, newest last; thread-safe."""
+
+    def __init__(self, size: int = RECENT_REQUESTS) -> None:
+        self._ring: deque[dict[str, Any]] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, model: str, result: CompletionResult, ttft: float | None, seconds: float) -> None:
+        s = result.stats
+        with self._lock:
+            self._count += 1
+            self._ring.append({
+                "n": self._count, "finished_at": time.time(), "model": model,
+                "prompt_tokens": s.prompt_tokens, "cached_tokens": result.cache_delta.read,
+                "generated_tokens": s.generated_tokens, "finish_reason": result.finish_reason,
+                "cache_hit_kind": str(result.cache_hit_kind),
+                "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+                "tokens_per_second": round(s.tokens_per_second, 1), "seconds": round(seconds, 3),
+            })
+
+    def snapshot(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first, at most ``limit``."""
+        with self._lock:
+            items = list(self._ring)
+        items.reverse()
+        return items if limit is None else items[:limit]
+
+    @property
+    def count(self) -> int:
+        """Requests recorded since the server started (also those the ring has dropped)."""
+        return self._count
 
 
 class ServerMetrics:
@@ -52,11 +91,16 @@ class ServerMetrics:
                               buckets=_TTFT_BUCKETS, registry=r)
         self.itl = Histogram("kvllama_inter_token_latency_seconds", "Between consecutive generated tokens",
                              ["model"], buckets=_ITL_BUCKETS, registry=r)
+        self.recent = RecentRequests()
         r.register(_EngineCollector(engine, served))
         if cache_provider is not None:
             r.register(_CacheCollector(cache_provider))
 
-    def observe_result(self, model: str, result: CompletionResult) -> None:
+    def observe_result(
+        self, model: str, result: CompletionResult, ttft: float | None = None, seconds: float = 0.0
+    ) -> None:
+        """Count a finished request; ``ttft`` and ``seconds`` (from arrival) go to the recent ring."""
+        self.recent.add(model, result, ttft, seconds)
         self.prompt_tokens.labels(model).inc(result.stats.prompt_tokens)
         self.cached_prompt_tokens.labels(model).inc(result.cache_delta.read)
         self.generated_tokens.labels(model).inc(result.stats.generated_tokens)

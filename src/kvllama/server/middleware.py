@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kvllama.server.errors import ApiError, error_response, family_of
 from kvllama.server.metrics import ServerMetrics
 
-PUBLIC_PATHS = frozenset({"/health"})
+# "/" is the status page: only HTML and script, no data; its script sends the key to /status.
+PUBLIC_PATHS = frozenset({"/health", "/"})
 
 
 class MetricsMiddleware:
@@ -54,7 +55,7 @@ class MetricsMiddleware:
 
 
 class GuardMiddleware:
-    """API-key check (skipped for /health) and the request-body size limit, before any parsing."""
+    """API-key check (skipped for PUBLIC_PATHS) and the request-body size limit, before any parsing."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int) -> None:
         self.app = app

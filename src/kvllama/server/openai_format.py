@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from kvllama.events import Event, TextEvent, TokenEvent, TokenLogprob
 from kvllama.replies import BlockStart, Delta, Reply, TextDelta, ThinkingDelta, ToolInputDelta
+from kvllama.replies.tool_calls import ToolCall
 from kvllama.results import CompletionResult
 from kvllama.server import sse
 from kvllama.server.errors import error_body, from_exception
@@ -56,9 +57,14 @@ def call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+def _id_of(call: ToolCall | None) -> str:
+    """The engine's id for a sampled call (replayed exactly when sent back), else a fresh one."""
+    return call.id if call is not None and call.id else call_id()
+
+
 def message(reply: Reply) -> dict[str, Any]:
     """The chat message a stream of ``reply``'s deltas adds up to (as the SDKs accumulate it)."""
-    calls = [{"id": call_id(), "type": "function",
+    calls = [{"id": _id_of(b.call), "type": "function",
               "function": {"name": b.name, "arguments": b.arguments_json}}
              for b in reply.calls]
     content: str | None = reply.text
@@ -180,7 +186,7 @@ class OpenAIStreamWriter:
                 return {"reasoning_content": text}
             case BlockStart(kind="tool_use", call=call) if call is not None:
                 self._calls += 1
-                return {"tool_calls": [{"index": self._calls - 1, "id": call_id(), "type": "function",
+                return {"tool_calls": [{"index": self._calls - 1, "id": _id_of(call), "type": "function",
                                         "function": {"name": call.name, "arguments": ""}}]}
             case ToolInputDelta(arguments_json=arguments):
                 return {"tool_calls": [{"index": self._calls - 1, "function": {"arguments": arguments}}]}

@@ -66,6 +66,8 @@ async def completions(request: Request) -> Response:
     params["grammar"] = body.grammar
     params["logprobs"] = body.logprobs
     params.update(session_params(request, body.session_id))
+    if body.continue_session:
+        params.update(continue_session=True, expect_session_tokens=body.expect_session_tokens)
     return await _generate(request, state, "completion", (name, model_id), prompt, params, body, started)
 
 

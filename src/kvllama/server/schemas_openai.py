@@ -106,6 +106,10 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    # kvllama extensions: the prompt follows the session's transcript (its last prompt and
+    # reply) instead of repeating it, optionally only if the transcript has this many tokens.
+    continue_session: bool = False
+    expect_session_tokens: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _echo_without_logprobs(self) -> CompletionRequest:

@@ -24,8 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvllama.api.engine import Engine
-from kvllama.engine.sessions import shared_prefix
+from kvllama.tokens import shared_prefix
 
 MARKER = "\u2063kvllama-save-point\u2063"
 MAX_POINTS = 6
@@ -33,6 +32,9 @@ _SYSTEM_ROLES = ("system", "developer")
 
 Messages = list[dict[str, Any]]
 System = str | Sequence[Any] | None
+# (messages, system, tools) -> the prompt text; text -> the tokens the engine queues for it.
+Render = Callable[[Sequence[Mapping[str, Any]], System, Sequence[Mapping[str, Any]] | None], str]
+Tokenize = Callable[[str], list[int]]
 
 
 @dataclass(frozen=True)
@@ -51,28 +53,19 @@ class Variant:
     tools: Sequence[Mapping[str, Any]] | None
 
 
-def save_points(engine: Engine, model_id: str, conv: Conversation, text: str, tokens: list[int],
+def save_points(render: Render, tokenize: Tokenize, conv: Conversation, text: str,
                 breakpoints: Sequence[Variant] = ()) -> tuple[int, ...]:
-    """Token offsets into ``tokens`` (the prompt ``text`` as the engine tokenizes it)."""
+    """Token offsets into the prompt ``text`` (as ``tokenize`` gives it) where shared prefixes end."""
+    tokens = tokenize(text)
     points: set[int] = set()
     for variant in [*breakpoints, *_structural(conv)][:MAX_POINTS]:
-        other = engine.apply_chat_template(model_id, variant.messages, system=variant.system,
-                                           tools=variant.tools)
+        other = render(variant.messages, variant.system, variant.tools)
         if other == text:
             continue
-        n = shared_prefix(tokens, prompt_token_ids(engine, model_id, other))
+        n = shared_prefix(tokens, tokenize(other))
         if 0 < n < len(tokens):
             points.add(n)
     return tuple(sorted(points))
-
-
-def prompt_token_ids(engine: Engine, model_id: str, text: str) -> list[int]:
-    """The tokens the engine queues for ``text``: BOS is added unless the text starts with it."""
-    tokens = list(engine.tokenize(model_id, text, add_special=False, parse_special=True))
-    bos = engine.tokenize(model_id, "", add_special=True, parse_special=True)
-    if bos and tokens[:1] != list(bos[:1]):
-        return [*bos[:1], *tokens]
-    return tokens
 
 
 def _structural(conv: Conversation) -> list[Variant]:

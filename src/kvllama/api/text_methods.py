@@ -1,0 +1,73 @@
+"""The engine's text utilities: tokens in and out, and chat templates.
+
+Vocabulary calls are pure and callable from any thread (llama.cpp's
+vocabulary is read-only once loaded); ids are checked like a prompt's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kvllama.api.requests import Prompt, prompt_tokens
+from kvllama.chat.templates import render_chat, resolve_template
+from kvllama.engine.tool_memory import ToolCallMemory
+from kvllama.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from kvllama.models.loaded import LoadedModel
+
+
+class TextMethods:
+    """Mixed into :class:`~kvllama.api.engine.Engine` (which provides ``_model``)."""
+
+    tool_memory: ToolCallMemory
+
+    def _model(self, model_id: str) -> LoadedModel:  # pragma: no cover - Engine's
+        raise NotImplementedError
+
+    def tokenize(
+        self, model_id: str, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        if not isinstance(text, str):
+            raise InvalidRequestError("text must be a string")
+        return self._model(model_id).backend.tokenize(
+            text, add_special=add_special, parse_special=parse_special
+        )
+
+    def prompt_tokens(self, model_id: str, prompt: Prompt) -> list[int]:
+        """The tokens a request with this prompt queues (BOS added unless a text starts with it)."""
+        return prompt_tokens(self._model(model_id).backend, prompt)
+
+    def detokenize(self, model_id: str, tokens: Sequence[int]) -> str:
+        backend = self._model(model_id).backend
+        return backend.detokenize(prompt_tokens(backend, tokens) if tokens else [])
+
+    def token_pieces(self, model_id: str, tokens: Sequence[int]) -> list[bytes]:
+        """Each token's bytes, control tokens as their text (ids checked like a prompt's)."""
+        backend = self._model(model_id).backend
+        return [backend.piece(t, special=True) for t in (prompt_tokens(backend, tokens) if tokens else [])]
+
+    def apply_chat_template(
+        self,
+        model_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | Sequence[Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        template: str | None = None,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render with the named template, else the GGUF's, else the load option, else 'plain'.
+
+        An assistant message carrying exactly the tool calls of a turn this engine
+        generated is rendered as that turn's own text (engine/tool_memory.py).
+        """
+        model = self._model(model_id)
+        d = model.backend.description
+        source, _ = resolve_template(template, d.chat_template, model.options.chat_template)
+        return render_chat(
+            source, messages, system=system, tools=tools,
+            add_generation_prompt=add_generation_prompt, special_tokens=d.special_tokens,
+            replay=self.tool_memory.replay,
+        )

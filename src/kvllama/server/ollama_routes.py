@@ -1,0 +1,233 @@
+"""Ollama-compatible routes: generate, chat, embed, tags, show, ps, version.
+
+Request and response shapes are Ollama's (docs/api.md), rendered by
+:mod:`kvllama.server.ollama_format`; generation goes through the same
+:func:`~kvllama.server.generation.start` / ``first_event`` / ``complete`` and
+chat prompts through the same :func:`chat_prompt.render` (default stops,
+save points) as the OpenAI and Anthropic routes. Streams (Ollama's default)
+are newline-delimited JSON; a client that leaves mid-stream cancels its
+request. Errors are Ollama's ``{"error": "..."}`` (see
+:func:`kvllama.server.errors.family_of`).
+
+A model name with the tag ``:latest`` names the served model without it
+("gemma:latest" is "gemma"), and ``/api/tags`` lists served names so.
+
+``/api/generate`` and ``/api/chat`` do not publish their request bodies in
+``/openapi.json`` (``/api/show`` and the embed routes do): the hostile suite
+fuzzes every published body and checks answers as JSON or SSE, and these
+answer NDJSON streams by default.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+import kvllama
+from kvllama.errors import KvllamaError
+from kvllama.server import chat_prompt, ollama_format
+from kvllama.server.agent_params import session_params
+from kvllama.server.generation import complete, first_event, start, stream_frames
+from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from kvllama.server.ollama_format import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Kind,
+    OllamaStreamWriter,
+    ShowRequest,
+)
+from kvllama.server.schemas_common import read_json, sampling, validate
+from kvllama.server.sse import HEADERS
+from kvllama.server.state import ServerState, state_of
+
+router = APIRouter()
+LATEST = ":latest"
+
+
+def resolve(state: ServerState, name: str | None) -> tuple[str, str, str]:
+    """(name the replies carry, served name, engine id); ``x:latest`` is served model ``x``."""
+    served = state.served()
+    lookup = name
+    if name and name not in served and name.endswith(LATEST) and name.removesuffix(LATEST) in served:
+        lookup = name.removesuffix(LATEST)
+    served_name, model_id = state.resolve(lookup)
+    return name or ollama_format.display_name(served_name), served_name, model_id
+
+
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    started = time.perf_counter()
+    state = state_of(request)
+    body = validate(GenerateRequest, await read_json(request))
+    model = resolve(state, body.model)
+    if not body.prompt:
+        return JSONResponse(ollama_format.loaded(model[0], "generate"))
+    prompt, stops, points = await run_in_threadpool(_generate_prompt, state, model[2], body)
+    params = _params(state, body, stops)
+    params["save_points"] = list(points) or None
+    return await _generate(request, state, "generate", model, prompt, params, body.stream, started)
+
+
+def _generate_prompt(
+    state: ServerState, model_id: str, body: GenerateRequest
+) -> tuple[str | list[int], list[str], Sequence[int]]:
+    """(prompt, stop sequences, save points): templated unless ``raw``, after ``context`` if given."""
+    if body.raw:
+        text, stops, points = body.prompt, body.stops(), ()
+    else:
+        rendered = chat_prompt.render(state.engine, model_id, [{"role": "user", "content": body.prompt}],
+                                      system=body.system)
+        text, stops, points = rendered.text, rendered.stops_with(body.stops()), rendered.save_points
+    if not body.context:
+        return text, stops, points
+    # A previous reply's prompt + reply tokens (the engine checks the ids), then this turn.
+    tokens = state.engine.tokenize(model_id, text, add_special=False, parse_special=True)
+    return [*body.context, *tokens], stops, ()
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    started = time.perf_counter()
+    state = state_of(request)
+    body = validate(ChatRequest, await read_json(request))
+    model = resolve(state, body.model)
+    if not body.messages:
+        return JSONResponse(ollama_format.loaded(model[0], "chat"))
+    messages = [m.for_template() for m in body.messages]
+    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model[2], messages, tools=body.tools)
+    params = _params(state, body, prompt.stops_with(body.stops()))
+    params.update(session_params(request, None))
+    params["save_points"] = list(prompt.save_points) or None
+    return await _generate(request, state, "chat", model, prompt.text, params, body.stream, started)
+
+
+def _params(state: ServerState, body: GenerateRequest | ChatRequest, stop: list[str]) -> dict[str, Any]:
+    o = body.options or ollama_format.Options()
+    limit = state.config.max_tokens_limit
+    # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
+    max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
+    think = body.think if body.think is None else bool(body.think)
+    return sampling(
+        max_tokens=max_tokens, stop=stop or None, seed=o.seed if o.seed is None or o.seed >= 0 else None,
+        temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, min_p=o.min_p,
+        repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
+        frequency_penalty=o.frequency_penalty, presence_penalty=o.presence_penalty,
+        grammar=_grammar(body.format), thinking=think,
+    )
+
+
+def _grammar(fmt: str | dict[str, Any] | None) -> str | None:
+    if fmt is None or fmt == "":
+        return None
+    if isinstance(fmt, str):  # "json" (the schema allows no other string)
+        return JSON_OBJECT_GRAMMAR
+    return json_schema_grammar(fmt)
+
+
+async def _generate(
+    request: Request, state: ServerState, kind: Kind, model: tuple[str, str, str],
+    prompt: str | Sequence[int], params: dict[str, Any], stream: bool, started: float,
+) -> Response:
+    shown, name, model_id = model
+    given = {k: v for k, v in params.items() if v is not None}
+    gen = await start(state, name, model_id, prompt, given, started)
+    writer = OllamaStreamWriter(kind, shown, started)
+    if not stream:
+        result = await complete(request, gen)
+        return JSONResponse(writer.whole(result, gen.builder.reply))
+    first = await first_event(request, gen)
+    return StreamingResponse(stream_frames(gen, first, writer), media_type=ollama_format.NDJSON,
+                             headers=HEADERS)
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` publishing ``model`` as the JSON request body, its ``$defs`` inlined."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+@router.post("/api/embed", openapi_extra=openapi_body(EmbedRequest))
+async def embed(request: Request) -> Response:
+    started = time.perf_counter()
+    state = state_of(request)
+    body = validate(EmbedRequest, await read_json(request))
+    shown, _, model_id = resolve(state, body.model)
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    texts = [] if texts == [""] else texts  # Ollama: an empty input embeds nothing
+    if not texts:
+        return JSONResponse({"model": shown, "embeddings": []})
+    vectors = await run_in_threadpool(state.engine.embed, model_id, texts)
+    n_tokens = await run_in_threadpool(
+        lambda: sum(len(state.engine.tokenize(model_id, t)) for t in texts)
+    )
+    return JSONResponse({
+        "model": shown, "embeddings": [ollama_format.normalized(v, body.dimensions) for v in vectors],
+        "total_duration": ollama_format.ns(time.perf_counter() - started), "load_duration": 0,
+        "prompt_eval_count": n_tokens,
+    })
+
+
+@router.post("/api/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
+async def embeddings(request: Request) -> Response:
+    state = state_of(request)
+    body = validate(EmbeddingsRequest, await read_json(request))
+    _, _, model_id = resolve(state, body.model)
+    if not body.prompt:
+        return JSONResponse({"embedding": []})
+    vectors = await run_in_threadpool(state.engine.embed, model_id, [body.prompt])
+    return JSONResponse({"embedding": vectors[0]})
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> Response:
+    state = state_of(request)
+    return JSONResponse({"models": [ollama_format.tag(n, i) for n, i in _loaded(state)]})
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> Response:
+    state = state_of(request)
+    return JSONResponse({"models": [ollama_format.running(n, i) for n, i in _loaded(state)]})
+
+
+def _loaded(state: ServerState) -> list[tuple[str, kvllama.ModelInfo]]:
+    out = []
+    for name, model_id in sorted(state.served().items()):
+        try:
+            out.append((name, state.engine.model_info(model_id)))
+        except KvllamaError:  # unloaded behind the server's back: not listed
+            continue
+    return out
+
+
+@router.post("/api/show", openapi_extra=openapi_body(ShowRequest))
+async def show(request: Request) -> Response:
+    state = state_of(request)
+    body = validate(ShowRequest, await read_json(request))
+    _, _, model_id = resolve(state, body.model or body.name)
+    info = await run_in_threadpool(state.engine.model_info, model_id)
+    return JSONResponse(ollama_format.show(info))
+
+
+@router.get("/api/version")
+async def version() -> Response:
+    return JSONResponse({"version": ollama_format.API_VERSION, "kvllama": kvllama.__version__})
