@@ -245,7 +245,7 @@ class Hostile:
 
 def answer_problem(r: httpx.Response | None, error: BaseException | None, seconds: float,
                    limit: float, expect: tuple[int, ...] = ()) -> str | None:
-    """What is wrong with an answer (None: a 2xx/4xx in time, JSON, or a well-formed SSE stream)."""
+    """What is wrong with an answer (None: a 2xx/4xx in time, JSON, or a well-formed SSE or NDJSON stream)."""
     if r is None:
         return f"no answer after {seconds:.1f}s (limit {limit:.0f}s): {error!r}"
     where = f"{r.request.method} {r.request.url.path}"
@@ -262,6 +262,8 @@ def answer_problem(r: httpx.Response | None, error: BaseException | None, second
         except ValueError as exc:
             return f"{where}: a stream frame is not JSON ({exc}): {r.text[:500]}"
         return None if frames else f"{where}: an empty event stream"
+    if ctype.startswith("application/x-ndjson") and r.status_code == 200:
+        return _ndjson_problem(where, r.text)
     if not ctype.startswith("application/json"):
         return f"{where} answered {r.status_code} with content-type {ctype!r}: {r.text[:300]}"
     try:
@@ -271,6 +273,18 @@ def answer_problem(r: httpx.Response | None, error: BaseException | None, second
     if r.status_code >= 400 and not (isinstance(body, dict) and "error" in body):
         return f"{where} answered {r.status_code} without an error object: {r.text[:300]}"
     return None
+
+
+def _ndjson_problem(where: str, text: str) -> str | None:
+    """An Ollama stream: every line a JSON object, the last one done (or an error line)."""
+    try:
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        return f"{where}: a stream line is not JSON ({exc}): {text[:500]}"
+    if not lines or not all(isinstance(x, dict) for x in lines):
+        return f"{where}: an empty or malformed NDJSON stream: {text[:500]}"
+    last = lines[-1]
+    return None if last.get("done") is True or "error" in last else f"{where}: the stream never said done"
 
 
 def assert_json_answer(r: httpx.Response, *, allow: tuple[int, ...] = ()) -> Any:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from kvllama.api.adapters import AdapterMethods
 from kvllama.api.chat import ChatMethods
 from kvllama.api.requests import (
     Prompt,
@@ -64,7 +65,7 @@ MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
 
 
-class Engine(TextMethods, ChatMethods):
+class Engine(TextMethods, ChatMethods, AdapterMethods):
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
     def __init__(
@@ -226,7 +227,8 @@ class Engine(TextMethods, ChatMethods):
         self, model_id: str, prompt: Prompt, params: dict[str, Any], sink: EventSink
     ) -> tuple[LoadedModel, Request]:
         model = self._model(model_id)
-        request = build_request(model.backend, model.loop.markers, prompt, params, sink)
+        defaults = {i: scale for i, (_path, scale) in model.adapters.items()}
+        request = build_request(model.backend, model.loop.markers, prompt, params, sink, defaults)
         session_id = request.options.session_id
         if session_id is not None:
             try:

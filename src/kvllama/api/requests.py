@@ -9,7 +9,7 @@ parsing happens here, in the caller's thread, never on the decode thread).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +51,32 @@ def request_options(params: dict[str, Any]) -> RequestOptions:
 MAX_SAVE_POINTS = 16
 
 
+def _adapter_set(given: object, defaults: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """``adapters=[(id, scale) | {"id", "scale"}, ...]`` (None: the model's defaults), checked,
+    sorted by id, zero scales dropped (scale 0 is the same as leaving the adapter out)."""
+    if given is None:
+        pairs = list(defaults.items())
+    elif isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        raise InvalidRequestError("adapters must be a list of (adapter id, scale) pairs")
+    else:
+        pairs = []
+        for item in given:
+            if isinstance(item, Mapping):
+                item = (item.get("id"), item.get("scale", 1.0))
+            if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
+                raise InvalidRequestError("adapters must be a list of (adapter id, scale) pairs")
+            pairs.append((item[0], item[1]))
+    out: dict[str, float] = {}
+    for adapter_id, scale in pairs:
+        if not isinstance(adapter_id, str) or isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise InvalidRequestError(f"adapter ({adapter_id!r}, {scale!r}): an id and a number")
+        if not -100.0 <= float(scale) <= 100.0:
+            raise InvalidRequestError(f"adapter {adapter_id!r}: scale must be in [-100, 100]")
+        if float(scale) != 0.0:
+            out[adapter_id] = float(scale)
+    return tuple(sorted(out.items()))
+
+
 def _save_points(value: object) -> tuple[int, ...]:
     """Token offsets into the prompt where a shared prefix ends (see RequestOptions.save_points)."""
     if value is None:
@@ -66,11 +92,14 @@ def _save_points(value: object) -> tuple[int, ...]:
 
 
 def build_request(
-    backend: Backend, markers: MarkerStrings | None, prompt: Prompt, params: dict[str, Any], sink: EventSink
+    backend: Backend, markers: MarkerStrings | None, prompt: Prompt, params: dict[str, Any], sink: EventSink,
+    default_adapters: dict[str, float] | None = None,
 ) -> Request:
     """A request ready to submit, its samplers built (close them if it is never submitted)."""
     params = dict(params)
-    options = request_options(params)
+    adapters = _adapter_set(params.pop("adapters", None), default_adapters or {})
+    options = replace(request_options(params), adapters=adapters,
+                      adapter_key=tuple((backend.adapter_sha256(i), s) for i, s in adapters))
     sampling = bound_by_model(SamplingParams.from_kwargs(**params).with_seed(), backend)
     if options.continue_session and isinstance(prompt, str):
         # It follows the session's transcript: no BOS in the middle of a conversation.

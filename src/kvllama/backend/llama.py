@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
+from kvllama.backend.adapters import AdapterRegistry, AdapterSet
 from kvllama.backend.decode_rows import default_max_decode_rows
 from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError
@@ -36,6 +37,10 @@ class LlamaBackend:
         self._embed: tuple[NativeContext, NativeBatch] | None = None
         try:
             self.model = self._stack.enter_context(NativeModel(path, options))
+            # Freed before the model (the stack unwinds in reverse): llama.cpp would free
+            # them with the model, and a second free would be a double free.
+            self.adapters = AdapterRegistry(self.model)
+            self._stack.callback(self.adapters.close)
             facts = self.model.describe()
             per_seq = (options.n_ctx // options.n_seq_max) if options.n_ctx else min(
                 DEFAULT_N_CTX_PER_SEQ, facts["n_ctx_train"] or DEFAULT_N_CTX_PER_SEQ
@@ -131,9 +136,19 @@ class LlamaBackend:
 
     # --- decode thread ------------------------------------------------------
 
-    def decode(self, rows: Sequence[BatchRow]) -> None:
+    def decode(self, rows: Sequence[BatchRow], adapters: AdapterSet = ()) -> None:
+        self.adapters.use(adapters, self.ctx.handle)
         self.batch.fill(rows)
         self.ctx.decode(self.batch)
+
+    def load_adapter(self, adapter_id: str, path: str) -> str:
+        return self.adapters.load(adapter_id, path)
+
+    def unload_adapter(self, adapter_id: str) -> None:
+        self.adapters.unload(adapter_id, self.ctx.handle)
+
+    def adapter_sha256(self, adapter_id: str) -> str:
+        return self.adapters.sha256(adapter_id)
 
     @property
     def eog_ids(self) -> tuple[int, ...]:
@@ -191,6 +206,7 @@ class LlamaBackend:
         old = self.ctx
         old.close()  # first: the memory goes back before the new context takes its own
         self.ctx = NativeContext(self.model, self.options, old.n_ctx, n_seq=old.n_seq_max)
+        self.adapters.forget_context()
 
     def embed(self, tokens: Sequence[int]) -> list[float]:
         """Mean-pooled over the sequence; the last token's vector if pooling is unavailable.

@@ -77,7 +77,13 @@ class Backend(Protocol):
         """Any thread: stop the forward pass running now (decode raises DecodeAbortedError)."""
 
     # --- decode thread only ---
-    def decode(self, rows: Sequence[BatchRow]) -> None: ...
+    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = ()) -> None:
+        """One forward pass with these LoRA adapters (id, scale) applied to all its rows."""
+    def load_adapter(self, adapter_id: str, path: str) -> str:
+        """Load a LoRA adapter (decode thread); its file's sha256."""
+    def unload_adapter(self, adapter_id: str) -> None: ...
+    def adapter_sha256(self, adapter_id: str) -> str:
+        """Any thread; InvalidRequestError if no adapter has that id."""
     def sample(self, sampler: Sampler, row_index: int, ban: tuple[int, ...] = ()) -> int:
         """Sample batch row ``row_index``; tokens in ``ban`` cannot be drawn."""
     def logprobs(self, sampler: Sampler, row_index: int, token: int,

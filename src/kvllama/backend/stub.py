@@ -11,13 +11,20 @@ tests can assert what went into each forward pass.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kvllama.backend.protocol import ContextShape, ModelDescription
-from kvllama.errors import BatchOverflowError, DecodeAbortedError, DecodeError, GrammarError
+from kvllama.errors import (
+    BatchOverflowError,
+    DecodeAbortedError,
+    DecodeError,
+    GrammarError,
+    InvalidRequestError,
+)
 from kvllama.native.batch import BatchRow
 from kvllama.sampling import SamplingParams
 
@@ -64,6 +71,8 @@ class StubConfig:
 class _SeqState:
     tokens: list[int] = field(default_factory=list)
     prompt_len: int | None = None
+    # The adapter set each token was computed with (the stub's "KV" depends on it).
+    adapters: list[tuple[tuple[str, float], ...]] = field(default_factory=list)
 
 
 class StubBackend:
@@ -88,6 +97,9 @@ class StubBackend:
         self.moves: list[tuple[int, int]] = []
         self.restores = 0
         self.rebuilds = 0
+        # Loaded adapters (id -> a stand-in sha256), and each decode call's adapter set.
+        self.adapters: dict[str, str] = {}
+        self.decode_adapters: list[tuple[tuple[str, float], ...]] = []
         self.closed = False
         self._abort = threading.Event()
         self._last_rows: list[BatchRow] = []
@@ -116,7 +128,22 @@ class StubBackend:
         self.samplers_created += 1
         return StubSampler(params, random.Random(params.seed))
 
-    def decode(self, rows: Sequence[BatchRow]) -> None:
+    def load_adapter(self, adapter_id: str, path: str) -> str:
+        if adapter_id in self.adapters:
+            raise InvalidRequestError(f"an adapter is loaded as {adapter_id!r} already; unload it first")
+        self.adapters[adapter_id] = hashlib.sha256(path.encode()).hexdigest()
+        return self.adapters[adapter_id]
+
+    def unload_adapter(self, adapter_id: str) -> None:
+        if self.adapters.pop(adapter_id, None) is None:
+            raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded")
+
+    def adapter_sha256(self, adapter_id: str) -> str:
+        if adapter_id not in self.adapters:
+            raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for this model")
+        return self.adapters[adapter_id]
+
+    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = ()) -> None:
         if len(rows) > self.shape.n_batch:
             raise BatchOverflowError(len(rows), self.shape.n_batch)
         self._abort.clear()  # like llama.cpp's flag, lowered when a pass starts
@@ -140,7 +167,9 @@ class StubBackend:
             if pos >= self.shape.n_ctx_seq:
                 raise DecodeError(1, f"seq {seq}: context full")
             state.tokens.append(tok)
+            state.adapters.append(adapters)
         self.decode_log.append(list(rows))
+        self.decode_adapters.append(adapters)
         self._last_rows = list(rows)
 
     @property
@@ -168,7 +197,8 @@ class StubBackend:
         generated = len(context) - state.prompt_len
         if self.config.eos_after is not None and generated >= self.config.eos_after and EOS not in ban:
             return EOS
-        digest = hashlib.blake2b(bytes(str(context), "ascii"), digest_size=8).digest()
+        mixed = context if not any(state.adapters[: pos + 1]) else (context, state.adapters[: pos + 1])
+        digest = hashlib.blake2b(bytes(str(mixed), "utf-8"), digest_size=8).digest()
         value = int.from_bytes(digest, "little")
         if not sampler.params.greedy:
             value ^= sampler.rng.getrandbits(64)
@@ -182,6 +212,7 @@ class StubBackend:
             del self.seqs[seq_id]
         else:
             del state.tokens[from_pos:]
+            del state.adapters[from_pos:]
 
     def truncate_sequence(self, seq_id: int, n_keep: int) -> bool:
         if self.config.refuse_truncate:
@@ -193,7 +224,7 @@ class StubBackend:
         state = self.seqs.get(src)
         self.seqs.pop(dst, None)
         if state is not None:
-            self.seqs[dst] = _SeqState(list(state.tokens), state.prompt_len)
+            self.seqs[dst] = _SeqState(list(state.tokens), state.prompt_len, list(state.adapters))
 
     def move_sequence(self, src: int, dst: int) -> None:
         if not 0 <= dst <= self.shape.n_seq_max:
@@ -206,15 +237,20 @@ class StubBackend:
             self.seqs.pop(dst, None)
 
     def sequence_state(self, seq_id: int) -> bytes:
-        tokens = self.seqs.get(seq_id, _SeqState()).tokens
-        return b"STUB" + b"".join(t.to_bytes(4, "little") for t in tokens)
+        state = self.seqs.get(seq_id, _SeqState())
+        # The adapter sets ride along, as a real state blob carries the KV they shaped.
+        sets = json.dumps([[list(pair) for pair in s] for s in state.adapters]).encode()
+        head = b"STUB" + len(state.tokens).to_bytes(4, "little")
+        return head + b"".join(t.to_bytes(4, "little") for t in state.tokens) + sets
 
     def restore_sequence(self, seq_id: int, blob: bytes) -> bool:
         if not blob.startswith(b"STUB"):
             return False
-        body = blob[4:]
+        n = int.from_bytes(blob[4:8], "little")
+        body, sets = blob[8 : 8 + 4 * n], blob[8 + 4 * n :]
         tokens = [int.from_bytes(body[i : i + 4], "little") for i in range(0, len(body), 4)]
-        self.seqs[seq_id] = _SeqState(tokens=tokens)
+        adapters = [tuple((str(i), float(s)) for i, s in one) for one in json.loads(sets or b"[]")]
+        self.seqs[seq_id] = _SeqState(tokens=tokens, adapters=adapters or [()] * len(tokens))
         self.restores += 1
         return True
 

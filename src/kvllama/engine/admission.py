@@ -91,7 +91,7 @@ class Admission(LoopState):
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
         held: Session | Resident | None = session or self.residents.take_best(
-            r.prompt, opts.cache_salt, len(r.prompt) - MIN_CHUNK_ROWS, MIN_RESIDENT_SHARE)
+            r.prompt, opts.cache_salt, len(r.prompt) - MIN_CHUNK_ROWS, MIN_RESIDENT_SHARE, opts.adapter_key)
         r.seq_id = held.seq_id if held else self._free_seq_id()
         r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1
@@ -164,7 +164,8 @@ class Admission(LoopState):
         them, so the cut may fall anywhere (no resume grid, unlike a restore).
         """
         keep = min(self.sessions.reusable_prefix(held.tokens, r.prompt), len(r.prompt) - MIN_CHUNK_ROWS)
-        if keep <= 0 or held.cache_salt != r.options.cache_salt:
+        same_kv = held.cache_salt == r.options.cache_salt and held.adapter_key == r.options.adapter_key
+        if keep <= 0 or not same_kv:
             return False
         if keep < len(held.tokens) and not self.backend.truncate_sequence(held.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
@@ -186,7 +187,8 @@ class Admission(LoopState):
         if self.warm is None:
             return
         try:
-            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason)
+            self.warm.save_tokens(session.seq_id, session.tokens, session.cache_salt, reason,
+                                  session.adapter_key)
         except Exception:  # a failed save loses a warm start, never the loop
             log.exception("saving session %s to the cache failed", session.id)
 

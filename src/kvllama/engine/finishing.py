@@ -44,10 +44,11 @@ class Finishing(LoopState):
             if opts.session_id is not None:
                 transcript = r.prompt + tuple(r.generated)
                 self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
-                                           transcript=transcript))
+                                           transcript=transcript, adapter_key=opts.adapter_key))
                 r.seq_id = None  # the sequence now belongs to the session
             elif self.residents.enabled and reason != "cancelled":
-                self.residents.keep(Resident(r.seq_id, context, opts.cache_salt))  # type: ignore[arg-type]
+                self.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
+                                             adapter_key=opts.adapter_key))
                 r.seq_id = None  # the slot keeps it until a request needs the slot
         self._release(r)
         r.sink.put(DoneEvent(

@@ -21,7 +21,7 @@ MAX_BYTES = 256 << 20
 @dataclass(frozen=True)
 class FreshRow:
     key: bytes
-    salt: str | None
+    salt: object  # the tenant: (cache salt, adapter key)
     tokens: tuple[int, ...]
     blob: bytes
 
@@ -47,7 +47,7 @@ class FreshRows:
             _, dropped = self._rows.popitem(last=False)
             self._bytes -= len(dropped.blob)
 
-    def longest(self, prompt: tuple[int, ...], salt: str | None, max_len: int) -> FreshRow | None:
+    def longest(self, prompt: tuple[int, ...], salt: object, max_len: int) -> FreshRow | None:
         """The longest row of this tenant that is a prefix of ``prompt`` and at most ``max_len`` long."""
         best: FreshRow | None = None
         for row in self._rows.values():
@@ -57,7 +57,7 @@ class FreshRows:
                 best = row
         return best
 
-    def covers(self, prompt: tuple[int, ...], salt: str | None, n: int) -> bool:
+    def covers(self, prompt: tuple[int, ...], salt: object, n: int) -> bool:
         """Is a row of exactly ``prompt[:n]`` here?"""
         return any(row.salt == salt and len(row.tokens) == n and prompt[:n] == row.tokens
                    for row in self._rows.values())

@@ -71,6 +71,8 @@ class ModelLoop(Admission, Runner, Finishing):
         self.signing_key = signing_key
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.residents = ResidentPool(enabled=keep_finished)
+        # The LoRA adapter set of the tick being run (runner.py).
+        self._tick_adapters: tuple[tuple[str, float], ...] = ()
         self.tool_memory = tool_memory
         self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
         # Prompt chunks end on multiples of this (see scheduler.py for why).
@@ -231,6 +233,10 @@ class ModelLoop(Admission, Runner, Finishing):
                     except BaseException as exc:
                         future.set_exception(exc)
 
+    def uses_adapter(self, adapter_id: str) -> bool:
+        """Loop thread: does a queued or running request run with this adapter?"""
+        return any(adapter_id in dict(r.options.adapters) for r in (*self._running, *self._waiting))
+
     def fork_session(self, session_id: str, new_id: str, cache_salt: str | None = None) -> None:
         """Copy a parked session's live sequence into a new parked session (one ``seq_cp``).
 
@@ -248,7 +254,8 @@ class ModelLoop(Admission, Runner, Finishing):
             dst = self._free_seq_id()
             self.backend.copy_sequence(src.seq_id, dst)
             src.last_used = time.monotonic()
-            self.sessions.park(Session(new_id, dst, src.tokens, cache_salt, transcript=src.transcript))
+            self.sessions.park(Session(new_id, dst, src.tokens, cache_salt, transcript=src.transcript,
+                                       adapter_key=src.adapter_key))
 
         self.call(fork).result()
 

@@ -94,6 +94,15 @@ class RequestOptions:
     # of repeating it; optionally only if the transcript is this many tokens long.
     continue_session: bool = False
     expect_session_tokens: int | None = None
+    # LoRA adapters the request runs with: ((adapter id, scale), ...), sorted, no zero scales;
+    # and the same by file sha256, which names them in cache keys.
+    adapters: tuple[tuple[str, float], ...] = ()
+    adapter_key: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def kv_tenant(self) -> tuple[str | None, tuple[tuple[str, float], ...]]:
+        """Who may share KV with this request: the same cache salt and the same adapters."""
+        return (self.cache_salt, self.adapter_key)
 
 
 @dataclass(frozen=True)

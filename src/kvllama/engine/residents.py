@@ -33,6 +33,7 @@ class Resident:
     tokens: tuple[int, ...]
     cache_salt: str | None
     last_used: float = field(default_factory=time.monotonic)
+    adapter_key: tuple[tuple[str, float], ...] = ()
 
 
 class ResidentPool:
@@ -50,13 +51,14 @@ class ResidentPool:
         return list(self.by_seq)
 
     def take_best(
-        self, prompt: Sequence[int], salt: str | None, limit: int, min_shared: int
+        self, prompt: Sequence[int], salt: str | None, limit: int, min_shared: int,
+        adapter_key: tuple[tuple[str, float], ...] = (),
     ) -> Resident | None:
         """The resident of this tenant that spares the most of ``prompt`` (at most ``limit`` tokens,
         at least ``min_shared``), most recent first among equals."""
         best, best_n = None, min_shared - 1
         for resident in sorted(self.by_seq.values(), key=lambda x: -x.last_used):
-            if resident.cache_salt != salt:
+            if resident.cache_salt != salt or resident.adapter_key != adapter_key:
                 continue
             n = min(SessionTable.reusable_prefix(resident.tokens, prompt), limit)
             if n > best_n:

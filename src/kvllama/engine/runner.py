@@ -17,10 +17,12 @@ log = logging.getLogger("kvllama.engine")
 
 class Runner(LoopState):
     def _tick(self) -> None:
+        adapters = self._adapters_this_tick()
+        self._tick_adapters = adapters
         views = [
             SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
                         r.cache.next_save_point(r.n_computed))
-            for i, r in enumerate(self._running)
+            for i, r in enumerate(self._running) if r.options.adapters == adapters
         ]
         shape = self.backend.shape
         tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch)
@@ -35,6 +37,15 @@ class Runner(LoopState):
                             self._forward((s,))
         self._running = [r for r in self._running if not r.done]
 
+    def _adapters_this_tick(self) -> tuple[tuple[str, float], ...]:
+        """The LoRA adapter set this tick runs: llama.cpp applies one set to a whole pass, so
+        requests of different sets take turns, one set per tick (most runs have only one)."""
+        sets = sorted({r.options.adapters for r in self._running})
+        if len(sets) <= 1:
+            return sets[0] if sets else ()
+        self._adapter_turn = getattr(self, "_adapter_turn", -1) + 1
+        return sets[self._adapter_turn % len(sets)]
+
     def _forward(self, slices: tuple[Slice, ...]) -> bool:
         """Decode these slices in one batch, then sample; False if the decode failed."""
         batch = [self._running[s.key] for s in slices]
@@ -42,7 +53,7 @@ class Runner(LoopState):
         started = time.perf_counter()
         self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
         try:
-            self.backend.decode(rows)
+            self.backend.decode(rows, self._tick_adapters)
         except KvllamaError as exc:
             # An abort asked for by cancel() costs the others of the pass nothing: they
             # made no progress and are planned again next tick. A timeout is an error.

@@ -40,6 +40,8 @@ class Session:
     # The whole conversation so far (last prompt + reply), which ``continue_session`` extends;
     # ``tokens`` is only what the sequence holds (the reply is re-prefilled, see finishing.py).
     transcript: tuple[int, ...] = ()
+    # The LoRA adapters (by sha256) the sequence was computed with: only the same set resumes it.
+    adapter_key: tuple[tuple[str, float], ...] = ()
 
     @property
     def key(self) -> SessionKey:

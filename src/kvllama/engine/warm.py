@@ -54,21 +54,22 @@ class WarmStart:
         self.backend = backend
         self.policy = policy
         self._base_root = root
-        self._roots: OrderedDict[str | None, KeyRoot] = OrderedDict()
-        # Cold rows handed to the writer pool and maybe not yet visible: key -> (salt, tokens).
-        self._unpublished: dict[bytes, tuple[str | None, tuple[int, ...]]] = {}
+        self._roots: OrderedDict[tuple[str | None, tuple[tuple[str, float], ...]], KeyRoot] = OrderedDict()
+        # Prefill rows handed to the writer pool and maybe not yet visible: key -> (tenant, tokens).
+        self._unpublished: dict[bytes, tuple[object, tuple[int, ...]]] = {}
         self.recent = RecentPrefixes(cache.config.block_size)
         self.fresh = FreshRows()
 
-    def root(self, salt: str | None) -> KeyRoot:
-        """The key root of one tenant; the most recent ``MAX_SALT_ROOTS`` are kept."""
-        root = self._roots.get(salt)
+    def root(self, salt: str | None, adapter_key: tuple[tuple[str, float], ...] = ()) -> KeyRoot:
+        """The key root of one tenant and adapter set; the most recent ``MAX_SALT_ROOTS`` are kept."""
+        tenant = (salt, adapter_key)
+        root = self._roots.get(tenant)
         if root is not None:
-            self._roots.move_to_end(salt)
+            self._roots.move_to_end(tenant)
             return root
-        root = replace(self._base_root, cache_salt=salt)
+        root = replace(self._base_root, cache_salt=salt, adapters=adapter_key)
         self.cache.register_root(root)
-        self._roots[salt] = root
+        self._roots[tenant] = root
         if len(self._roots) > MAX_SALT_ROOTS:
             self._roots.popitem(last=False)
         return root
@@ -95,10 +96,10 @@ class WarmStart:
         limit = resume_point(n - self.policy.min_tail, self.backend.shape.swa_window)
         if limit < self.policy.min_restore:
             return
-        root = self.root(r.options.cache_salt)
+        root = self.root(*r.options.kv_tenant)
         hit = self._prefix_hit(root, r, limit)
         best = min(hit.n_tokens, limit) if hit is not None else 0
-        fresh = self.fresh.longest(r.prompt, r.options.cache_salt, limit)
+        fresh = self.fresh.longest(r.prompt, r.options.kv_tenant, limit)
         if fresh is not None and len(fresh.tokens) > best and self._load_fresh(r, fresh):
             r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
             return
@@ -204,15 +205,16 @@ class WarmStart:
         tokens = (r.prompt + tuple(r.generated))[:n]
         blob = self.backend.sequence_state(r.seq_id)
         # An empty or truncated blob is refused (and counted) by the cache: None, nothing recorded.
-        key = self.cache.save(self.root(r.options.cache_salt), tokens, blob, reason)
+        key = self.cache.save(self.root(*r.options.kv_tenant), tokens, blob, reason)
         if key is not None:
             r.cache.created = max(r.cache.created, n - r.cache.read)
             if reason in (SaveReason.COLD, SaveReason.PREFIX):
-                self._unpublished[key] = (r.options.cache_salt, tokens)
-                self.fresh.add(FreshRow(key, r.options.cache_salt, tokens, blob))
+                self._unpublished[key] = (r.options.kv_tenant, tokens)
+                self.fresh.add(FreshRow(key, r.options.kv_tenant, tokens, blob))
         return key
 
-    def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: SaveReason) -> None:
+    def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: SaveReason,
+                    adapter_key: tuple[tuple[str, float], ...] = ()) -> None:
         """Save a parked session's sequence before its slot is given back.
 
         Synchronous, bounded by the cache's sync timeout: the sequence is about
@@ -224,7 +226,7 @@ class WarmStart:
             tokens = tokens[:grid]  # a row off the resume grid could never be restored exactly
         if tokens:
             blob = self.backend.sequence_state(seq_id)
-            self.cache.save(self.root(salt), tokens, blob, reason, sync=True)
+            self.cache.save(self.root(salt, adapter_key), tokens, blob, reason, sync=True)
 
     def plan_save_points(self, r: Request) -> None:
         """Where this request's prefill saves rows: its cold point and its shared-prefix points.
@@ -239,7 +241,7 @@ class WarmStart:
         n = len(r.prompt)
         cold = self.cold_save_point(n)
         r.cache.cold_point = cold if cold is not None and cold > r.n_computed else None
-        root = self.root(r.options.cache_salt)
+        root = self.root(*r.options.kv_tenant)
         recent = self.recent.observe(root.digest, r.prompt)
         wanted = sorted({self.grid_point(p) for p in (*r.options.save_points, recent) if p <= n})
         points: set[int] = set()
@@ -266,7 +268,7 @@ class WarmStart:
         """
         usable = len(r.prompt) - self.policy.min_tail
         for q in running:
-            if q.options.cache_salt != r.options.cache_salt or q.n_computed >= len(q.prompt):
+            if q.options.kv_tenant != r.options.kv_tenant or q.n_computed >= len(q.prompt):
                 continue
             point = self.grid_point(min(shared_prefix(r.prompt, q.prompt), usable))
             if point < self.policy.min_tokens or q.n_computed >= point:
@@ -287,9 +289,9 @@ class WarmStart:
             del self._unpublished[key]
         # A row still at hand (engine/fresh_rows.py) is restorable now: no need to wait for it.
         return any(
-            salt == r.options.cache_salt and len(toks) <= usable and r.prompt[: len(toks)] == toks
-            and not self.fresh.covers(r.prompt, salt, len(toks))
-            for salt, toks in self._unpublished.values()
+            tenant == r.options.kv_tenant and len(toks) <= usable and r.prompt[: len(toks)] == toks
+            and not self.fresh.covers(r.prompt, tenant, len(toks))
+            for tenant, toks in self._unpublished.values()
         )
 
     def after_prefill_step(self, r: Request) -> None:
@@ -301,7 +303,7 @@ class WarmStart:
 
     def row_at(self, r: Request, n: int) -> bytes | None:
         """The key of the cached row of the request's first ``n`` tokens, if there is one."""
-        return self.cache.find_row(self.root(r.options.cache_salt), (r.prompt + tuple(r.generated))[:n])
+        return self.cache.find_row(self.root(*r.options.kv_tenant), (r.prompt + tuple(r.generated))[:n])
 
     def at_finish(self, r: Request) -> None:
         """The turn's finish row: saved, or (when the sequence is longer than the grid allows a

@@ -58,6 +58,9 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     # embed() calls take turns on the model's one embedding context (off the decode thread).
     embed_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Loaded LoRA adapters: id -> (path, default scale); a request without ``adapters``
+    # runs with every one of them at its default scale (llama-server's behaviour).
+    adapters: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def info(self) -> ModelInfo:
         d, shape, status = self.backend.description, self.backend.shape, self.loop.status

@@ -27,6 +27,7 @@ from kvllama.errors import InvalidRequestError
 from kvllama.server import status
 from kvllama.server.errors import ApiError
 from kvllama.server.metrics import RECENT_REQUESTS
+from kvllama.server.openapi import body_schema
 from kvllama.server.schemas_common import CacheSalt, SessionId, parse_body, read_json, validate
 from kvllama.server.schemas_openai import ChatMessage
 from kvllama.server.state import ServerState, state_of
@@ -73,25 +74,6 @@ class ForkSessionRequest(_Body):
     new_session_id: SessionId
     model: str | None = None
     cache_salt: CacheSalt | None = None
-
-
-def body_schema(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
-    """``openapi_extra`` publishing ``model`` as the JSON body, its ``$defs`` inlined (self-contained)."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    content = {"application/json": {"schema": inline(schema)}}
-    return {"requestBody": {"required": required, "content": content}}
 
 
 @router.post("/tokenize", openapi_extra=body_schema(TokenizeRequest))

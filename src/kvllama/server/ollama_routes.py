@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -45,6 +44,7 @@ from kvllama.server.ollama_format import (
     OllamaStreamWriter,
     ShowRequest,
 )
+from kvllama.server.openapi import body_schema
 from kvllama.server.schemas_common import read_json, sampling, validate
 from kvllama.server.sse import HEADERS
 from kvllama.server.state import ServerState, state_of
@@ -63,7 +63,7 @@ def resolve(state: ServerState, name: str | None) -> tuple[str, str, str]:
     return name or ollama_format.display_name(served_name), served_name, model_id
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=body_schema(GenerateRequest))
 async def generate(request: Request) -> Response:
     started = time.perf_counter()
     state = state_of(request)
@@ -94,7 +94,7 @@ def _generate_prompt(
     return [*body.context, *tokens], stops, ()
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=body_schema(ChatRequest))
 async def chat(request: Request) -> Response:
     started = time.perf_counter()
     state = state_of(request)
@@ -149,23 +149,7 @@ async def _generate(
                              headers=HEADERS)
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` publishing ``model`` as the JSON request body, its ``$defs`` inlined."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        return [inline(v) for v in node] if isinstance(node, list) else node
-
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
-
-
-@router.post("/api/embed", openapi_extra=openapi_body(EmbedRequest))
+@router.post("/api/embed", openapi_extra=body_schema(EmbedRequest))
 async def embed(request: Request) -> Response:
     started = time.perf_counter()
     state = state_of(request)
@@ -186,7 +170,7 @@ async def embed(request: Request) -> Response:
     })
 
 
-@router.post("/api/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
+@router.post("/api/embeddings", openapi_extra=body_schema(EmbeddingsRequest))
 async def embeddings(request: Request) -> Response:
     state = state_of(request)
     body = validate(EmbeddingsRequest, await read_json(request))
@@ -219,7 +203,7 @@ def _loaded(state: ServerState) -> list[tuple[str, kvllama.ModelInfo]]:
     return out
 
 
-@router.post("/api/show", openapi_extra=openapi_body(ShowRequest))
+@router.post("/api/show", openapi_extra=body_schema(ShowRequest))
 async def show(request: Request) -> Response:
     state = state_of(request)
     body = validate(ShowRequest, await read_json(request))

@@ -1,0 +1,67 @@
+"""``Engine.load_adapter`` and friends: LoRA adapters per model, and each request's set.
+
+A loaded adapter applies to every request of its model at its default scale
+(llama-server's behaviour; scale 0 leaves it out) unless the request names its
+own set (``adapters=[(id, scale), ...]``). The set is fixed when the request
+is submitted, so changing a scale or loading another adapter never changes a
+request already queued or running. Rows and sessions computed with an adapter
+set are keyed by the adapters' file sha256 and scales: they never serve a
+request with another set (kvllama.kvcache.KeyRoot.adapters).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from kvllama.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from kvllama.models.loaded import LoadedModel
+
+
+class AdapterMethods:
+    """Mixed into :class:`~kvllama.api.engine.Engine` (which provides ``_model``)."""
+
+    def _model(self, model_id: str) -> LoadedModel:  # pragma: no cover - Engine's
+        raise NotImplementedError
+
+    def load_adapter(self, model_id: str, adapter_id: str, path: str, scale: float = 1.0) -> str:
+        """Load a LoRA GGUF for ``model_id`` under ``adapter_id``; returns the file's sha256."""
+        model = self._model(model_id)
+        _check_scale(scale)
+        if not isinstance(adapter_id, str) or not adapter_id:
+            raise InvalidRequestError("adapter_id must be a non-empty string")
+        sha = model.loop.call(lambda: model.backend.load_adapter(adapter_id, str(path))).result()
+        model.adapters[adapter_id] = (str(path), float(scale))
+        return str(sha)
+
+    def unload_adapter(self, model_id: str, adapter_id: str) -> None:
+        """Unload it; refused while a queued or running request uses it."""
+        model = self._model(model_id)
+        if adapter_id not in model.adapters:
+            raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for {model_id!r}")
+        if model.loop.call(lambda: model.loop.uses_adapter(adapter_id)).result():
+            raise InvalidRequestError(f"adapter {adapter_id!r} is in use by a request; retry when it ends")
+        model.loop.call(lambda: model.backend.unload_adapter(adapter_id)).result()
+        del model.adapters[adapter_id]
+
+    def set_adapter_scale(self, model_id: str, adapter_id: str, scale: float) -> None:
+        """The default scale for requests submitted from now on (0: left out)."""
+        model = self._model(model_id)
+        _check_scale(scale)
+        if adapter_id not in model.adapters:
+            raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for {model_id!r}")
+        path, _ = model.adapters[adapter_id]
+        model.adapters[adapter_id] = (path, float(scale))
+
+    def list_adapters(self, model_id: str) -> list[dict[str, Any]]:
+        model = self._model(model_id)
+        return [{"id": i, "path": path, "scale": scale, "sha256": model.backend.adapter_sha256(i)}
+                for i, (path, scale) in model.adapters.items()]
+
+
+def _check_scale(scale: object) -> None:
+    ok = isinstance(scale, int | float) and not isinstance(scale, bool)
+    if not ok or not math.isfinite(scale) or not -100.0 <= scale <= 100.0:  # type: ignore[arg-type,operator]
+        raise InvalidRequestError(f"an adapter scale is a number in [-100, 100], got {scale!r}")
