@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
@@ -170,6 +171,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="full-size sliding-window cache (default on: resumed turns stay exact; "
                         "--no-swa-full saves KV memory on long contexts)")
     g.add_argument("--kv-unified", action="store_true", default=None)
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]", default=None,
+                   help="load a LoRA adapter (repeatable; its file name is its id; scale 1 by default)")
     g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
                    help="leave a finished request's prompt in its slot until a slot is needed (default on: "
                         "a repeated or continued prompt prefills only its last tokens)")
@@ -225,6 +228,9 @@ def _load(args: argparse.Namespace) -> Any:
 
     engine = Engine(cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None))
     engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
+    for spec in getattr(args, "lora", None) or []:
+        path, _, scale = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+        engine.load_adapter(MODEL_ID, Path(path).stem, path, float(scale) if scale else 1.0)
     return engine
 
 

@@ -14,6 +14,7 @@ from kvllama.server import anthropic_format, chat_prompt
 from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
 from kvllama.server.anthropic_format import AnthropicStreamWriter
 from kvllama.server.generation import complete, first_event, start, stream_frames
+from kvllama.server.lora import request_adapters
 from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
 from kvllama.server.schemas_common import read_json, sampling, validate
 from kvllama.server.sse import sse_response
@@ -46,6 +47,7 @@ async def messages(request: Request) -> Response:
     )
     params.update(session_params(request, body.session_id))
     params["save_points"] = list(prompt.save_points) or None
+    params["adapters"] = request_adapters(state, model_id, body.lora)
     if body.thinking is not None:
         params.update(body.thinking.engine_params())
     gen = await start(state, name, model_id, prompt.text, params, started)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 import kvllama
 from kvllama.api.engine import Engine
 from kvllama.errors import KvllamaError
-from kvllama.server import admin_routes, anthropic_routes, ollama_routes, openai_routes
+from kvllama.server import admin_routes, anthropic_routes, lora, ollama_routes, openai_routes
 from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError, ClientDisconnected, error_response, family_of
 from kvllama.server.middleware import GuardMiddleware, MetricsMiddleware
@@ -36,6 +36,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.include_router(anthropic_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(lora.router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     publish_request_bodies(app)
@@ -46,7 +47,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     # Added last = outermost: the metrics middleware also counts the guard's 401s and 413s.
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     routes = [*openai_routes.router.routes, *anthropic_routes.router.routes, *admin_routes.router.routes,
-              *ollama_routes.router.routes, *app.routes]
+              *ollama_routes.router.routes, *lora.router.routes, *app.routes]
     paths = frozenset(p for r in routes if "{" not in (p := getattr(r, "path", None) or "{"))
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=paths)
     return app

@@ -18,6 +18,7 @@ from kvllama.server.agent_params import session_params
 from kvllama.server.errors import ApiError
 from kvllama.server.generation import stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
+from kvllama.server.lora import request_adapters
 from kvllama.server.openai_choices import complete_choices, first_events, merged_frames, start_choices
 from kvllama.server.openai_format import Kind, OpenAIStreamWriter
 from kvllama.server.schemas_common import read_json, sampling, stops, validate
@@ -109,6 +110,7 @@ async def _generate(
     body: ChatCompletionRequest | CompletionRequest, started: float,
 ) -> Response:
     name, model_id = model
+    params["adapters"] = request_adapters(state, model_id, body.lora)
     given = {k: v for k, v in params.items() if v is not None}
     echo = ""
     if isinstance(body, CompletionRequest) and body.echo:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvllama.server.schemas_common import CacheSalt, SessionId
+from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId
 
 
 class _Body(BaseModel):
@@ -68,6 +68,7 @@ class MessagesRequest(_Conversation):
     seed: int | None = None
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
+    lora: list[LoraRef] | None = None
     # Extension (as on the OpenAI routes): a GBNF grammar constraining the reply.
     grammar: str | None = None
 

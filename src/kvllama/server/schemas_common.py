@@ -22,7 +22,7 @@ import json
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from kvllama.server.errors import ApiError
@@ -180,3 +180,12 @@ def stops(value: str | list[str] | None) -> list[str]:
 def sampling(**params: Any) -> dict[str, Any]:
     """Engine generation parameters, without the ones the client did not set."""
     return {k: v for k, v in params.items() if v is not None}
+
+
+class LoraRef(BaseModel):
+    """One adapter of a request's ``lora`` list: its index in ``/lora-adapters`` or its name."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int | str
+    scale: float = Field(default=1.0, ge=-100, le=100)

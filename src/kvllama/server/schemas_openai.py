@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvllama.server.schemas_common import CacheSalt, SessionId
+from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId
 
 MAX_CHOICES = 16
 
@@ -64,6 +64,8 @@ class _Sampling(_Body):
     grammar: str | None = None
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
+    # llama-server's per-request LoRA set: [{"id": index or name, "scale"}]; unset: the defaults.
+    lora: list[LoraRef] | None = None
 
 
 class ChatMessage(_Body):
