@@ -30,7 +30,7 @@ def test_model_info_reports_every_field(engine):
     assert ctx["n_seq_max"] == 8 and ctx["n_ctx"] == ctx["n_ctx_seq"] * ctx["n_seq_max"]
     assert ctx["flash_attn"] == "off" and ctx["kv_unified"] is False
     assert info.phase == "idle" and info.pending == 0 and info.in_flight == 0
-    assert info.last_cache_hit == {"kind": "cold", "prefix_len": 0}
+    assert info.last_cache_hit == {"kind": "cold", "prefix_len": 0, "source": "none"}
     assert info.loaded_at > 0 and info.chat_template_source == "builtin:plain"
     assert [m.id for m in engine.list_models()] == [MODEL]
 

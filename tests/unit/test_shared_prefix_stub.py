@@ -171,3 +171,16 @@ def test_anthropic_cache_control_blocks_become_save_points(stub_engine):
     assert engine.detokenize("s", tokens[1 : prompt.save_points[0]]).endswith("Doc. Doc. ")
     plain = chat_prompt.render(engine, "s", messages)  # no breakpoints, one turn: nothing to mark
     assert plain.save_points == ()
+
+
+def test_prompt_reuse_is_counted_by_source(stub_engine):
+    engine, _ = stub_engine(n_ctx_seq=1024, cache=RAM_ONLY)
+    engine.complete("s", "u" * 300, max_tokens=2, temperature=0)                       # none
+    engine.complete("s", "u" * 300 + "!", max_tokens=2, temperature=0)                 # slot
+    engine.complete("s", "v" * 300, max_tokens=2, temperature=0, session_id="k")       # none
+    engine.complete("s", "v" * 300 + "?", max_tokens=2, temperature=0, session_id="k") # session
+    reuse = engine.model_info("s").prompt_reuse
+    assert reuse["requests"] == {"session": 1, "slot": 1, "memory": 0, "cache": 0, "none": 2}
+    assert reuse["tokens"]["slot"] == 302 - 8 and reuse["tokens"]["session"] == 302 - 8
+    assert reuse["prompt_tokens"] == 301 + 302 + 301 + 302
+    assert reuse["reused_fraction"] == pytest.approx(2 * 294 / 1206)

@@ -33,7 +33,7 @@ def test_repeat_prompt_restores_and_prefills_only_the_tail(cached):
     assert warm.cache_delta.read == 301 - 8
     assert warm.generated_tokens == cold.generated_tokens
     assert backend.restores == 1
-    assert engine.model_info("s").last_cache_hit == {"kind": "exact", "prefix_len": 293}
+    assert engine.model_info("s").last_cache_hit == {"kind": "exact", "prefix_len": 293, "source": "cache"}
 
 
 def test_agents_sharing_an_uncached_prefix_prefill_it_once(cached):

@@ -110,7 +110,9 @@ class Admission(LoopState):
                 self.warm.plan_save_points(r)
             except Exception:  # costs only this prompt's rows, never the request
                 log.exception("planning cache save points for request %s failed", r.id)
-        self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read}
+        self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read,
+                                      "source": r.cache.source}
+        self.status.count_reuse(r.cache.source, len(r.prompt), r.cache.read)
         r.status = Status.PREFILLING
         self._running.append(r)
 
@@ -170,6 +172,7 @@ class Admission(LoopState):
         if keep < len(held.tokens) and not self.backend.truncate_sequence(held.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
         r.n_computed = r.exact_len = r.cache.read = keep
+        r.cache.source = "session" if isinstance(held, Session) else "slot"
         if isinstance(held, Session):
             r.cache.hit_kind = CacheHitKind.STICKY
         else:

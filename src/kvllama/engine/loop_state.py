@@ -42,14 +42,35 @@ class LoopStatus:
     in_flight: int = 0
     waiting: int = 0
     last_cache_hit: dict[str, Any] = field(
-        default_factory=lambda: {"kind": "cold", "prefix_len": 0}
+        default_factory=lambda: {"kind": "cold", "prefix_len": 0, "source": "none"}
     )
+    # Admitted requests and their reused prompt tokens by where the tokens came from
+    # (CacheAccount.source): the cache's own hit counters see only "cache".
+    reuse_requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REUSE_SOURCES, 0))
+    reuse_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REUSE_SOURCES, 0))
+    prompt_tokens: int = 0
     admitted: int = 0
     finished_waiting: int = 0
     # False while the context is being rebuilt after a fatal llama.cpp error.
     healthy: bool = True
     # Times a failed llama.cpp context was rebuilt in place.
     context_rebuilds: int = 0
+
+
+    def count_reuse(self, source: str, n_prompt: int, n_read: int) -> None:
+        self.reuse_requests[source] = self.reuse_requests.get(source, 0) + 1
+        self.reuse_tokens[source] = self.reuse_tokens.get(source, 0) + n_read
+        self.prompt_tokens += n_prompt
+
+    def prompt_reuse(self) -> dict[str, Any]:
+        """A snapshot: requests and reused prompt tokens per source, and the share of prompt tokens reused."""
+        reused = sum(v for k, v in self.reuse_tokens.items() if k != "none")
+        return {"requests": dict(self.reuse_requests), "tokens": dict(self.reuse_tokens),
+                "prompt_tokens": self.prompt_tokens,
+                "reused_fraction": reused / self.prompt_tokens if self.prompt_tokens else 0.0}
+
+
+REUSE_SOURCES = ("session", "slot", "memory", "cache", "none")
 
 
 def typed_error(exc: Exception) -> Exception:

@@ -135,6 +135,10 @@ class CacheAccount:
     finish_key: bytes | None = None
     # The row restored into the sequence, while the sequence still holds exactly it.
     restored_key: bytes | None = None
+    # Where the reused prompt tokens (``read``) came from: "session" (a parked sticky
+    # session), "slot" (a finished request kept in its slot), "memory" (a row saved moments
+    # ago, still in memory), "cache" (a row of the KV cache), or "none".
+    source: str = "none"
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
     # Shared-prefix save points inside the prompt (engine/warm.py picks them at admission;

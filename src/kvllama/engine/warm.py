@@ -102,6 +102,7 @@ class WarmStart:
         fresh = self.fresh.longest(r.prompt, r.options.kv_tenant, limit)
         if fresh is not None and len(fresh.tokens) > best and self._load_fresh(r, fresh):
             r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
+            r.cache.source = "memory"
             return
         shared = self._shared_hit(root, r, limit, better_than=best)
         if shared is not None and self._load(r, shared[0]) and self._cut(r, shared[1]):
@@ -172,6 +173,7 @@ class WarmStart:
             return False
         r.n_computed = r.exact_len = r.cache.read = hit.n_tokens
         r.cache.restored_key = hit.key
+        r.cache.source = "cache"
         return True
 
     def _load_fresh(self, r: Request, row: FreshRow) -> bool:
@@ -194,6 +196,7 @@ class WarmStart:
         self.backend.clear_sequence(r.seq_id)
         r.n_computed = r.exact_len = r.cache.read = 0
         r.cache.restored_key = None
+        r.cache.source = "none"
         return False
 
     def save(self, r: Request, reason: SaveReason) -> bytes | None:

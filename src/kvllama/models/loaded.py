@@ -41,6 +41,8 @@ class ModelInfo:
     # slots (residents give way to any new request): free = n_seq_max - in_flight - sessions.
     sessions: int = 0
     residents: int = 0
+    # Prompt tokens reused, by source (LoopStatus.prompt_reuse): sessions, slots, memory, cache.
+    prompt_reuse: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -95,6 +97,7 @@ class LoadedModel:
             pending=self.loop.pending,
             in_flight=status.in_flight,
             last_cache_hit=dict(status.last_cache_hit),
+            prompt_reuse=status.prompt_reuse(),
             chat_template_source=self.chat_template_source,
             description=d.description,
             healthy=self.loop.healthy,

@@ -58,6 +58,7 @@ def _info_fields(info: ModelInfo) -> dict[str, Any]:
         "in_flight": info.in_flight,
         "slots": slots(n_seq_max, info.in_flight, info.sessions, info.residents),
         "last_cache_hit": dict(info.last_cache_hit),
+        "prompt_reuse": info.prompt_reuse,
         "path": info.path,
         "description": info.description,
         "architecture": info.architecture,
