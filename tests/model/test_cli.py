@@ -72,3 +72,17 @@ def test_bench_floor_generates_the_engines_greedy_tokens():
         for prompt, expected in zip(prompts, floor_tokens, strict=True):
             result = engine.complete(MODEL_ID, prompt, max_tokens=6, temperature=0, stop_at_eog=False)
             assert list(result.generated_tokens) == expected
+
+
+def test_lora_flag_loads_an_adapter_that_changes_the_completion(tmp_path):
+    from kvllama.bench.synthetic_lora import write_lora
+    from kvllama.models.default import default_model_path
+
+    adapter = write_lora(default_model_path(), str(tmp_path / "support.gguf"), seed=1)
+    args = ("complete", "--max-tokens", "10", "--temperature", "0", "The capital of France is")
+    plain, with_lora = run(*args), run(*args[:-1], "--lora", f"{adapter}:1.0", args[-1])
+    assert plain.returncode == 0 and with_lora.returncode == 0, with_lora.stderr
+    assert plain.stdout != with_lora.stdout
+    assert run(*args[:-1], "--lora", f"{adapter}:0", args[-1]).stdout == plain.stdout
+    bad = run(*args[:-1], "--lora", str(tmp_path / "missing.gguf"), args[-1])
+    assert bad.returncode != 0 and "missing.gguf" in bad.stderr
