@@ -173,6 +173,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-unified", action="store_true", default=None)
     g.add_argument("--lora", action="append", metavar="PATH[:SCALE]", default=None,
                    help="load a LoRA adapter (repeatable; its file name is its id; scale 1 by default)")
+    g.add_argument("--canonical-decode", action="store_true", default=None,
+                   help="decode steps as 2-row chunks: replies are reused on resume, restores leave 2 "
+                        "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
     g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
                    help="leave a finished request's prompt in its slot until a slot is needed (default on: "
                         "a repeated or continued prompt prefills only its last tokens)")
@@ -212,8 +215,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "keep_finished", "chat_template", "use_extra_bufts",
-                "max_decode_rows", "markers",
+                "swa_full", "kv_unified", "keep_finished", "canonical_decode", "chat_template",
+                "use_extra_bufts", "max_decode_rows", "markers",
                 "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
@@ -226,6 +229,9 @@ def _pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     from kvllama import Engine
 
+    if getattr(args, "canonical_decode", None):
+        # Before llama.cpp's first matmul, when ggml reads it (README "Exactness").
+        os.environ.setdefault("GGML_CPU_TILED_MM", "0")
     engine = Engine(cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None))
     engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
     for spec in getattr(args, "lora", None) or []:

@@ -60,6 +60,10 @@ class ModelOptions:
     # Leave a finished request's prompt KV in its slot until the slot is needed, so a
     # request that repeats or continues it prefills only its last tokens (engine/residents.py).
     keep_finished: bool = True
+    # Decode each step as a 2-row chunk of its sequence (the previous token recomputed), so a
+    # reply's KV is computed exactly like a prompt's: resumes keep it, restores leave 2 tokens.
+    # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (README "Exactness").
+    canonical_decode: bool = False
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
     # A Jinja chat template to use when the GGUF carries none.
@@ -123,7 +127,8 @@ class ModelOptions:
             _int("n_ctx", self.n_ctx, minimum=8)
         if self.prefill_chunk_size is not None:
             _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
-        for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts", "keep_finished"):
+        for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts", "keep_finished",
+                     "canonical_decode"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptionError(name, getattr(self, name), "true or false")
         if self.n_ubatch > self.n_batch:

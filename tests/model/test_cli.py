@@ -86,3 +86,12 @@ def test_lora_flag_loads_an_adapter_that_changes_the_completion(tmp_path):
     assert run(*args[:-1], "--lora", f"{adapter}:0", args[-1]).stdout == plain.stdout
     bad = run(*args[:-1], "--lora", str(tmp_path / "missing.gguf"), args[-1])
     assert bad.returncode != 0 and "missing.gguf" in bad.stderr
+
+
+def test_canonical_decode_flag_sets_the_kernels_it_needs():
+    # In a fresh process the flag sets GGML_CPU_TILED_MM=0 before llama.cpp runs; without it the
+    # same option would be refused (tests/model/test_canonical_decode.py).
+    proc = run("complete", "--max-tokens", "8", "--temperature", "0", "--canonical-decode", "--stats",
+               "The capital of France is")
+    assert proc.returncode == 0, proc.stderr
+    assert "generated 8 tok" in proc.stderr

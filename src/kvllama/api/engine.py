@@ -123,7 +123,8 @@ class Engine(TextMethods, ChatMethods, AdapterMethods):
             warm = None
             if self.cache is not None:
                 root = key_root(backend, opts)
-                policy = replace(self._save_policy, boundary=min(PREFILL_ALIGN, opts.effective_chunk_size()))
+                policy = replace(self._save_policy, boundary=min(PREFILL_ALIGN, opts.effective_chunk_size()),
+                                 min_tail=backend.shape.min_chunk_rows)
                 warm = WarmStart(self.cache, root, backend, policy)
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,

@@ -42,10 +42,20 @@ _TILED_TYPES = frozenset({
 })
 
 
+def has_tiled_weights(gguf: GgufInfo) -> bool:
+    """Weights of a type the CPU's tiled kernels take (from 8 rows on, with stock settings)."""
+    return bool(gguf.tensor_types & _TILED_TYPES)
+
+
+def on_cpu(n_gpu_layers: int, n_layer: int) -> bool:
+    """Whether the CPU kernels run (some of) the model's layers."""
+    return not (n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer))
+
+
 def default_max_decode_rows(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> int:
     """7 where the CPU kernel switch can reach this model's matmuls, else 0 (no limit)."""
     if cpu_kernel_mode() != STOCK:
         return 0  # tiled kernels for every batch size, or for none
-    if n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer):
+    if not on_cpu(n_gpu_layers, n_layer):
         return 0  # every layer offloaded: the CPU kernels do not run the model
-    return TILED_MIN_ROWS - 1 if gguf.tensor_types & _TILED_TYPES else 0
+    return TILED_MIN_ROWS - 1 if has_tiled_weights(gguf) else 0

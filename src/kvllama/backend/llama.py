@@ -9,12 +9,13 @@ from dataclasses import replace
 from typing import Any
 
 from kvllama.backend.adapters import AdapterRegistry, AdapterSet
-from kvllama.backend.decode_rows import default_max_decode_rows
+from kvllama.backend.decode_rows import default_max_decode_rows, has_tiled_weights, on_cpu
 from kvllama.backend.protocol import ContextShape, ModelDescription
-from kvllama.errors import ContextOverflowError
+from kvllama.errors import ContextOverflowError, InvalidOptionError
 from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
+from kvllama.native.kernels import STOCK, cpu_kernel_mode
 from kvllama.native.model import NativeModel
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
@@ -42,6 +43,8 @@ class LlamaBackend:
             self.adapters = AdapterRegistry(self.model)
             self._stack.callback(self.adapters.close)
             facts = self.model.describe()
+            if options.canonical_decode:
+                self._check_canonical(facts["n_layer"])
             per_seq = (options.n_ctx // options.n_seq_max) if options.n_ctx else min(
                 DEFAULT_N_CTX_PER_SEQ, facts["n_ctx_train"] or DEFAULT_N_CTX_PER_SEQ
             )
@@ -77,7 +80,11 @@ class LlamaBackend:
             special_tokens=self.model.special_tokens(),
             n_swa=facts["n_swa"],
         )
-        self.shape = ContextShape(
+        self.shape = self._shape(facts)
+
+    def _shape(self, facts: dict[str, Any]) -> ContextShape:
+        options = self.options
+        return ContextShape(
             n_ctx=self.ctx.n_ctx_seq * options.n_seq_max,
             n_ctx_seq=self.ctx.n_ctx_seq,
             n_batch=self.ctx.n_batch,
@@ -89,7 +96,22 @@ class LlamaBackend:
                 else default_max_decode_rows(self.gguf, options.n_gpu_layers, facts["n_layer"])
             ),
             swa_window=facts["n_swa"],
+            min_chunk_rows=2 if options.canonical_decode else 8,
+            canonical_decode=options.canonical_decode,
         )
+
+    def _check_canonical(self, n_layer: int) -> None:
+        """Canonical decoding needs chunks of 2 rows computed like chunks of 8+ (measured on the
+        CPU with the tiled kernels off or forced, or for weights they never take)."""
+        o = self.options
+        if not on_cpu(o.n_gpu_layers, n_layer):
+            raise InvalidOptionError("canonical_decode", True, "the CPU backend (n_gpu_layers=0): "
+                                     "GPU kernels were not measured for it")
+        if has_tiled_weights(self.gguf) and cpu_kernel_mode() == STOCK:
+            raise InvalidOptionError(
+                "canonical_decode", True,
+                "GGML_CPU_TILED_MM=0 in the environment from the process start for this model's "
+                "K-quant weights (kvllama serve --canonical-decode sets it)")
 
     def _kv_bytes(self, facts: dict[str, Any]) -> int:
         """K and V for every layer and cell; an upper bound for sliding-window models."""

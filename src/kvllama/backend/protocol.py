@@ -52,6 +52,10 @@ class ContextShape:
     # The sliding window whose older cells llama.cpp leaves out of a sequence's state
     # blob (swa_full or not; 0: no sliding window): past it, resumes sit on a grid.
     swa_window: int = 0
+    # Rows a prompt chunk needs to be computed like every larger one (8 on stock CPU kernels;
+    # 2 with canonical decoding, where decode steps are 2-row chunks too: README "Exactness").
+    min_chunk_rows: int = 8
+    canonical_decode: bool = False
 
 
 class Sampler(Protocol):

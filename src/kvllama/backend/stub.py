@@ -65,6 +65,8 @@ class StubConfig:
     max_decode_rows: int = 0
     # Behave like a sliding-window model whose memory cannot be cut mid-sequence.
     refuse_truncate: bool = False
+    # Decode steps as 2-row chunks (ModelOptions.canonical_decode).
+    canonical_decode: bool = False
 
 
 @dataclass
@@ -89,6 +91,7 @@ class StubBackend:
             n_ctx=c.n_ctx_seq * c.n_seq_max, n_ctx_seq=c.n_ctx_seq, n_batch=c.n_batch,
             n_ubatch=c.n_batch, n_seq_max=c.n_seq_max, kv_bytes_estimate=0,
             max_decode_rows=c.max_decode_rows,
+            min_chunk_rows=2 if c.canonical_decode else 8, canonical_decode=c.canonical_decode,
         )
         self.seqs: dict[int, _SeqState] = {}
         # Every decode call's rows, in order (tests read this).

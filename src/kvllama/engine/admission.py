@@ -16,7 +16,6 @@ from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
 from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
 from kvllama.engine.residents import Resident
-from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
 from kvllama.errors import ContextOverflowError, SessionConflictError, UnknownSessionError
@@ -91,7 +90,8 @@ class Admission(LoopState):
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
         held: Session | Resident | None = session or self.residents.take_best(
-            r.prompt, opts.cache_salt, len(r.prompt) - MIN_CHUNK_ROWS, MIN_RESIDENT_SHARE, opts.adapter_key)
+            r.prompt, opts.cache_salt, len(r.prompt) - self.backend.shape.min_chunk_rows, MIN_RESIDENT_SHARE,
+            opts.adapter_key)
         r.seq_id = held.seq_id if held else self._free_seq_id()
         r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1
@@ -161,11 +161,12 @@ class Admission(LoopState):
         """Continue a parked session or a resident in place; False when its sequence cannot be reused.
 
         The held tokens are canonical (see Finishing._cut_to_exact); the
-        prompt's last MIN_CHUNK_ROWS tokens are left to prefill, as a cold run
+        prompt's last ``min_chunk_rows`` tokens are left to prefill, as a cold run
         computes them. A live sequence keeps its cells where its prefill put
         them, so the cut may fall anywhere (no resume grid, unlike a restore).
         """
-        keep = min(self.sessions.reusable_prefix(held.tokens, r.prompt), len(r.prompt) - MIN_CHUNK_ROWS)
+        tail = self.backend.shape.min_chunk_rows
+        keep = min(self.sessions.reusable_prefix(held.tokens, r.prompt), len(r.prompt) - tail)
         same_kv = held.cache_salt == r.options.cache_salt and held.adapter_key == r.options.adapter_key
         if keep <= 0 or not same_kv:
             return False
@@ -176,7 +177,7 @@ class Admission(LoopState):
         if isinstance(held, Session):
             r.cache.hit_kind = CacheHitKind.STICKY
         else:
-            whole = keep == len(r.prompt) - MIN_CHUNK_ROWS
+            whole = keep == len(r.prompt) - tail
             r.cache.hit_kind = CacheHitKind.EXACT if whole else CacheHitKind.PARTIAL
         return True
 

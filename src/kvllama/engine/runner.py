@@ -7,7 +7,7 @@ import time
 
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
-from kvllama.engine.scheduler import MIN_CHUNK_ROWS, SeqProgress, Slice, decode_groups, plan
+from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent, TokenLogprob
 from kvllama.native.batch import BatchRow
@@ -19,13 +19,14 @@ class Runner(LoopState):
     def _tick(self) -> None:
         adapters = self._adapters_this_tick()
         self._tick_adapters = adapters
+        shape = self.backend.shape
         views = [
-            SeqProgress(i, r.seq_id, len(r.prompt), r.n_computed, r.pending_token is not None,  # type: ignore[arg-type]
+            SeqProgress(i, r.seq_id, len(r.prompt), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
                         r.cache.next_save_point(r.n_computed))
             for i, r in enumerate(self._running) if r.options.adapters == adapters
         ]
-        shape = self.backend.shape
-        tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch)
+        tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch,
+                    min_rows=shape.min_chunk_rows, decode_rows=2 if shape.canonical_decode else 1)
         if tick.slices:
             self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
@@ -36,6 +37,13 @@ class Runner(LoopState):
                         if not self._running[s.key].cancel_requested:
                             self._forward((s,))
         self._running = [r for r in self._running if not r.done]
+
+    def _progress(self, r: Request) -> int:
+        """What the planner sees as done: for a canonical decoder, the pending token's position
+        (its step recomputes the token before it, whatever a failed pass left in KV)."""
+        if self.backend.shape.canonical_decode and r.pending_token is not None:
+            return len(r.prompt) + len(r.generated) - 1
+        return r.n_computed
 
     def _adapters_this_tick(self) -> tuple[tuple[str, float], ...]:
         """The LoRA adapter set this tick runs: llama.cpp applies one set to a whole pass, so
@@ -63,22 +71,26 @@ class Runner(LoopState):
             for s, r in zip(slices, batch, strict=True):
                 # Drop whatever part of the batch llama.cpp kept, so a retry starts clean.
                 self.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
+                r.n_computed, r.exact_len = min(r.n_computed, s.start), min(r.exact_len, s.start)
                 if s.decoding:
-                    r.pending_token = rows[self._row_of(slices, s)][0]
+                    r.pending_token = rows[self._row_of(slices, s) + s.count - 1][0]
                 if len(slices) == 1 and not cancelled:
                     self._emit_error(r, exc)
             return cancelled
         finally:
             self._prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
+        min_rows = self.backend.shape.min_chunk_rows
         for s, r in zip(slices, batch, strict=True):
-            r.n_computed += s.count
+            r.n_computed = s.start + s.count
+            # Rows of a chunk of min_rows+ computed right after canonical KV are canonical too
+            # (with canonical decoding, decode steps are such chunks).
+            if s.count >= min_rows and r.exact_len >= s.start:
+                r.exact_len = r.n_computed
             if s.decoding:
                 r.timing.decode_seconds += elapsed
             else:
                 r.timing.prefill_seconds += elapsed
-                if s.count >= MIN_CHUNK_ROWS and r.exact_len == s.start:
-                    r.exact_len = r.n_computed
                 if self.warm is not None:
                     self.warm.after_prefill_step(r)
         for row_index, r in samples:
@@ -108,7 +120,12 @@ class Runner(LoopState):
             seq = r.seq_id
             assert seq is not None
             if s.decoding:
-                rows.append((r.pending_token, s.start, seq, True))  # type: ignore[arg-type]
+                if s.count == 2:  # canonical: recompute the token before, as a 2-row chunk
+                    self.backend.clear_sequence(seq, s.start)
+                    before = s.start - len(r.prompt)
+                    token = r.prompt[s.start] if before < 0 else r.generated[before]
+                    rows.append((token, s.start, seq, False))
+                rows.append((r.pending_token, s.start + s.count - 1, seq, True))  # type: ignore[arg-type]
                 r.pending_token = None
             else:
                 last = s.start + s.count - 1

@@ -79,16 +79,19 @@ class Tick:
 
 
 def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int = 1,
-         n_ubatch: int | None = None) -> Tick:
-    decoders = sorted((s for s in seqs if s.decoding), key=lambda s: s.seq_id)[:n_batch]
-    decode_slices = tuple(Slice(s.key, s.n_computed, 1, sample=True, decoding=True) for s in decoders)
-    budget = n_batch - len(decode_slices)
+         n_ubatch: int | None = None, min_rows: int = MIN_CHUNK_ROWS, decode_rows: int = 1) -> Tick:
+    """``decode_rows`` 2: canonical decoding, each step recomputes the token before the new one."""
+    decoders = sorted((s for s in seqs if s.decoding), key=lambda s: s.seq_id)[: n_batch // decode_rows]
+    back = decode_rows - 1
+    decode_slices = tuple(Slice(s.key, s.n_computed - back, decode_rows, sample=True, decoding=True)
+                          for s in decoders)
+    budget = n_batch - decode_rows * len(decode_slices)
     prompts = [s for s in seqs if not s.decoding and s.n_computed < s.n_prompt]
     if not prompts or budget == 0:
         return Tick(decode_slices)
     # All prompt rows of a tick form one ubatch (llama.cpp would split a larger one unevenly).
     rows = min(chunk_size if decoders else n_batch, budget, n_ubatch or n_batch)
-    chunks = _group_chunks(prompts, rows, align)
+    chunks = _group_chunks(prompts, rows, align, min_rows)
     if not chunks and not decoders:  # a batch smaller than a canonical chunk: never stall
         leader = prompts[0]
         count = min(leader.n_prompt - leader.n_computed, rows)
@@ -97,7 +100,7 @@ def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int 
     return Tick((*chunks, *decode_slices))
 
 
-def _group_chunks(prompts: list[SeqProgress], rows: int, align: int) -> list[Slice]:
+def _group_chunks(prompts: list[SeqProgress], rows: int, align: int, min_rows: int) -> list[Slice]:
     """This tick's prompt chunks: the oldest prompt, with neighbours that can share its ubatch.
 
     llama.cpp (non-unified KV) puts chunks of consecutive sequence ids with
@@ -114,13 +117,13 @@ def _group_chunks(prompts: list[SeqProgress], rows: int, align: int) -> list[Sli
         run.append(by_id[run[-1].seq_id + 1])
     while run[0].seq_id - 1 in by_id:
         run.insert(0, by_id[run[0].seq_id - 1])
-    for k in range(min(len(run), max(1, rows // MIN_CHUNK_ROWS)), 0, -1):
+    for k in range(min(len(run), max(1, rows // min_rows)), 0, -1):
         members = _members_around(run, leader, k)
-        ends = [_chunk_end(m, rows // k, align) for m in members]
+        ends = [_chunk_end(m, rows // k, align, min_rows) for m in members]
         if any(e is None for e in ends):
             continue
         count = min(e - m.n_computed for e, m in zip(ends, members, strict=True))  # type: ignore[operator]
-        fits = [m for m in members if _can_take(m, count)]
+        fits = [m for m in members if _can_take(m, count, min_rows)]
         if leader in fits:
             return [Slice(m.key, m.n_computed, count, m.n_computed + count == m.n_prompt, decoding=False)
                     for m in fits]
@@ -134,33 +137,33 @@ def _members_around(run: list[SeqProgress], leader: SeqProgress, k: int) -> list
     return run[start : start + k]
 
 
-def _can_take(p: SeqProgress, count: int) -> bool:
+def _can_take(p: SeqProgress, count: int, min_rows: int = MIN_CHUNK_ROWS) -> bool:
     """A chunk of ``count`` rows obeys the chunk rules for this prompt."""
     left = p.n_prompt - p.n_computed - count
     stop = p.stop_at
     crosses_stop = stop is not None and p.n_computed < stop < p.n_computed + count
-    return count >= MIN_CHUNK_ROWS and (left == 0 or left >= MIN_CHUNK_ROWS) and not crosses_stop
+    return count >= min_rows and (left == 0 or left >= min_rows) and not crosses_stop
 
 
-def _chunk_end(prompt: SeqProgress, rows: int, align: int) -> int | None:
+def _chunk_end(prompt: SeqProgress, rows: int, align: int, min_rows: int = MIN_CHUNK_ROWS) -> int | None:
     """Where this tick's chunk of ``prompt`` ends; None to skip the prompt this tick.
 
-    Every chunk holds at least ``MIN_CHUNK_ROWS`` rows, and so does the
+    Every chunk holds at least ``min_rows`` rows, and so does the
     prompt's last one, unless the whole remainder is shorter than that.
     """
     start, n = prompt.n_computed, prompt.n_prompt
-    if n - start < MIN_CHUNK_ROWS:
+    if n - start < min_rows:
         return n  # a prompt shorter than a canonical chunk: its rows are never reused
     end = start + min(n - start, rows)
     stop = prompt.stop_at
-    if stop is not None and start + MIN_CHUNK_ROWS <= stop < end:
+    if stop is not None and start + min_rows <= stop < end:
         end = stop
     if end < n:
         aligned = end // align * align
-        if aligned >= start + MIN_CHUNK_ROWS:
+        if aligned >= start + min_rows:
             end = aligned
-        end = min(end, n - MIN_CHUNK_ROWS)  # never leave a last chunk of 1-7 rows
-    return end if end - start >= MIN_CHUNK_ROWS else None
+        end = min(end, n - min_rows)  # never leave a last chunk of 1-7 rows
+    return end if end - start >= min_rows else None
 
 
 def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple[Slice, ...]]:

@@ -257,7 +257,7 @@ class WarmStart:
 
     def _worth_saving(self, r: Request, p: int) -> bool:
         return (self.policy.min_tokens <= p <= len(r.prompt) - self.policy.min_tail
-                and p >= r.n_computed + MIN_CHUNK_ROWS and p != r.cache.cold_point)
+                and p >= r.n_computed + self.policy.min_tail and p != r.cache.cold_point)
 
     def should_wait(self, r: Request, running: list[Request]) -> bool:
         """True while another request prefills (or is still saving) a prefix ``r`` could restore.
@@ -278,7 +278,7 @@ class WarmStart:
                 continue
             if point in (q.cache.cold_point, *q.cache.prefix_points):
                 return True
-            if point >= q.n_computed + MIN_CHUNK_ROWS:
+            if point >= q.n_computed + self.policy.min_tail:
                 q.cache.prefix_points.add(point)
                 return True
         return self._saving_for(r, usable)

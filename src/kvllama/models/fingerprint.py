@@ -55,6 +55,7 @@ NOT_IN_ROOT = {
     "use_mmap": "the same weight bytes, read another way",
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
     "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
+    "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
     "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",
