@@ -109,6 +109,18 @@ def _add_bench_parsers(sub: Any) -> None:
     tput.set_defaults(func=_cmd_bench_throughput)
     _add_bench_serve_parser(bench_sub)
     _add_bench_cache_parser(bench_sub)
+    spec = bench_sub.add_parser(
+        "spec", help="speculative decoding on vs off (copy task, and by concurrency), same-tokens check",
+        description="Canonical decoding on both sides (the command sets GGML_CPU_TILED_MM=0): one "
+                    "engine with prompt-lookup speculation, one without; a ~500-token copy task on one "
+                    "stream, then the throughput workload at --streams; medians of alternating runs.")
+    _add_model_flags(spec)
+    spec.add_argument("--streams", default="4,8", help="concurrency levels for the throughput rows")
+    spec.add_argument("--max-tokens", type=int, default=64, help="tokens per stream (the copy task: 4x)")
+    spec.add_argument("--draft", type=int, default=8, help="draft tokens per step (speculative_draft)")
+    spec.add_argument("--repeat", type=int, default=2, help="alternating runs per row (medians)")
+    spec.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
+    spec.set_defaults(func=_cmd_bench_spec)
 
 
 def _add_bench_serve_parser(bench_sub: Any) -> None:
@@ -176,6 +188,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--canonical-decode", action="store_true", default=None,
                    help="decode steps as 2-row chunks: replies are reused on resume, restores leave 2 "
                         "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
+    g.add_argument("--speculative-draft", type=int, default=None, metavar="N",
+                   help="prompt-lookup speculation with up to N draft tokens (needs --canonical-decode)")
     g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
                    help="leave a finished request's prompt in its slot until a slot is needed (default on: "
                         "a repeated or continued prompt prefills only its last tokens)")
@@ -215,7 +229,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 _MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "keep_finished", "canonical_decode", "chat_template",
+                "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
+                "chat_template",
                 "use_extra_bufts", "max_decode_rows", "markers",
                 "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
@@ -344,6 +359,21 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     if args.plot:
         plot_throughput(report, args.plot)
     return 0
+
+
+def _cmd_bench_spec(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # before llama.cpp's first matmul
+    from kvllama.bench.spec import format_spec, run_spec
+
+    streams = [int(x) for x in args.streams.split(",") if x.strip()]
+    options = {k: v for k, v in _pick(args, _MODEL_FLAGS).items()
+               if k not in ("canonical_decode", "n_seq_max", "speculative_draft")}
+    report = run_spec(args.model, options, streams, args.max_tokens, args.draft, args.repeat)
+    print(format_spec(report))
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0 if all(row["same_tokens"] for row in report["rows"]) else 1
 
 
 def _cmd_bench_cache(args: argparse.Namespace) -> int:

@@ -38,6 +38,9 @@ class Stats:
     time_to_first_token: float | None
     # Generated tokens per second of decode time.
     tokens_per_second: float
+    # Speculative decoding: draft tokens computed, and those accepted.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,9 @@ class ModelOptions:
     # reply's KV is computed exactly like a prompt's: resumes keep it, restores leave 2 tokens.
     # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (README "Exactness").
     canonical_decode: bool = False
+    # Speculative decoding by prompt lookup: up to this many draft tokens per step (0: off);
+    # needs canonical_decode, which makes it exact (engine/speculation.py).
+    speculative_draft: int = 0
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
     # A Jinja chat template to use when the GGUF carries none.
@@ -104,6 +107,12 @@ class ModelOptions:
         opts.validate()
         return opts
 
+    def _validate_speculation(self) -> None:
+        _int("speculative_draft", self.speculative_draft, minimum=0, maximum=16)
+        if self.speculative_draft and not self.canonical_decode:
+            raise InvalidOptionError("speculative_draft", self.speculative_draft,
+                                     "0 unless canonical_decode is on (it keeps speculation exact)")
+
     def validate(self) -> None:
         _choice("split_mode", self.split_mode, SPLIT_MODES)
         _choice("flash_attn", self.flash_attn, FLASH_ATTN_MODES)
@@ -121,6 +130,7 @@ class ModelOptions:
         if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)
                 or not 0 <= self.decode_timeout < 1e9):
             raise InvalidOptionError("decode_timeout", self.decode_timeout, "seconds >= 0 (0: no limit)")
+        self._validate_speculation()
         if self.n_threads_batch is not None:
             _int("n_threads_batch", self.n_threads_batch, minimum=1)
         if self.n_ctx is not None:

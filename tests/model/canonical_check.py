@@ -35,4 +35,17 @@ with (kvllama.Engine(cache=None) as cold,
     again = warm.complete("m", P + " Again.", **G)
     out["repeat_read"] = again.cache_delta.read
     out["repeat_len"] = len(warm.tokenize("m", P + " Again."))
+# Speculative decoding on a copy task: the same tokens as without it, most drafts accepted.
+TEXT = ("The committee postponed its decision until the engineers could inspect the damaged turbine. "
+        "Farmers along the valley rotate barley, lentils and clover to keep the soil productive. ") * 3
+COPY = f"Copy the text exactly.\nText: {TEXT}\nCopy: {TEXT[:60]}"
+with kvllama.Engine(cache=None) as eng:
+    eng.load_model("plain", canonical_decode=True, n_seq_max=2, n_ctx=2 * 2048)
+    eng.load_model("spec", canonical_decode=True, speculative_draft=8, n_seq_max=2, n_ctx=2 * 2048)
+    plain = eng.complete("plain", COPY, max_tokens=80, temperature=0.0)
+    spec = eng.complete("spec", COPY, max_tokens=80, temperature=0.0)
+    out["spec_same"] = spec.generated_tokens == plain.generated_tokens
+    out["spec_drafted"], out["spec_accepted"] = spec.stats.drafted_tokens, spec.stats.accepted_tokens
+    seeded = [eng.complete(m, COPY, max_tokens=20, temperature=0.8, seed=5) for m in ("plain", "spec")]
+    out["seeded_same"] = seeded[0].generated_tokens == seeded[1].generated_tokens
 print(json.dumps(out))

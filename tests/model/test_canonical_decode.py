@@ -1,4 +1,4 @@
-"""Canonical decoding (decode steps as 2-row chunks) on the real model.
+"""Canonical decoding (decode steps as 2-row chunks), and speculation on it, on the real model.
 
 With GGML_CPU_TILED_MM=0 a 2-row chunk computes its rows exactly like a
 prefill (docs/llama-cpp-facts.md), so a reply's KV is canonical: turn 2 of a
@@ -34,6 +34,9 @@ def test_canonical_decoding_keeps_replies_and_stays_exact():
     assert facts["read"] == facts["expected_read"]  # prompt + reply (all but the undecoded last token)
     assert facts["sticky_equals_cold"] and facts["beside_equals_alone"]
     assert facts["repeat_len"] - facts["repeat_read"] < 8  # a restore may leave fewer than 8
+    # Speculative decoding (prompt lookup) verifies drafts in the same kernel class: same tokens.
+    assert facts["spec_same"] and facts["seeded_same"]
+    assert facts["spec_accepted"] > 20 and facts["spec_accepted"] <= facts["spec_drafted"]
 
 
 def test_canonical_decoding_is_refused_with_stock_kernels(engine):

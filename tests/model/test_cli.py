@@ -95,3 +95,12 @@ def test_canonical_decode_flag_sets_the_kernels_it_needs():
                "The capital of France is")
     assert proc.returncode == 0, proc.stderr
     assert "generated 8 tok" in proc.stderr
+
+
+def test_bench_spec_prints_both_sides_and_the_same_tokens():
+    proc = run("bench", "spec", "--streams", "2", "--repeat", "1", "--max-tokens", "12")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    copy = next(line for line in lines if line.startswith("copy, 1 stream"))
+    assert copy.split()[-2] == "yes" and "/" in copy.split()[-1]  # accepted/drafted
+    assert any(line.startswith("throughput, 2 streams") and " yes " in line for line in lines)

@@ -27,3 +27,26 @@ def test_generation_and_a_resumed_session_keep_the_reply(stub_engine):
     assert second.cache_delta.read == len(first.context_tokens) - 1  # the reply too, not re-prefilled
     cold = stock.complete("s", follow, max_tokens=4, temperature=0)
     assert second.generated_tokens == cold.generated_tokens
+
+
+def test_speculative_drafts_never_change_the_tokens(stub_engine):
+    spec, backend = stub_engine(n_ctx_seq=512, canonical_decode=True,
+                                load={"canonical_decode": True, "speculative_draft": 4})
+    plain, _ = stub_engine(n_ctx_seq=512, canonical_decode=True, load={"canonical_decode": True})
+    prompt = "abcabcabcabc" * 6  # the stub's output may repeat the context: drafts get proposed
+    a = spec.complete("s", prompt, max_tokens=40, temperature=0)
+    b = plain.complete("s", prompt, max_tokens=40, temperature=0)
+    assert a.generated_tokens == b.generated_tokens
+    assert a.stats.drafted_tokens > 0 and a.stats.accepted_tokens <= a.stats.drafted_tokens
+    assert b.stats.drafted_tokens == 0
+    assert any(len(rows) > 2 for rows in backend.decode_log if rows[0][1] != 0)
+    seeded = spec.complete("s", prompt, max_tokens=10, temperature=0.9, seed=3)
+    assert seeded.stats.drafted_tokens == 0  # only plain greedy requests speculate
+
+
+def test_speculation_needs_canonical_decoding(stub_engine):
+    import pytest
+
+    from kvllama.errors import InvalidOptionError
+    with pytest.raises(InvalidOptionError, match="canonical_decode"):
+        stub_engine(load={"speculative_draft": 4})

@@ -129,6 +129,7 @@ class Engine(TextMethods, ChatMethods, AdapterMethods):
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
                 keep_finished=opts.keep_finished, tool_memory=self.tool_memory,
+                speculative_draft=opts.speculative_draft,
                 markers=markers_from_options(opts), signing_key=self.thinking_key,
             )
         except BaseException:

@@ -131,5 +131,7 @@ class Finishing(LoopState):
             time_to_first_token=ttft,
             # The first token comes out of the prefill pass; the rest cost one decode each.
             tokens_per_second=(n - 1) / t.decode_seconds if t.decode_seconds > 0 else 0.0,
+            drafted_tokens=r.drafted,
+            accepted_tokens=r.accepted,
         )
 

@@ -60,6 +60,7 @@ class ModelLoop(Admission, Runner, Finishing):
         warm: WarmStart | None = None,
         session_policy: SessionPolicy | None = None,
         keep_finished: bool = True,
+        speculative_draft: int = 0,
         tool_memory: ToolCallMemory | None = None,
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
@@ -71,6 +72,7 @@ class ModelLoop(Admission, Runner, Finishing):
         self.signing_key = signing_key
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.residents = ResidentPool(enabled=keep_finished)
+        self.speculative_draft = speculative_draft
         # The LoRA adapter set of the tick being run (runner.py).
         self._tick_adapters: tuple[tuple[str, float], ...] = ()
         self.tool_memory = tool_memory

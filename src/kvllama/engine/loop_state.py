@@ -93,6 +93,7 @@ class LoopState:
     sessions: SessionTable
     residents: ResidentPool
     tool_memory: ToolCallMemory | None
+    speculative_draft: int
     chunk_size: int
     align: int
     status: LoopStatus

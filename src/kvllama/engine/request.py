@@ -159,6 +159,10 @@ class Request:
     sink: EventSink
     status: Status = Status.WAITING
     seq_id: int | None = None
+    # Speculative decoding: this step's draft, and the request's draft/accept counts.
+    draft: tuple[int, ...] = ()
+    drafted: int = 0
+    accepted: int = 0
     # Tokens whose KV is in the sequence.
     n_computed: int = 0
     # Leading tokens whose KV came from prompt chunks of MIN_CHUNK_ROWS+ rows (or a cache

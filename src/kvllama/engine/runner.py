@@ -8,6 +8,7 @@ import time
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
+from kvllama.engine.speculation import eligible, ngram_draft
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent, TokenLogprob
 from kvllama.native.batch import BatchRow
@@ -20,9 +21,10 @@ class Runner(LoopState):
         adapters = self._adapters_this_tick()
         self._tick_adapters = adapters
         shape = self.backend.shape
+        self._plan_draft()
         views = [
             SeqProgress(i, r.seq_id, len(r.prompt), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
-                        r.cache.next_save_point(r.n_computed))
+                        r.cache.next_save_point(r.n_computed), len(r.draft))
             for i, r in enumerate(self._running) if r.options.adapters == adapters
         ]
         tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch,
@@ -37,6 +39,18 @@ class Runner(LoopState):
                         if not self._running[s.key].cancel_requested:
                             self._forward((s,))
         self._running = [r for r in self._running if not r.done]
+
+    def _plan_draft(self) -> None:
+        """Speculate while exactly one request runs and it decodes (engine/speculation.py)."""
+        if not self.speculative_draft or len(self._running) != 1:
+            return
+        r = self._running[0]
+        if r.pending_token is None or not eligible(r):
+            return
+        room = min(r.params.max_tokens - len(r.generated) - 1,
+                   self.backend.shape.n_ctx_seq - (len(r.prompt) + len(r.generated)) - 2)
+        if room > 0:
+            r.draft = ngram_draft((*r.prompt, *r.generated), min(self.speculative_draft, room))
 
     def _progress(self, r: Request) -> int:
         """What the planner sees as done: for a canonical decoder, the pending token's position
@@ -95,7 +109,10 @@ class Runner(LoopState):
                     self.warm.after_prefill_step(r)
         for row_index, r in samples:
             try:
-                self._sample(r, row_index)
+                if r.draft:
+                    self._sample_draft(r, row_index)
+                else:
+                    self._sample(r, row_index)
             except Exception as exc:  # this request's sampler or channels: end it alone
                 if not isinstance(exc, KvllamaError):
                     log.exception("sampling request %s failed", r.id)
@@ -125,7 +142,9 @@ class Runner(LoopState):
                     before = s.start - len(r.prompt)
                     token = r.prompt[s.start] if before < 0 else r.generated[before]
                     rows.append((token, s.start, seq, False))
-                rows.append((r.pending_token, s.start + s.count - 1, seq, True))  # type: ignore[arg-type]
+                pending_at = s.start + s.count - 1 - len(r.draft)
+                rows.append((r.pending_token, pending_at, seq, True))  # type: ignore[arg-type]
+                rows.extend((d, pending_at + 1 + i, seq, True) for i, d in enumerate(r.draft))
                 r.pending_token = None
             else:
                 last = s.start + s.count - 1
@@ -133,7 +152,7 @@ class Runner(LoopState):
                 rows.extend((prompt[p], p, seq, s.sample and p == last)
                             for p in range(s.start, s.start + s.count))
             if s.sample:
-                samples.append((len(rows) - 1, r))
+                samples.append((len(rows) - 1 - (len(r.draft) if s.decoding else 0), r))
         return rows, samples
 
     def _logprob(self, sampler: object, row_index: int, token: int, top_n: int | None) -> TokenLogprob | None:
@@ -156,23 +175,52 @@ class Runner(LoopState):
         if r.greedy_sampler is not None:
             # Both chains see every token, so grammar and penalty state stay in step.
             (r.sampler if greedy else r.greedy_sampler).accept(token)
+        self._emit(r, token, sampler, row_index)
+
+    def _sample_draft(self, r: Request, row_index: int) -> None:
+        """Accept the draft's longest prefix greedy decoding agrees with, plus the token after it.
+
+        Every token is read first (argmax, no state), the rejected rows are cut from
+        the sequence, and only then are the tokens emitted one by one, so a request
+        that ends on one of them leaves a sequence holding exactly its tokens.
+        """
+        draft, r.draft = r.draft, ()
+        tokens: list[int] = []
+        for i in range(len(draft) + 1):
+            tokens.append(self.backend.sample(r.sampler, row_index + i))
+            if i == len(draft) or tokens[-1] != draft[i]:
+                break
+        keep = r.n_computed - len(draft) + len(tokens) - 1  # the pending row and the accepted drafts
+        self.backend.clear_sequence(r.seq_id, keep)  # type: ignore[arg-type]
+        r.n_computed, r.exact_len = keep, min(r.exact_len, keep)
+        r.drafted += len(draft)
+        r.accepted += len(tokens) - 1
+        for i, token in enumerate(tokens):
+            if not self._emit(r, token, r.sampler, row_index + i):
+                return
+
+    def _emit(self, r: Request, token: int, sampler: object, row_index: int) -> bool:
+        """A sampled token's effects: events, stops, limits; False once the request has ended."""
+        channels, p = r.channels, r.params
         now = time.perf_counter()
         if r.timing.first_token_at is None:
             r.timing.first_token_at = now
             r.status = Status.DECODING
         if r.params.stop_at_eog and self.backend.is_eog(token):
             self._finish(r, "stop")
-            return
+            return False
         r.generated.append(token)
         r.sink.put(TokenEvent(token, self._logprob(sampler, row_index, token, p.logprobs)))
         stop = channels.push(token) if channels is not None else None
         if stop is not None:
             self._finish(r, "stop", stop)
-            return
+            return False
         if len(r.generated) >= r.params.max_tokens:
             self._finish(r, "length")
-        elif r.n_computed + 1 >= self.backend.shape.n_ctx_seq:
+            return False
+        if len(r.prompt) + len(r.generated) >= self.backend.shape.n_ctx_seq:
             self._finish(r, "length")  # the sequence's context is full
-        else:
-            r.pending_token = token
+            return False
+        r.pending_token = token
+        return True
 

@@ -50,6 +50,8 @@ class SeqProgress:
     decoding: bool
     # End a prompt chunk exactly here (a cache save point), if not reached yet.
     stop_at: int | None = None
+    # Draft tokens verified in this decode step (speculative decoding).
+    draft: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +85,9 @@ def plan(seqs: Sequence[SeqProgress], n_batch: int, chunk_size: int, align: int 
     """``decode_rows`` 2: canonical decoding, each step recomputes the token before the new one."""
     decoders = sorted((s for s in seqs if s.decoding), key=lambda s: s.seq_id)[: n_batch // decode_rows]
     back = decode_rows - 1
-    decode_slices = tuple(Slice(s.key, s.n_computed - back, decode_rows, sample=True, decoding=True)
+    decode_slices = tuple(Slice(s.key, s.n_computed - back, decode_rows + s.draft, sample=True, decoding=True)
                           for s in decoders)
-    budget = n_batch - decode_rows * len(decode_slices)
+    budget = n_batch - sum(s.count for s in decode_slices)
     prompts = [s for s in seqs if not s.decoding and s.n_computed < s.n_prompt]
     if not prompts or budget == 0:
         return Tick(decode_slices)

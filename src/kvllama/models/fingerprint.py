@@ -56,6 +56,7 @@ NOT_IN_ROOT = {
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
     "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
     "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
+    "speculative_draft": "accepted drafts are the tokens decoding computes, row for row",
     "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",
