@@ -38,3 +38,13 @@ def test_logprobs_min_tokens_ignore_eos_and_logit_bias(engine):
                              logit_bias={r.generated_tokens[0]: -100})
     assert banned.generated_tokens[0] != r.generated_tokens[0]
     assert banned.generated_tokens[0] == r.logprobs[0].top[1][0]  # the runner-up
+
+
+def test_draft_tokens_and_verify_on_the_real_model(engine):
+    tokens = engine.tokenize(MODEL, "one two three four. one two three four. one two")
+    draft = engine.draft_tokens(MODEL, tokens, 4)
+    assert draft and draft == tokens[tokens.index(tokens[-1]) + 1 :][:4]
+    greedy = engine.complete(MODEL, tokens, max_tokens=5, temperature=0).generated_tokens
+    assert engine.verify(MODEL, tokens, list(greedy[:4])) == (4, greedy[4])
+    accepted, nxt = engine.verify(MODEL, tokens, [greedy[0], greedy[0] + 1])
+    assert accepted == 1 and nxt == greedy[1]

@@ -50,3 +50,14 @@ def test_speculation_needs_canonical_decoding(stub_engine):
     from kvllama.errors import InvalidOptionError
     with pytest.raises(InvalidOptionError, match="canonical_decode"):
         stub_engine(load={"speculative_draft": 4})
+
+
+def test_draft_tokens_and_verify_primitives(stub_engine):
+    engine, _ = stub_engine(n_ctx_seq=512)
+    assert engine.draft_tokens("s", [5, 6, 7, 8, 5, 6, 7], 3) == [8, 5, 6]
+    assert engine.draft_tokens("s", [1, 2, 3], 4) == []
+    prompt = engine.tokenize("s", "verify me please")
+    greedy = engine.complete("s", prompt, max_tokens=4, temperature=0).generated_tokens
+    assert engine.verify("s", prompt, list(greedy[:3])) == (3, greedy[3])
+    wrong = [greedy[0], (greedy[1] + 1) % 200 + 32, greedy[2]]
+    assert engine.verify("s", prompt, wrong) == (1, greedy[1])

@@ -25,6 +25,7 @@ from kvllama.api.requests import (
     prompt_tokens,
     tokenize_text,
 )
+from kvllama.api.spec_methods import SpecMethods
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.api.text_methods import TextMethods
 from kvllama.chat.templates import resolve_template
@@ -65,7 +66,7 @@ MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
 
 
-class Engine(TextMethods, ChatMethods, AdapterMethods):
+class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods):
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
     def __init__(

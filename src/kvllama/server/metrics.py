@@ -86,6 +86,10 @@ class ServerMetrics:
         self.generated_tokens = Counter("kvllama_generated_tokens", "Generated tokens", ["model"], registry=r)
         self.finished = Counter("kvllama_requests_finished", "Generation requests by finish reason",
                                 ["model", "reason"], registry=r)
+        self.drafted = Counter("kvllama_speculative_drafted_tokens", "Draft tokens verified (speculation)",
+                               ["model"], registry=r)
+        self.accepted = Counter("kvllama_speculative_accepted_tokens", "Draft tokens accepted (speculation)",
+                                ["model"], registry=r)
         self.ttft = Histogram("kvllama_time_to_first_token_seconds",
                               "From request arrival to the first generated token", ["model"],
                               buckets=_TTFT_BUCKETS, registry=r)
@@ -105,6 +109,8 @@ class ServerMetrics:
         self.cached_prompt_tokens.labels(model).inc(result.cache_delta.read)
         self.generated_tokens.labels(model).inc(result.stats.generated_tokens)
         self.finished.labels(model, result.finish_reason).inc()
+        self.drafted.labels(model).inc(result.stats.drafted_tokens)
+        self.accepted.labels(model).inc(result.stats.accepted_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -240,3 +240,16 @@ def test_served_names_map_to_engine_ids_and_the_default_applies(make_client):
     assert client.post("/v1/chat/completions", json=no_model).json()["model"] == "tiny"
     r = client.post("/v1/chat/completions", json=chat(model="s"))
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_speculation_counters_in_metrics(make_client):
+    client = make_client(canonical_decode=True, n_ctx_seq=512,
+                         load={"canonical_decode": True, "speculative_draft": 4})[0]
+    r = client.post("/v1/completions", json={"model": "s", "prompt": "abcabcabcabc" * 6, "max_tokens": 40,
+                                             "temperature": 0})
+    assert r.status_code == 200
+    text = client.get("/metrics").text
+    drafted = [line for line in text.splitlines()
+               if line.startswith('kvllama_speculative_drafted_tokens_total{model="s"}')]
+    assert drafted and float(drafted[0].split()[-1]) > 0
+    assert 'kvllama_speculative_accepted_tokens_total{model="s"}' in text

@@ -1,0 +1,42 @@
+"""``Engine.draft_tokens`` and ``Engine.verify``: speculation's two steps as public calls.
+
+erllama offers them so that a caller can run its own speculation loop. Here
+``draft_tokens`` is the engine's prompt-lookup drafter (engine/speculation.py)
+and ``verify`` answers with what greedy decoding of ``tokens`` produces next:
+the longest prefix of ``draft`` it agrees with, and the token after that. The
+answer is the model's own greedy continuation, so it is exact whatever the
+kernels; loaded with ``speculative_draft``, the engine speculates while it
+computes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kvllama.engine.speculation import MAX_DRAFT, ngram_draft
+from kvllama.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from kvllama.results import CompletionResult
+
+
+class SpecMethods:
+    """Mixed into :class:`~kvllama.api.engine.Engine`."""
+
+    def draft_tokens(self, model_id: str, tokens: Sequence[int], n: int) -> list[int]:
+        """Up to ``n`` tokens that followed the latest earlier occurrence of the last 3/2/1 tokens."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_DRAFT:
+            raise InvalidRequestError(f"n must be a draft length in 0..{MAX_DRAFT}, got {n!r}")
+        self.prompt_tokens(model_id, list(tokens))  # type: ignore[attr-defined]  # checks the ids
+        return list(ngram_draft(list(tokens), n))
+
+    def verify(self, model_id: str, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int | None]:
+        """(how many draft tokens greedy decoding accepts, the token after them; None at the end)."""
+        result: CompletionResult = self.complete(  # type: ignore[attr-defined]
+            model_id, list(tokens), max_tokens=len(draft) + 1, temperature=0.0)
+        out = result.generated_tokens
+        accepted = 0
+        while accepted < min(len(draft), len(out)) and out[accepted] == draft[accepted]:
+            accepted += 1
+        return accepted, (out[accepted] if accepted < len(out) else None)
