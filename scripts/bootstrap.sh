@@ -16,7 +16,7 @@ VENV=${KVLLAMA_VENV:-.venv}
 LLAMA_VERSION=0.3.36
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 WHEELHOUSE=${KVLLAMA_WHEELHOUSE:-$HOME/.cache/kvllama/wheelhouse/llama-cpp-python-$LLAMA_VERSION-noamx}
-EXTRAS=${KVLLAMA_EXTRAS:-tiny,test}
+EXTRAS=${KVLLAMA_EXTRAS:-tiny,test,ray}
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "==> creating $VENV"

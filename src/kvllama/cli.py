@@ -1,7 +1,7 @@
 """The ``kvllama`` command line.
 
 Subcommands each live in a small function; shared model-loading flags are
-declared once in :func:`_add_model_flags` so every command accepts the same
+declared once in :func:`kvllama.cli_model.add_model_flags` so every command accepts the same
 llama.cpp options as the Python API.
 """
 
@@ -12,18 +12,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
-from kvllama.cache_cli import add_cache_flags, engine_cache_config
+from kvllama.cache_cli import add_cache_flags
 from kvllama.cache_cli import register as register_cache_command
+from kvllama.cli_model import MODEL_FLAGS, MODEL_ID, add_model_flags, engine_spec, load, pick
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
-from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
 from kvllama.server.config import DEFAULT_MAX_QUEUE
-
-MODEL_ID = "default"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,14 +44,14 @@ def _parser() -> argparse.ArgumentParser:
 
     complete = sub.add_parser("complete", help="generate a completion, streamed to stdout")
     complete.add_argument("prompt", help="the prompt text ('-' reads standard input)")
-    _add_model_flags(complete)
+    add_model_flags(complete)
     _add_sampling_flags(complete)
     add_cache_flags(complete)
     complete.add_argument("--stats", action="store_true", help="print timing stats to stderr")
     complete.set_defaults(func=_cmd_complete)
 
     models = sub.add_parser("models", help="load a model (default: the embedded one) and show its info")
-    _add_model_flags(models)
+    add_model_flags(models)
     add_cache_flags(models)
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
@@ -67,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_serve_parser(sub: Any) -> None:
     srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
-    _add_model_flags(srv)
+    add_model_flags(srv)
     add_cache_flags(srv)
     g = srv.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -85,6 +82,12 @@ def _add_serve_parser(sub: Any) -> None:
                    help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
     g.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    r = srv.add_argument_group("scale-out (Ray Serve; README \"Scaling out\")")
+    r.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="run N engine replicas on a local Ray cluster behind a cache-affinity router")
+    r.add_argument("--router", choices=["affinity", "pow2"], default="affinity",
+                   help="affinity: longest cached prefix, sticky sessions, load (default); "
+                        "pow2: Ray Serve's default power-of-two-choices")
     srv.set_defaults(func=_cmd_serve)
 
 
@@ -98,7 +101,7 @@ def _add_bench_parsers(sub: Any) -> None:
                     "alternating; prints the medians and engine/floor. --model takes any GGUF, or \"tiny\" "
                     "for a 23 MB random-weight Gemma 3 (written once to the cache dir) whose fast forward "
                     "pass shows the engine's own cost per token.")
-    _add_model_flags(tput)
+    add_model_flags(tput)
     tput.add_argument("--streams", default="1,4,8", help="concurrency levels, comma separated")
     tput.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt")
     tput.add_argument("--max-tokens", type=int, default=64, help="tokens generated per stream")
@@ -114,7 +117,7 @@ def _add_bench_parsers(sub: Any) -> None:
         description="Canonical decoding on both sides (the command sets GGML_CPU_TILED_MM=0): one "
                     "engine with prompt-lookup speculation, one without; a ~500-token copy task on one "
                     "stream, then the throughput workload at --streams; medians of alternating runs.")
-    _add_model_flags(spec)
+    add_model_flags(spec)
     spec.add_argument("--streams", default="4,8", help="concurrency levels for the throughput rows")
     spec.add_argument("--max-tokens", type=int, default=64, help="tokens per stream (the copy task: 4x)")
     spec.add_argument("--draft", type=int, default=8, help="draft tokens per step (speculative_draft)")
@@ -150,7 +153,7 @@ def _add_bench_cache_parser(bench_sub: Any) -> None:
         description="Cold vs warm TTFT per tier, four agents sharing a system prompt with the cache "
                     "on and off, and the first turn after a restart from the disk tier. The tier "
                     "directories are temporary; --n-ctx and --n-seq-max are chosen per part.")
-    _add_model_flags(bcache)
+    add_model_flags(bcache)
     bcache.add_argument("--sizes", default="512,1024,2048,4096",
                         help="shared prefix lengths in tokens, multiples of 64 (default: %(default)s)")
     bcache.add_argument("--repeat", type=int, default=1, help="alternating runs per figure (medians)")
@@ -162,53 +165,6 @@ def _add_bench_cache_parser(bench_sub: Any) -> None:
     bcache.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
                         help="also draw the figures into this image (needs: pip install 'kvllama[plot]')")
     bcache.set_defaults(func=_cmd_bench_cache)
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None, help="GGUF path (default: embedded Gemma 3 270M)")
-    g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
-    g.add_argument("--n-batch", type=int, default=None)
-    g.add_argument("--n-ubatch", type=int, default=None)
-    g.add_argument("--n-seq-max", type=int, default=None)
-    g.add_argument("--n-threads", type=int, default=None)
-    g.add_argument("--n-gpu-layers", type=int, default=None)
-    g.add_argument("--split-mode", choices=SPLIT_MODES, default=None)
-    g.add_argument("--main-gpu", type=int, default=None)
-    g.add_argument("--tensor-split", default=None, help="proportions, e.g. 3,1")
-    g.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=None)
-    g.add_argument("--type-k", choices=KV_TYPES, default=None)
-    g.add_argument("--type-v", choices=KV_TYPES, default=None)
-    g.add_argument("--swa-full", action=argparse.BooleanOptionalAction, default=None,
-                   help="full-size sliding-window cache (default on: resumed turns stay exact; "
-                        "--no-swa-full saves KV memory on long contexts)")
-    g.add_argument("--kv-unified", action="store_true", default=None)
-    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]", default=None,
-                   help="load a LoRA adapter (repeatable; its file name is its id; scale 1 by default)")
-    g.add_argument("--canonical-decode", action="store_true", default=None,
-                   help="decode steps as 2-row chunks: replies are reused on resume, restores leave 2 "
-                        "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
-    g.add_argument("--speculative-draft", type=int, default=None, metavar="N",
-                   help="prompt-lookup speculation with up to N draft tokens (needs --canonical-decode)")
-    g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
-                   help="leave a finished request's prompt in its slot until a slot is needed (default on: "
-                        "a repeated or continued prompt prefills only its last tokens)")
-    g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
-    g.add_argument("--markers", default=None,
-                   help="thinking/tool-call marker preset (think, deepseek-r1, qwen3, hermes, gemma-tools)")
-    g.add_argument("--use-extra-bufts", action="store_true", default=None,
-                   help="llama.cpp CPU weight repacking: faster, not batch-invariant")
-    g.add_argument("--max-decode-rows", type=int, default=None,
-                   help="decode rows per forward pass (default: 7 for K-quant weights on CPU, where "
-                        "llama.cpp switches kernels at 8 rows, else no limit; 0 = no limit)")
-    g.add_argument("--prefill-chunk-size", type=int, default=None,
-                   help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
-    g.add_argument("--n-threads-batch", type=int, default=None,
-                   help="threads for prompt passes (default: --n-threads)")
-    g.add_argument("--no-mmap", dest="use_mmap", action="store_false", default=None,
-                   help="read the weights into memory instead of mapping the file")
-    g.add_argument("--decode-timeout", type=float, default=None,
-                   help="seconds one forward pass may run before it is aborted (default 120; 0 = no limit)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -227,41 +183,17 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grammar-file", default=None, help="file with a GBNF grammar")
 
 
-_MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
-                "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
-                "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
-                "chat_template",
-                "use_extra_bufts", "max_decode_rows", "markers",
-                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 _SAMPLING_FLAGS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed", "stop", "grammar")
 
 
-def _pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from kvllama import Engine
-
-    if getattr(args, "canonical_decode", None):
-        # Before llama.cpp's first matmul, when ggml reads it (README "Exactness").
-        os.environ.setdefault("GGML_CPU_TILED_MM", "0")
-    engine = Engine(cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None))
-    engine.load_model(MODEL_ID, args.model, **_pick(args, _MODEL_FLAGS))
-    for spec in getattr(args, "lora", None) or []:
-        path, _, scale = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
-        engine.load_adapter(MODEL_ID, Path(path).stem, path, float(scale) if scale else 1.0)
-    return engine
-
-
 def _cmd_complete(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    params = _pick(args, _SAMPLING_FLAGS)
+    params = pick(args, _SAMPLING_FLAGS)
     if args.grammar_file:
         with open(args.grammar_file, encoding="utf-8") as f:
             params["grammar"] = f.read()
-    with _load(args) as engine:
+    with load(args) as engine:
         stream = engine.infer(MODEL_ID, prompt, **params)
         done: DoneEvent | None = None
         for event in stream:
@@ -286,7 +218,7 @@ def _cmd_complete(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    with _load(args) as engine:
+    with load(args) as engine:
         for info in engine.list_models():
             data = info.as_dict()
             if args.json:
@@ -299,16 +231,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from kvllama.server import ServerConfig, serve
-    from kvllama.server.runner import listening_banner
+def _server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
+    from kvllama.server import ServerConfig
 
     name = args.served_model_name
-    with _load(args) as engine:
-        config = ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
-                              max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
-                              max_queue=None if args.max_queue < 0 else args.max_queue,
-                              cache_metrics_provider=engine.cache_metrics)
+    return ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
+                        max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                        max_queue=None if args.max_queue < 0 else args.max_queue,
+                        cache_metrics_provider=cache_metrics)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from kvllama.server import serve
+    from kvllama.server.runner import listening_banner
+
+    if args.replicas:
+        return _serve_replicas(args)
+    name = args.served_model_name
+    with load(args) as engine:
+        config = _server_config(args, engine.cache_metrics)
         info = engine.model_info(MODEL_ID)
         model = f"{info.description or info.architecture} ({info.path})"
 
@@ -317,6 +258,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(banner, flush=True)
 
         serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)
+    return 0
+
+
+def _serve_replicas(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from kvllama.ray import local
+    from kvllama.server.runner import listening_banner
+
+    if args.replicas < 1:
+        raise SystemExit("--replicas must be at least 1")
+    spec = engine_spec(args)
+    if "n_threads" not in spec.options:  # replicas share the machine's cores
+        threads = max(1, (os.cpu_count() or 1) // args.replicas)
+        spec = replace(spec, options={**spec.options, "n_threads": threads})
+    model = f"{args.model or 'embedded Gemma 3 270M'}, {args.replicas} replicas ({args.router} routing)"
+
+    def announce(url: str) -> None:
+        print(listening_banner(url, {args.served_model_name: model}, api_key=args.api_key is not None,
+                               bind=args.host), flush=True)
+
+    local.run_forever(lambda: local.start(spec, _server_config(args), replicas=args.replicas, host=args.host,
+                                          port=args.port, router=args.router), announce)
     return 0
 
 
@@ -349,7 +313,7 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
         from kvllama.bench.tiny_model import tiny_model_path
 
         model = str(tiny_model_path())
-    rows = run_throughput(model, _pick(args, _MODEL_FLAGS), streams, args.prompt_tokens,
+    rows = run_throughput(model, pick(args, MODEL_FLAGS), streams, args.prompt_tokens,
                           args.max_tokens, repeat=args.repeat)
     print(format_table(rows))
     report = {"benchmark": "throughput", "rows": as_json(rows)}
@@ -366,7 +330,7 @@ def _cmd_bench_spec(args: argparse.Namespace) -> int:
     from kvllama.bench.spec import format_spec, run_spec
 
     streams = [int(x) for x in args.streams.split(",") if x.strip()]
-    options = {k: v for k, v in _pick(args, _MODEL_FLAGS).items()
+    options = {k: v for k, v in pick(args, MODEL_FLAGS).items()
                if k not in ("canonical_decode", "n_seq_max", "speculative_draft")}
     report = run_spec(args.model, options, streams, args.max_tokens, args.draft, args.repeat)
     print(format_spec(report))
@@ -381,7 +345,7 @@ def _cmd_bench_cache(args: argparse.Namespace) -> int:
     from kvllama.bench.cache_report import format_report
 
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    options = _pick(args, _MODEL_FLAGS)
+    options = pick(args, MODEL_FLAGS)
     report = run_bench_cache(args.model, options, sizes=sizes, repeat=args.repeat, agents=args.agents,
                              turns=args.turns, system_tokens=args.system_tokens,
                              agent_max_tokens=args.max_tokens,

@@ -14,6 +14,34 @@ class KvllamaError(Exception):
 
     code = "kvllama_error"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (scale-out replicas send them to the
+        # ingress). Exception's own pickling calls ``cls(*args)``, which breaks
+        # for subclasses whose __init__ takes other arguments than the message;
+        # rebuilding from the message and attributes works for all of them.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _blank(cls: type[KvllamaError]) -> KvllamaError:
+    """An instance without running ``cls.__init__``: the builtin base whose layout it has allocates it
+    (CPython accepts only that one: OSError's for ModelFileNotFoundError, Exception's for most)."""
+    for base in cls.__mro__:
+        if base.__module__ == "builtins" and "__new__" in vars(base):
+            try:
+                return base.__new__(cls)  # type: ignore[no-any-return, call-overload]
+            except TypeError:
+                continue
+    raise TypeError(f"cannot rebuild {cls.__name__}")  # pragma: no cover
+
+
+def _rebuild_error(
+    cls: type[KvllamaError], args: tuple[object, ...], attrs: dict[str, object]
+) -> KvllamaError:
+    error = _blank(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attrs)
+    return error
+
 
 class InvalidRequestError(KvllamaError, ValueError):
     """The caller asked for something malformed (a 4xx, never a crash)."""

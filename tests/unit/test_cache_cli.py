@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import kvllama
-from kvllama import cli
+import kvllama.api.engine_spec
+from kvllama import cli, cli_model
 from kvllama.backend.stub import StubBackend, StubConfig
 from kvllama.bench.cache import run_bench_cache
 from kvllama.bench.cache_report import format_report
@@ -229,13 +230,13 @@ def test_load_hands_the_cache_config_to_the_engine(tmp_path, monkeypatch):
     def stub_engine(**kwargs: object) -> kvllama.Engine:
         return real_engine(backend_factory=lambda _p, _o: StubBackend(StubConfig()), **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(kvllama, "Engine", stub_engine)
-    with cli._load(engine_args("--disk-dir", str(tmp_path / "d"), "--ram-bytes", "1M")) as engine:
+    monkeypatch.setattr(kvllama.api.engine_spec, "Engine", stub_engine)
+    with cli_model.load(engine_args("--disk-dir", str(tmp_path / "d"), "--ram-bytes", "1M")) as engine:
         assert engine.cache is not None
         config = engine.cache.config
         assert config.disk_dir == str(tmp_path / "d") and config.ram_bytes == 1 << 20
         assert os.path.isdir(tmp_path / "d")
-    with cli._load(engine_args("--no-cache")) as engine:
+    with cli_model.load(engine_args("--no-cache")) as engine:
         assert engine.cache is None
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from kvllama.api.adapters import AdapterMethods
 from kvllama.api.chat import ChatMethods
+from kvllama.api.probe_methods import ProbeMethods
 from kvllama.api.requests import (
     Prompt,
     build_request,
@@ -66,7 +67,7 @@ MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
 
 
-class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods):
+class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods):
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
     def __init__(
@@ -324,6 +325,11 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods):
             return 0
         ids = prompt_tokens(model.backend, tokens)
         return warm.cache.longest_prefix_len(warm.root(cache_salt), ids)
+
+    @property
+    def saves_prompt_rows(self) -> bool:
+        """Whether prompts are cached, so that chat save points are worth computing."""
+        return self.cache is not None
 
     def cache_metrics(self) -> dict[str, Any]:
         """Hits, misses, saves, evictions, bytes per tier, timings (empty when disabled)."""

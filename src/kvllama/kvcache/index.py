@@ -100,6 +100,10 @@ class Index:
         rows = self._branches.get(value)
         return [self._entries[k] for k in rows] if rows else []
 
+    def block_values(self) -> list[bytes]:
+        """The chain value of every block-aligned prefix some row holds (for routers' digests)."""
+        return list(self._branches)
+
     def lengths(self, root: bytes) -> list[int]:
         """Distinct lengths of the rows under ``root``."""
         counts = self._lengths.get(root)

@@ -93,6 +93,11 @@ class RowReader:
                 return key if entry.root == digest and entry.tokens == toks else None
         return key if key in self.pending_keys() else None
 
+    def block_values(self) -> list[bytes]:
+        """Chain values of every block-aligned prefix a row holds, over all roots (a router's digest)."""
+        with self._mu:
+            return self._index.block_values()
+
     def longest_prefix_len(self, root: RootLike, tokens: Sequence[int]) -> int:
         """Length of the longest cached prefix of ``tokens`` in any tier (0 if none); for routers."""
         digest, toks = self._resolve(root), token_array(tokens)

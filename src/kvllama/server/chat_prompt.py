@@ -47,7 +47,7 @@ def render(
 ) -> ChatPrompt:
     text = engine.apply_chat_template(model_id, messages, system=system, tools=tools)
     points: tuple[int, ...] = ()
-    if engine.cache is not None:
+    if engine.saves_prompt_rows:
         conv = prefix_points.Conversation(messages, system, tools)
         points = prefix_points.save_points(
             lambda m, s, t: engine.apply_chat_template(model_id, m, system=s, tools=t),

@@ -25,7 +25,7 @@ STATUS_RECENT = 20
 
 def collect(state: ServerState, recent: int = STATUS_RECENT) -> dict[str, Any]:
     now = time.time()
-    return {
+    body = {
         "object": "status",
         "version": kvllama.__version__,
         "started_at": state.started_at,
@@ -38,6 +38,11 @@ def collect(state: ServerState, recent: int = STATUS_RECENT) -> dict[str, Any]:
         "requests_finished": state.metrics.recent.count,
         "recent_requests": state.metrics.recent.snapshot(recent),
     }
+    # A replicated deployment (kvllama.ray) adds its replicas and the router's decisions.
+    replica_status = getattr(state.engine, "replica_status", None)
+    if replica_status is not None:
+        body["scale_out"] = replica_status()
+    return body
 
 
 def model_status(state: ServerState, name: str, model_id: str) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""Model-loading flags shared by every ``kvllama`` command, and the engine they describe.
+
+Declared once so that ``complete``, ``serve`` (one engine or N replicas) and
+the benches accept the same flags and build the same engine
+(:class:`~kvllama.api.engine_spec.EngineSpec`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from kvllama.cache_cli import engine_cache_config
+from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
+
+# The engine id of the one model the CLI loads (HTTP clients see --served-model-name).
+MODEL_ID = "default"
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None, help="GGUF path (default: embedded Gemma 3 270M)")
+    g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
+    g.add_argument("--n-batch", type=int, default=None)
+    g.add_argument("--n-ubatch", type=int, default=None)
+    g.add_argument("--n-seq-max", type=int, default=None)
+    g.add_argument("--n-threads", type=int, default=None)
+    g.add_argument("--n-gpu-layers", type=int, default=None)
+    g.add_argument("--split-mode", choices=SPLIT_MODES, default=None)
+    g.add_argument("--main-gpu", type=int, default=None)
+    g.add_argument("--tensor-split", default=None, help="proportions, e.g. 3,1")
+    g.add_argument("--flash-attn", choices=FLASH_ATTN_MODES, default=None)
+    g.add_argument("--type-k", choices=KV_TYPES, default=None)
+    g.add_argument("--type-v", choices=KV_TYPES, default=None)
+    g.add_argument("--swa-full", action=argparse.BooleanOptionalAction, default=None,
+                   help="full-size sliding-window cache (default on: resumed turns stay exact; "
+                        "--no-swa-full saves KV memory on long contexts)")
+    g.add_argument("--kv-unified", action="store_true", default=None)
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]", default=None,
+                   help="load a LoRA adapter (repeatable; its file name is its id; scale 1 by default)")
+    g.add_argument("--canonical-decode", action="store_true", default=None,
+                   help="decode steps as 2-row chunks: replies are reused on resume, restores leave 2 "
+                        "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
+    g.add_argument("--speculative-draft", type=int, default=None, metavar="N",
+                   help="prompt-lookup speculation with up to N draft tokens (needs --canonical-decode)")
+    g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave a finished request's prompt in its slot until a slot is needed (default on: "
+                        "a repeated or continued prompt prefills only its last tokens)")
+    g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
+    g.add_argument("--markers", default=None,
+                   help="thinking/tool-call marker preset (think, deepseek-r1, qwen3, hermes, gemma-tools)")
+    g.add_argument("--use-extra-bufts", action="store_true", default=None,
+                   help="llama.cpp CPU weight repacking: faster, not batch-invariant")
+    g.add_argument("--max-decode-rows", type=int, default=None,
+                   help="decode rows per forward pass (default: 7 for K-quant weights on CPU, where "
+                        "llama.cpp switches kernels at 8 rows, else no limit; 0 = no limit)")
+    g.add_argument("--prefill-chunk-size", type=int, default=None,
+                   help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
+    g.add_argument("--n-threads-batch", type=int, default=None,
+                   help="threads for prompt passes (default: --n-threads)")
+    g.add_argument("--no-mmap", dest="use_mmap", action="store_false", default=None,
+                   help="read the weights into memory instead of mapping the file")
+    g.add_argument("--decode-timeout", type=float, default=None,
+                   help="seconds one forward pass may run before it is aborted (default 120; 0 = no limit)")
+
+
+MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
+                "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
+                "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
+                "chat_template",
+                "use_extra_bufts", "max_decode_rows", "markers",
+                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
+
+def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def engine_spec(args: argparse.Namespace) -> Any:
+    from kvllama.api.engine_spec import EngineSpec, parse_lora
+
+    return EngineSpec(
+        model_id=MODEL_ID, path=args.model, options=pick(args, MODEL_FLAGS),
+        loras=tuple(parse_lora(s) for s in getattr(args, "lora", None) or []),
+        cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None),
+    )
+
+
+def load(args: argparse.Namespace) -> Any:
+    return engine_spec(args).build()
+
+
