@@ -17,9 +17,10 @@ from typing import Any
 from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
 from kvllama.cache_cli import add_cache_flags
 from kvllama.cache_cli import register as register_cache_command
-from kvllama.cli_model import MODEL_FLAGS, MODEL_ID, add_model_flags, engine_spec, load, pick
+from kvllama.cli_model import MODEL_FLAGS, MODEL_ID, add_model_flags, load, pick
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
+from kvllama.scale_cli import add_bench_route_parser, serve_replicas
 from kvllama.server.config import DEFAULT_MAX_QUEUE
 
 
@@ -148,6 +149,7 @@ def _add_bench_serve_parser(bench_sub: Any) -> None:
 
 
 def _add_bench_cache_parser(bench_sub: Any) -> None:
+    add_bench_route_parser(bench_sub)
     bcache = bench_sub.add_parser(
         "cache", help="time to first token cold vs warm per tier, agents sharing a prompt, restart",
         description="Cold vs warm TTFT per tier, four agents sharing a system prompt with the cache "
@@ -246,7 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from kvllama.server.runner import listening_banner
 
     if args.replicas:
-        return _serve_replicas(args)
+        return serve_replicas(args, _server_config(args))
     name = args.served_model_name
     with load(args) as engine:
         config = _server_config(args, engine.cache_metrics)
@@ -258,29 +260,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(banner, flush=True)
 
         serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)
-    return 0
-
-
-def _serve_replicas(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from kvllama.ray import local
-    from kvllama.server.runner import listening_banner
-
-    if args.replicas < 1:
-        raise SystemExit("--replicas must be at least 1")
-    spec = engine_spec(args)
-    if "n_threads" not in spec.options:  # replicas share the machine's cores
-        threads = max(1, (os.cpu_count() or 1) // args.replicas)
-        spec = replace(spec, options={**spec.options, "n_threads": threads})
-    model = f"{args.model or 'embedded Gemma 3 270M'}, {args.replicas} replicas ({args.router} routing)"
-
-    def announce(url: str) -> None:
-        print(listening_banner(url, {args.served_model_name: model}, api_key=args.api_key is not None,
-                               bind=args.host), flush=True)
-
-    local.run_forever(lambda: local.start(spec, _server_config(args), replicas=args.replicas, host=args.host,
-                                          port=args.port, router=args.router), announce)
     return 0
 
 

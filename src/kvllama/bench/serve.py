@@ -197,6 +197,8 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict[str, A
         # Servers that send no usage when streaming: count content chunks (about one per token).
         "completion_tokens": usage.get("completion_tokens", len(text)),
         "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+        # Behind `kvllama serve --replicas N`: the replica that served it.
+        "replica": resp.headers.get("x-kvllama-replica"),
     }
 
 
