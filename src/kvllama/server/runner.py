@@ -5,7 +5,11 @@ socket is bound (``kvllama serve`` prints :func:`listening_banner` then).
 
 ``ws="none"``: the server has no websocket routes, and skipping the
 websocket protocol import keeps a deprecation warning of the ``websockets``
-package (when installed) out of strict test runs. ``lifespan="off"``: the
+package (when installed) out of strict test runs. ``http="h11"``,
+``loop="asyncio"``: uvicorn otherwise picks httptools and uvloop whenever
+they are installed (``ray[serve]`` installs both), and httptools answers some
+malformed requests itself with a plain-text 400 instead of our JSON error; the
+server behaves the same whatever else is installed. ``lifespan="off"``: the
 caller owns the engine, so there is nothing to start or stop with the app.
 """
 
@@ -48,6 +52,7 @@ def serve(
     app = create_app(engine, config)
     server = _AnnouncingServer(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="none", lifespan="off",
+                       http="h11", loop="asyncio",
                        timeout_graceful_shutdown=5),
         on_listening,
     )
@@ -114,8 +119,8 @@ class ServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level=log_level, ws="none", lifespan="off",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level=log_level, ws="none", lifespan="off", http="h11",
+                                loop="asyncio", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name="kvllama-http", daemon=True)

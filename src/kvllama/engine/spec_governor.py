@@ -1,0 +1,65 @@
+"""Whether to speculate this step: only while drafts pay for themselves, as measured.
+
+A draft costs time twice: making it (nothing for prompt lookup, a few
+forward passes of the draft model for a draft model) and verifying it (the
+target's decode step grows by the draft's rows). It saves one target step
+per accepted token. The governor keeps moving averages of the three
+(accepted tokens per drafting step, seconds to draft, seconds a verify step
+takes beyond a plain step) and drafts only while
+
+    accepted x plain step seconds > draft seconds + extra verify seconds.
+
+When that fails it stops drafting for a while, then tries one draft again
+(the text may have turned copy-like), doubling the pause after each losing
+probe up to ``MAX_PAUSE`` steps. So a draft model that guesses badly, or a
+text with nothing to look up, costs a probe now and then, not every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Weight of the newest measurement in each moving average.
+ALPHA = 0.3
+MAX_PAUSE = 64
+
+
+@dataclass
+class SpeculationGovernor:
+    accepted: float = 1.0  # optimistic start: the first drafts are tried
+    draft_seconds: float = 0.0
+    plain_seconds: float = 0.0
+    extra_seconds: float = 0.0
+    pause: int = 0
+    _skip: int = 0
+
+    def should_draft(self) -> bool:
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        return True
+
+    def plain_step(self, seconds: float) -> None:
+        """A decode step without a draft took ``seconds``."""
+        self.plain_seconds = _avg(self.plain_seconds, seconds)
+
+    def drafted(self, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
+        """A drafting step: its accepted tokens, the time to draft and the verify step's time."""
+        self.accepted = _avg(self.accepted, accepted)
+        self.draft_seconds = _avg(self.draft_seconds, draft_seconds)
+        if self.plain_seconds:
+            self.extra_seconds = _avg(self.extra_seconds, max(0.0, verify_seconds - self.plain_seconds))
+        if self.pays():
+            self.pause = 0
+        else:
+            self.pause = min(MAX_PAUSE, max(1, 2 * self.pause))
+            self._skip = self.pause
+
+    def pays(self) -> bool:
+        if not self.plain_seconds:  # nothing to compare with yet: judge by acceptance alone
+            return self.accepted >= 0.5
+        return self.accepted * self.plain_seconds > self.draft_seconds + self.extra_seconds
+
+
+def _avg(old: float, new: float) -> float:
+    return new if not old else (1 - ALPHA) * old + ALPHA * new
