@@ -44,6 +44,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
     g.add_argument("--speculative-draft", type=int, default=None, metavar="N",
                    help="prompt-lookup speculation with up to N draft tokens (needs --canonical-decode)")
+    g.add_argument("--draft-model", default=None, metavar="PATH",
+                   help="draft with this GGUF (same vocabulary) instead of prompt lookup; needs "
+                        "--speculative-draft (bench spec: also 'tiny', the tiny test model)")
     g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
                    help="leave a finished request's prompt in its slot until a slot is needed (default on: "
                         "a repeated or continued prompt prefills only its last tokens)")
@@ -68,7 +71,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
                 "split_mode", "main_gpu", "tensor_split", "flash_attn", "type_k", "type_v",
                 "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
-                "chat_template",
+                "draft_model", "chat_template",
                 "use_extra_bufts", "max_decode_rows", "markers",
                 "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
 

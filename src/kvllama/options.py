@@ -67,6 +67,9 @@ class ModelOptions:
     # Speculative decoding by prompt lookup: up to this many draft tokens per step (0: off);
     # needs canonical_decode, which makes it exact (engine/speculation.py).
     speculative_draft: int = 0
+    # A second GGUF with the same vocabulary whose greedy guesses are the drafts (instead of
+    # prompt lookup); needs speculative_draft >= 1 (backend/draft_model.py).
+    draft_model: str | None = None
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
     # A Jinja chat template to use when the GGUF carries none.
@@ -109,6 +112,10 @@ class ModelOptions:
 
     def _validate_speculation(self) -> None:
         _int("speculative_draft", self.speculative_draft, minimum=0, maximum=16)
+        draft = self.draft_model
+        if draft is not None and (not isinstance(draft, str) or not draft or not self.speculative_draft):
+            raise InvalidOptionError("draft_model", self.draft_model,
+                                     "a GGUF path, with speculative_draft >= 1 (the most tokens it drafts)")
         if self.speculative_draft and not self.canonical_decode:
             raise InvalidOptionError("speculative_draft", self.speculative_draft,
                                      "0 unless canonical_decode is on (it keeps speculation exact)")
@@ -183,7 +190,7 @@ class ModelOptions:
         return data
 
 
-_NULLABLE = {"n_ctx", "n_threads_batch", "prefill_chunk_size", "chat_template", "markers",
+_NULLABLE = {"n_ctx", "draft_model", "n_threads_batch", "prefill_chunk_size", "chat_template", "markers",
              "thinking_markers", "tool_call_markers"}
 
 

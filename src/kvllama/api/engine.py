@@ -44,7 +44,7 @@ from kvllama.errors import (
     UnknownModelError,
 )
 from kvllama.kvcache import CacheConfig, KvCache
-from kvllama.models.factory import BackendFactory, llama_backend_factory
+from kvllama.models.factory import BackendFactory, draft_model_for, llama_backend_factory
 from kvllama.models.fingerprint import key_root
 from kvllama.models.loaded import LoadedModel, ModelInfo
 from kvllama.options import ModelOptions
@@ -128,10 +128,11 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
                 policy = replace(self._save_policy, boundary=min(PREFILL_ALIGN, opts.effective_chunk_size()),
                                  min_tail=backend.shape.min_chunk_rows)
                 warm = WarmStart(self.cache, root, backend, policy)
+            drafter = draft_model_for(backend, opts)
             loop = ModelLoop(
                 backend, chunk_size=opts.effective_chunk_size(), name=model_id, warm=warm,
                 keep_finished=opts.keep_finished, tool_memory=self.tool_memory,
-                speculative_draft=opts.speculative_draft,
+                speculative_draft=opts.speculative_draft, drafter=drafter,
                 markers=markers_from_options(opts), signing_key=self.thinking_key,
             )
         except BaseException:

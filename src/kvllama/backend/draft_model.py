@@ -104,7 +104,7 @@ def _check_vocab(draft: NativeModel, target: NativeModel, path: str) -> None:
     if draft.n_vocab != target.n_vocab:
         raise InvalidOptionError("draft_model", path, f"a GGUF with the target's vocabulary "
                                  f"({target.n_vocab} tokens; this one has {draft.n_vocab})")
-    if draft.eog_ids() != target.eog_ids():
+    if draft.eog_ids != target.eog_ids:
         raise InvalidOptionError("draft_model", path, "a GGUF with the target's end-of-generation tokens")
     step = max(1, target.n_vocab // _SAMPLED_IDS)
     for token in range(0, target.n_vocab, step):

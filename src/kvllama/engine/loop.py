@@ -30,6 +30,7 @@ from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.runner import Runner
 from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.engine.speculation import Drafter, NgramDrafter
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import (
@@ -61,6 +62,7 @@ class ModelLoop(Admission, Runner, Finishing):
         session_policy: SessionPolicy | None = None,
         keep_finished: bool = True,
         speculative_draft: int = 0,
+        drafter: Drafter | None = None,
         tool_memory: ToolCallMemory | None = None,
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
@@ -73,6 +75,9 @@ class ModelLoop(Admission, Runner, Finishing):
         self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
         self.residents = ResidentPool(enabled=keep_finished)
         self.speculative_draft = speculative_draft
+        # Where drafts come from: prompt lookup, or a draft model (closed with the loop).
+        self.drafter: Drafter = drafter or NgramDrafter()
+        self._last_step_seconds = 0.0
         # The LoRA adapter set of the tick being run (runner.py).
         self._tick_adapters: tuple[tuple[str, float], ...] = ()
         self.tool_memory = tool_memory
@@ -140,6 +145,8 @@ class ModelLoop(Admission, Runner, Finishing):
             self._closed = True
             self._inbox.put(_STOP)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.drafter.close()
 
     # --- loop thread --------------------------------------------------------
 

@@ -18,6 +18,7 @@ from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.sessions import SessionTable
+from kvllama.engine.speculation import Drafter
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import InternalEngineError, KvllamaError
@@ -94,6 +95,9 @@ class LoopState:
     residents: ResidentPool
     tool_memory: ToolCallMemory | None
     speculative_draft: int
+    drafter: Drafter
+    # The last forward pass of a lone decoding request (a speculation governor's yardstick).
+    _last_step_seconds: float
     chunk_size: int
     align: int
     status: LoopStatus

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from kvllama.engine.spec_governor import SpeculationGovernor
 from kvllama.events import Event
 
 if TYPE_CHECKING:
@@ -163,6 +164,9 @@ class Request:
     draft: tuple[int, ...] = ()
     drafted: int = 0
     accepted: int = 0
+    # Seconds this step's draft took to make, and whether drafting pays (engine/spec_governor.py).
+    draft_seconds: float = 0.0
+    governor: SpeculationGovernor = field(default_factory=SpeculationGovernor)
     # Tokens whose KV is in the sequence.
     n_computed: int = 0
     # Leading tokens whose KV came from prompt chunks of MIN_CHUNK_ROWS+ rows (or a cache

@@ -8,7 +8,7 @@ import time
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
-from kvllama.engine.speculation import eligible, ngram_draft
+from kvllama.engine.speculation import eligible
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent, TokenLogprob
 from kvllama.native.batch import BatchRow
@@ -45,12 +45,16 @@ class Runner(LoopState):
         if not self.speculative_draft or len(self._running) != 1:
             return
         r = self._running[0]
-        if r.pending_token is None or not eligible(r):
+        if r.pending_token is None or not eligible(r) or not r.governor.should_draft():
             return
         room = min(r.params.max_tokens - len(r.generated) - 1,
                    self.backend.shape.n_ctx_seq - (len(r.prompt) + len(r.generated)) - 2)
         if room > 0:
-            r.draft = ngram_draft((*r.prompt, *r.generated), min(self.speculative_draft, room))
+            started = time.perf_counter()
+            n = r.governor.draft_length(min(self.speculative_draft, room))
+            r.draft = self.drafter.draft((*r.prompt, *r.generated), n)
+            r.draft_seconds = time.perf_counter() - started
+            r.timing.decode_seconds += r.draft_seconds  # drafting is part of decoding's cost
 
     def _progress(self, r: Request) -> int:
         """What the planner sees as done: for a canonical decoder, the pending token's position
@@ -94,6 +98,8 @@ class Runner(LoopState):
         finally:
             self._prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
+        if len(batch) == 1 and slices[0].decoding and self.speculative_draft:
+            self._last_step_seconds = elapsed  # judged by the request's governor when sampled
         min_rows = self.backend.shape.min_chunk_rows
         for s, r in zip(slices, batch, strict=True):
             r.n_computed = s.start + s.count
@@ -112,6 +118,8 @@ class Runner(LoopState):
                 if r.draft:
                     self._sample_draft(r, row_index)
                 else:
+                    if len(batch) == 1 and slices[0].decoding and self.speculative_draft and eligible(r):
+                        r.governor.plain_step(elapsed)
                     self._sample(r, row_index)
             except Exception as exc:  # this request's sampler or channels: end it alone
                 if not isinstance(exc, KvllamaError):
@@ -195,6 +203,7 @@ class Runner(LoopState):
         r.n_computed, r.exact_len = keep, min(r.exact_len, keep)
         r.drafted += len(draft)
         r.accepted += len(tokens) - 1
+        r.governor.drafted(len(tokens) - 1, r.draft_seconds, self._last_step_seconds)
         for i, token in enumerate(tokens):
             if not self._emit(r, token, r.sampler, row_index + i):
                 return

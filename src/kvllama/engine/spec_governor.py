@@ -11,8 +11,12 @@ takes beyond a plain step) and drafts only while
 
 When that fails it stops drafting for a while, then tries one draft again
 (the text may have turned copy-like), doubling the pause after each losing
-probe up to ``MAX_PAUSE`` steps. So a draft model that guesses badly, or a
-text with nothing to look up, costs a probe now and then, not every step.
+probe up to ``MAX_PAUSE`` steps. Drafts are as long as recent acceptance
+suggests (:meth:`SpeculationGovernor.draft_length`: about twice the tokens
+accepted lately, at least one), and a probe after a losing verdict is one
+token, cheap to make and to verify. A draft model that guesses badly, or a text with
+nothing to look up, costs a one-token probe now and then, not a full draft
+every step.
 """
 
 from __future__ import annotations
@@ -21,32 +25,49 @@ from dataclasses import dataclass
 
 # Weight of the newest measurement in each moving average.
 ALPHA = 0.3
-MAX_PAUSE = 64
+MAX_PAUSE = 128
+# A plain step after this many drafting steps in a row keeps the yardstick current.
+REMEASURE = 16
 
 
 @dataclass
 class SpeculationGovernor:
-    accepted: float = 1.0  # optimistic start: the first drafts are tried
+    accepted: float = 0.0  # the first draft is tried, then judged on what it brought
     draft_seconds: float = 0.0
     plain_seconds: float = 0.0
     extra_seconds: float = 0.0
     pause: int = 0
     _skip: int = 0
+    _drafts: int = 0  # drafting steps so far
+    _in_a_row: int = 0  # drafting steps since the last plain one
 
     def should_draft(self) -> bool:
+        if not self.plain_seconds or self._in_a_row >= REMEASURE:
+            return False  # a plain step: the yardstick every draft is judged against
         if self._skip > 0:
             self._skip -= 1
             return False
         return True
 
+    def draft_length(self, most: int) -> int:
+        """Tokens to draft now: about twice what was accepted lately, from 1 to ``most``;
+        one while probing after a losing verdict (a long probe would only lose more)."""
+        if self.pause:
+            return 1
+        return max(1, min(most, round(2 * self.accepted) + 1))
+
     def plain_step(self, seconds: float) -> None:
         """A decode step without a draft took ``seconds``."""
         self.plain_seconds = _avg(self.plain_seconds, seconds)
+        self._in_a_row = 0
 
     def drafted(self, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
         """A drafting step: its accepted tokens, the time to draft and the verify step's time."""
         self.accepted = _avg(self.accepted, accepted)
-        self.draft_seconds = _avg(self.draft_seconds, draft_seconds)
+        if self._drafts:  # the first draft also read the whole prompt: a cost paid once, not per draft
+            self.draft_seconds = _avg(self.draft_seconds, draft_seconds)
+        self._drafts += 1
+        self._in_a_row += 1
         if self.plain_seconds:
             self.extra_seconds = _avg(self.extra_seconds, max(0.0, verify_seconds - self.plain_seconds))
         if self.pays():
@@ -56,10 +77,8 @@ class SpeculationGovernor:
             self._skip = self.pause
 
     def pays(self) -> bool:
-        if not self.plain_seconds:  # nothing to compare with yet: judge by acceptance alone
-            return self.accepted >= 0.5
         return self.accepted * self.plain_seconds > self.draft_seconds + self.extra_seconds
 
 
 def _avg(old: float, new: float) -> float:
-    return new if not old else (1 - ALPHA) * old + ALPHA * new
+    return new if not old else (1 - ALPHA) * old + ALPHA * new  # the first measurement stands alone

@@ -11,16 +11,21 @@ exactly as a 2-row decode step computes it (README "Exactness"), so the tokens
 are the same with speculation on and off; the rejected rows are cut from the
 sequence before any token is emitted.
 
+The drafts may come from a draft model instead (``draft_model``:
+backend/draft_model.py): its greedy guesses, verified the same way.
+
 When it runs: plain greedy requests only (no grammar, penalties, biases,
-log-probabilities, min_tokens or ignore_eos), and only while one request is
-decoding and none is prefilling: a batch of several streams already keeps the
-machine busy, and published figures show lookup decoding losing there
-(llama.cpp PR #6828: 1.10x at 1 slot, 0.86x at 4, 0.77x at 8).
+log-probabilities, min_tokens or ignore_eos), only while one request is
+decoding and none is prefilling (a batch of several streams already keeps
+the machine busy, and published figures show lookup decoding losing there:
+llama.cpp PR #6828, 1.10x at 1 slot, 0.86x at 4, 0.77x at 8), and only while
+drafts pay for themselves as measured (engine/spec_governor.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from kvllama.engine.request import Request
 
@@ -41,6 +46,21 @@ def ngram_draft(context: Sequence[int], max_draft: int) -> tuple[int, ...]:
                 if follow:
                     return follow
     return ()
+
+
+class Drafter(Protocol):
+    def draft(self, context: Sequence[int], n: int) -> tuple[int, ...]: ...
+    def close(self) -> None: ...
+
+
+class NgramDrafter:
+    """Prompt lookup: :func:`ngram_draft`."""
+
+    def draft(self, context: Sequence[int], n: int) -> tuple[int, ...]:
+        return ngram_draft(context, n)
+
+    def close(self) -> None:
+        pass
 
 
 def eligible(r: Request) -> bool:

@@ -57,6 +57,7 @@ NOT_IN_ROOT = {
     "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
     "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
     "speculative_draft": "accepted drafts are the tokens decoding computes, row for row",
+    "draft_model": "the target verifies every draft token: drafts change speed, never tokens or rows",
     "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",
