@@ -20,7 +20,9 @@ def test_sticky_turn_two_equals_a_cold_run(engine):
     cold = engine.complete(MODEL, p2, max_tokens=20, temperature=0, cache_salt="no-sharing")
     assert cold.cache_hit_kind != "sticky"
     assert t2.generated_tokens == cold.generated_tokens
-    assert t2.stats.prefill_seconds < cold.stats.prefill_seconds
+    # The sticky turn computed only the reply and the new words; the cold run everything
+    # (counted in tokens: a timing comparison of a 36-token prompt was a coin toss here).
+    assert cold.cache_delta.read == 0 and t2.cache_delta.read > 0
     assert engine.end_session("hist") is True
 
 
