@@ -9,11 +9,7 @@ alone. Checked in a child process (ggml reads the variable once per process).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +19,8 @@ from kvllama.errors import InvalidOptionError
 pytestmark = pytest.mark.slow
 
 
-def test_canonical_decoding_keeps_replies_and_stays_exact():
-    env = {**os.environ, "GGML_CPU_TILED_MM": "0"}
-    script = Path(__file__).with_name("canonical_check.py")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_canonical_decoding_keeps_replies_and_stays_exact(canonical_child):
+    facts = canonical_child("canonical_check.py")
     assert facts["turn1_gen"] == 24
     assert facts["read"] == facts["expected_read"]  # prompt + reply (all but the undecoded last token)
     assert facts["sticky_equals_cold"] and facts["beside_equals_alone"]

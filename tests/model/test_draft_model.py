@@ -6,12 +6,6 @@ it from the process start; see test_canonical_decode.py).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import kvllama
@@ -20,13 +14,8 @@ from kvllama.errors import InvalidOptionError, ModelFileNotFoundError
 pytestmark = pytest.mark.slow
 
 
-def test_draft_models_never_change_tokens_and_useless_ones_are_paused():
-    env = {**os.environ, "GGML_CPU_TILED_MM": "0"}
-    script = Path(__file__).with_name("draft_model_check.py")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_draft_models_never_change_tokens_and_useless_ones_are_paused(canonical_child):
+    facts = canonical_child("draft_model_check.py")
     for task in ("copy", "story"):
         own, tiny = facts[f"{task}/self"], facts[f"{task}/tiny"]
         assert own["same"] and tiny["same"], facts
