@@ -21,6 +21,7 @@ import contextvars
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from kvllama.api.engine import Engine
@@ -85,8 +86,6 @@ class ReplicatedEngine(Engine):
         self._replicas = replicas  # the replicas deployment's handle
         self.load_model(spec.model_id, spec.path, **spec.options)
         for path, scale in spec.loras:
-            from pathlib import Path
-
             self.load_adapter(spec.model_id, Path(path).stem, path, scale)
 
     @property
