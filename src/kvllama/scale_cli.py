@@ -51,8 +51,9 @@ def add_bench_route_parser(bench_sub: Any) -> None:
     route.add_argument("--users-per-group", type=int, default=2)
     route.add_argument("--rounds", type=int, default=4)
     route.add_argument("--system-tokens", type=int, default=400)
-    route.add_argument("--question-words", type=int, default=120,
-                       help="words per question: each user's own part of its conversation")
+    route.add_argument("--first-words", type=int, default=250,
+                       help="words of each user's own material in its first message")
+    route.add_argument("--question-words", type=int, default=15, help="words per later question")
     route.add_argument("--max-tokens", type=int, default=32)
     route.add_argument("--think", type=float, default=2.0, metavar="SECONDS",
                        help="each user pauses a random 0..SECONDS before every turn")
@@ -66,7 +67,8 @@ def _cmd_bench_route(args: argparse.Namespace) -> int:
 
     report = run_bench_route(
         replica_spec(args), replicas=args.replicas, groups=args.groups, users_per_group=args.users_per_group,
-        rounds=args.rounds, system_tokens=args.system_tokens, question_words=args.question_words,
+        rounds=args.rounds, system_tokens=args.system_tokens, first_words=args.first_words,
+        question_words=args.question_words,
         max_tokens=args.max_tokens, think=args.think, port=args.port)
     print_route(report)
     if args.json_file:

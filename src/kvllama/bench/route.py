@@ -4,14 +4,17 @@ Per router ("affinity": kvllama's, "pow2": Ray Serve's power of two
 choices), a fresh local deployment of N replicas (fresh cache tiers, so
 neither run inherits the other's rows) serves the same multi-turn chat
 workload: ``groups`` groups of users, each group sharing a system prompt,
-every user holding its own conversation for ``rounds`` turns, all users at
-once, each pausing a seeded random 0..``think`` seconds before every turn
-(users of a real service do not move in lockstep; without the pauses the
-arrival order repeats every round and any deterministic router keeps each
-user on one replica by accident). Reported per router: TTFT mean and p90 over all turns and over the
-later turns (round 2 on, where a conversation's history is cached on one
-replica), the share of prompt tokens served from a replica's cache, and how
-the router decided. The figures are about routing: on a small machine the
+every user holding its own conversation for ``rounds`` turns (the first
+message carries ``first_words`` words of the user's own material, later
+questions ``question_words``: a conversation's own context outweighs each
+new question, as in a chat about a document), all users at once, each
+pausing a seeded random 0..``think`` seconds before every turn (users of a
+real service do not move in lockstep; without the pauses the arrival order
+repeats every round and any deterministic router keeps each user on one
+replica by accident). Reported per router: TTFT mean and p90 over all turns
+and over the later turns (round 2 on, where a conversation's history is
+cached on one replica), the share of prompt tokens served from a replica's
+cache, and how the router decided. The figures are about routing: on a small machine the
 replicas share its cores, so absolute TTFTs are slow, but both routers face
 the same machine.
 """
@@ -46,7 +49,8 @@ def run_bench_route(
     users_per_group: int = 2,
     rounds: int = 4,
     system_tokens: int = 400,
-    question_words: int = 120,
+    first_words: int = 250,
+    question_words: int = 15,
     max_tokens: int = 32,
     think: float = 2.0,
     port: int = 8199,
@@ -56,7 +60,8 @@ def run_bench_route(
     from kvllama.ray import local
 
     settings = {"replicas": replicas, "groups": groups, "users_per_group": users_per_group, "rounds": rounds,
-                "system_tokens": system_tokens, "question_words": question_words, "max_tokens": max_tokens,
+                "system_tokens": system_tokens, "first_words": first_words, "question_words": question_words,
+                "max_tokens": max_tokens,
                 "think": think}
     results = {}
     for router in routers:
@@ -98,7 +103,8 @@ async def _conversation(client: httpx.AsyncClient, settings: dict[str, Any], gro
     pauses = random.Random(f"kvllama-bench-route:{user}")
     for r in range(settings["rounds"]):
         await asyncio.sleep(pauses.uniform(0, settings["think"]))
-        messages.append({"role": "user", "content": question_text(user, r, settings["question_words"])})
+        words = settings["first_words"] if r == 0 else settings["question_words"]
+        messages.append({"role": "user", "content": question_text(user, r, words)})
         body = {"model": "default", "messages": list(messages), "max_tokens": settings["max_tokens"],
                 "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
         record = await stream_request(client, "/v1/chat/completions", body)
@@ -144,6 +150,7 @@ def print_route(report: dict[str, Any], file: TextIO | None = None) -> None:
     s = report["settings"]
     print(f"kvllama bench route  replicas={s['replicas']}  {s['groups']} groups x {s['users_per_group']} "
           f"users  rounds={s['rounds']}  system prompt~{s['system_tokens']} tok  "
+          f"words: first {s['first_words']}, then {s['question_words']}  "
           f"max_tokens={s['max_tokens']}  think<={s['think']}s",
           file=out)
     print(f"(all users at once; {os.cpu_count()} cores shared by the replicas: "
