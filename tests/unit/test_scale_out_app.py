@@ -68,3 +68,28 @@ def test_the_replica_that_served_a_request_is_named_in_a_header():
     assert (b"x-kvllama-replica", b"replica-abc") in start["headers"]
     assert all(name != b"x-kvllama-replica" for name, _ in _run(None)[0]["headers"])
     assert served_by.get() is None  # reset after the request
+
+
+def test_the_route_bench_summarizes_later_turns_hit_rates_and_homes():
+    import io
+
+    from kvllama.bench.route import print_route, summarize
+
+    def rec(user, rnd, ttft, replica, cached, prompt):
+        return {"user": user, "round": rnd, "ttft": ttft, "replica": replica, "cached_tokens": cached,
+                "prompt_tokens": prompt}
+
+    records = [rec(0, 1, 2.0, "a", 0, 500), rec(0, 2, 0.5, "a", 450, 600), rec(1, 1, 2.0, "b", 0, 500),
+               rec(1, 2, 1.5, "a", 0, 600), {"user": 2, "round": 1, "error": "HTTP 500"}]
+    s = summarize(records, rounds=2)
+    assert s["requests"] == 4 and s["errors"] == ["HTTP 500"]
+    assert s["later"]["ttft_mean"] == pytest.approx(1.0) and s["later"]["ttft_p90"] == 1.5
+    assert s["later_cache_hit_rate"] == pytest.approx(450 / 1200)
+    assert (s["users_on_one_replica"], s["users"]) == (1, 2)
+    settings = {"replicas": 2, "groups": 1, "users_per_group": 2, "rounds": 2, "system_tokens": 400,
+                "first_words": 250, "question_words": 15, "max_tokens": 32, "think": 2.0}
+    report = {"settings": settings,
+              "routers": {"affinity": {**s, "routed": {"affinity": 3}}}}
+    out = io.StringIO()
+    print_route(report, out)
+    assert "affinity" in out.getvalue() and "1000" in out.getvalue()  # later mean in ms
