@@ -58,18 +58,20 @@ class SpeculationGovernor:
 
     def plain_step(self, seconds: float) -> None:
         """A decode step without a draft took ``seconds``."""
-        self.plain_seconds = _avg(self.plain_seconds, seconds)
+        self.plain_seconds = _avg(self.plain_seconds, seconds, first=not self.plain_seconds)
         self._in_a_row = 0
 
     def drafted(self, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
         """A drafting step: its accepted tokens, the time to draft and the verify step's time."""
-        self.accepted = _avg(self.accepted, accepted)
-        if self._drafts:  # the first draft also read the whole prompt: a cost paid once, not per draft
-            self.draft_seconds = _avg(self.draft_seconds, draft_seconds)
+        # Counted, not inferred from a zero average: 0 accepted or 0 s extra are real measurements.
+        first = self._drafts == 0
+        self.accepted = _avg(self.accepted, accepted, first)
+        # should_draft() only lets a draft through once a plain step was measured.
+        self.extra_seconds = _avg(self.extra_seconds, max(0.0, verify_seconds - self.plain_seconds), first)
+        if not first:  # the first draft also read the whole prompt: a cost paid once, not per draft
+            self.draft_seconds = _avg(self.draft_seconds, draft_seconds, self._drafts == 1)
         self._drafts += 1
         self._in_a_row += 1
-        if self.plain_seconds:
-            self.extra_seconds = _avg(self.extra_seconds, max(0.0, verify_seconds - self.plain_seconds))
         if self.pays():
             self.pause = 0
         else:
@@ -80,5 +82,5 @@ class SpeculationGovernor:
         return self.accepted * self.plain_seconds > self.draft_seconds + self.extra_seconds
 
 
-def _avg(old: float, new: float) -> float:
-    return new if not old else (1 - ALPHA) * old + ALPHA * new  # the first measurement stands alone
+def _avg(old: float, new: float, first: bool) -> float:
+    return new if first else (1 - ALPHA) * old + ALPHA * new  # the first measurement stands alone

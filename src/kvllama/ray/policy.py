@@ -58,9 +58,6 @@ class RouteKind(enum.StrEnum):
     AFFINITY = "affinity"
     LOAD = "load"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @dataclass(frozen=True)
 class RouteInfo:

@@ -52,7 +52,9 @@ class CacheAffinityRouter(RequestRouter):
         self.counts: Counter[RouteKind] = Counter()
         # route_id -> (replica unique id, kind), for /status and tests.
         self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._pending: dict[int, Decision] = {}
+        # id(pending request) -> the plan for it, until Ray reports where it went (bounded:
+        # a request cancelled before it is routed never reports).
+        self._pending: OrderedDict[int, Decision] = OrderedDict()
         self._seen_stats: dict[str, int] = {}
         # replica unique id -> its last ReplicaReport (for /metrics and /status).
         self.reports: dict[str, Any] = {}
@@ -69,6 +71,8 @@ class CacheAffinityRouter(RequestRouter):
         ranked = self.policy.rank(info, list(by_id))
         if pending_request is not None and ranked:
             self._pending[id(pending_request)] = ranked[0]
+            while len(self._pending) > MAX_RECENT_DECISIONS:
+                self._pending.popitem(last=False)
         return [[by_id[ranked[0].replica]], [by_id[d.replica] for d in ranked[1:]]] if ranked else []
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
