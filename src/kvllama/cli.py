@@ -129,18 +129,26 @@ def _add_bench_parsers(sub: Any) -> None:
 
 def _add_bench_serve_parser(bench_sub: Any) -> None:
     bserve = bench_sub.add_parser("serve", help="multi-turn chat workload against an OpenAI-style server")
-    bserve.add_argument("--url", "--base-url", dest="url", default="http://127.0.0.1:8000")
+    bserve.add_argument("--url", "--base-url", dest="url", default=None,
+                        help="the server (default http://127.0.0.1:8000; with --throughput: one the bench "
+                             "starts with the model flags)")
     bserve.add_argument("--served-model-name", default=MODEL_ID)
     bserve.add_argument("--users", type=int, default=4)
     bserve.add_argument("--rounds", type=int, default=4)
     bserve.add_argument("--system-tokens", type=int, default=1000)
-    bserve.add_argument("--max-tokens", type=int, default=32)
+    bserve.add_argument("--max-tokens", type=int, default=None, help="per reply (32; --throughput: 64)")
     bserve.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
                         help="user u starts u*SECONDS after the bench starts (0 = all at once)")
     bserve.add_argument("--question-words", type=int, default=0, metavar="N",
                         help="N user-specific words per question, so users share only the system prompt")
     bserve.add_argument("--repeat-words", default="", metavar="W1,W2",
                         help="also time one W-word prompt cold, then again warm (/v1/completions)")
+    bserve.add_argument("--throughput", default="", metavar="N1,N2",
+                        help="instead: N concurrent 200-token completions of 64 tokens per N, "
+                             "beside bare llama.cpp (the floor) loading --model with the same flags")
+    bserve.add_argument("--repeat", type=int, default=3, help="--throughput: alternating runs per N")
+    bserve.add_argument("--prompt-tokens", type=int, default=200, help="--throughput: tokens per prompt")
+    add_model_flags(bserve)
     bserve.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"))
     bserve.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     bserve.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
@@ -267,6 +275,9 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     from kvllama.bench.serve import print_report, run_bench_serve
     from kvllama.bench.serve_repeat import parse_word_counts, print_repeat, run_repeat
 
+    if args.throughput:
+        return _bench_serve_throughput(args)
+    args.url, args.max_tokens = args.url or "http://127.0.0.1:8000", args.max_tokens or 32
     repeat_words = parse_word_counts(args.repeat_words)
     report = run_bench_serve(args.url, args.served_model_name, users=args.users, rounds=args.rounds,
                              system_tokens=args.system_tokens, max_tokens=args.max_tokens,
@@ -283,16 +294,41 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     return 1 if report.get("errors") or report.get("repeat", {}).get("errors") else 0
 
 
+def _bench_serve_throughput(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from kvllama.bench.serve_throughput import format_rows, run_http_throughput
+
+    rows = run_http_throughput(args.url, args.served_model_name, _bench_model_path(args.model),
+                               pick(args, MODEL_FLAGS), _streams(args.throughput), args.prompt_tokens,
+                               args.max_tokens or 64, repeat=args.repeat, api_key=args.api_key)
+    print(format_rows(rows))
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump([asdict(r) for r in rows], f, indent=2)
+    return 0
+
+
+def _bench_model_path(model: str | None) -> str:
+    """``tiny``: the random-weight fixture (the engine's own cost per token); None: the default."""
+    if model == "tiny":
+        from kvllama.bench.tiny_model import tiny_model_path
+
+        return str(tiny_model_path())
+    from kvllama.models.default import default_model_path
+
+    return model or default_model_path()
+
+
+def _streams(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
-    streams = [int(x) for x in args.streams.split(",") if x.strip()]
-    model = args.model
-    if model == "tiny":  # the random-weight fixture: measures the engine's own cost per token
-        from kvllama.bench.tiny_model import tiny_model_path
-
-        model = str(tiny_model_path())
-    rows = run_throughput(model, pick(args, MODEL_FLAGS), streams, args.prompt_tokens,
+    rows = run_throughput(_bench_model_path(args.model), pick(args, MODEL_FLAGS), _streams(args.streams),
+                          args.prompt_tokens,
                           args.max_tokens, repeat=args.repeat)
     print(format_table(rows))
     report = {"benchmark": "throughput", "rows": as_json(rows)}

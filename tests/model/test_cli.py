@@ -54,6 +54,19 @@ def test_bench_throughput_runs_engine_and_floor_side_by_side(tmp_path):
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
 
 
+def test_bench_serve_throughput_runs_a_server_and_the_floor_side_by_side(tmp_path):
+    out = tmp_path / "http.json"
+    proc = run("bench", "serve", "--throughput", "1,2", "--model", "tiny", "--prompt-tokens", "16",
+               "--max-tokens", "4", "--repeat", "1", "--n-threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "server/floor" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert [r["streams"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["generated_tokens"] == 4 * r["streams"]
+        assert r["server_tokens_per_second"] > 0 and r["floor_tokens_per_second"] > 0
+
+
 def test_bench_floor_generates_the_engines_greedy_tokens():
     """The floor does the engine's work: same prompts, same greedy tokens, through bare llama.cpp."""
     from kvllama import Engine

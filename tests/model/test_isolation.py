@@ -138,7 +138,7 @@ def test_a_grammar_that_allows_no_token_ends_its_request_not_the_process(engine)
 
 
 def _sample_once(backend: LlamaBackend, sampler: object) -> Exception | None:
-    scratch = backend.shape.n_seq_max
+    scratch = next(i for i in range(backend.shape.n_seq_max) if backend.ctx.seq_pos_max(i) < 0)
     tokens = backend.tokenize("Hello there", add_special=True)
     backend.decode([(t, i, scratch, i == len(tokens) - 1) for i, t in enumerate(tokens)])
     try:

@@ -37,6 +37,36 @@ def test_requests_beyond_capacity_queue_fifo_and_all_complete(stub_engine):
     assert max(len({seq for *_, seq, _ in rows}) for rows in backend.decode_log) <= 2
 
 
+def test_infer_many_admits_its_requests_together(stub_engine, monkeypatch):
+    engine, backend = stub_engine(n_seq_max=4, decode_delay=0.02)
+    prepare = engine._prepare
+
+    def slow_prepare(*args):  # each request takes a while to build: the loop would start the first
+        time.sleep(0.05)
+        return prepare(*args)
+
+    monkeypatch.setattr(engine, "_prepare", slow_prepare)
+    markers = [ord(c) for c in "FGHI"]
+    streams = engine.infer_many("s", [chr(m) * 40 for m in markers], max_tokens=3, temperature=0)
+    results = [s.result() for s in streams]
+    assert [r.generated_tokens for r in results] == [
+        engine.complete("s", chr(m) * 40, max_tokens=3, temperature=0).generated_tokens for m in markers]
+    # All four prompts were in the first forward pass, on ids 0..3.
+    first = backend.decode_log[0]
+    assert {seq for *_, seq, _ in first} == {0, 1, 2, 3}
+    assert engine.infer_many("s", [], max_tokens=1) == []
+
+
+def test_infer_many_refuses_all_when_one_request_is_bad(stub_engine):
+    engine, _ = stub_engine(n_seq_max=4)
+    with pytest.raises(InvalidRequestError):
+        engine.infer_many("s", ["fine", "also fine"], max_tokens=-1)
+    with pytest.raises(ContextOverflowError):
+        engine.infer_many("s", ["fine", "x" * 100_000], max_tokens=1, session_id="held")
+    # The session the first request claimed was given back: a new request may use it.
+    assert engine.complete("s", "fine", max_tokens=1, session_id="held").generated_tokens
+
+
 def test_prefill_and_decode_rows_share_one_forward_pass(stub_engine):
     engine, backend = stub_engine(n_batch=32, decode_delay=0.001)
     first = engine.infer("s", "a", max_tokens=40, temperature=0)

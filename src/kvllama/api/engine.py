@@ -26,6 +26,7 @@ from kvllama.api.requests import (
     prompt_tokens,
     tokenize_text,
 )
+from kvllama.api.session_methods import SessionMethods
 from kvllama.api.spec_methods import SpecMethods
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.api.text_methods import TextMethods
@@ -67,7 +68,7 @@ MAX_EMBED_INPUTS = 256
 MAX_EMBED_TOKENS = 4096
 
 
-class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods):
+class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods, SessionMethods):
     """Loads models and serves generation, tokenisation, templates and embeddings."""
 
     def __init__(
@@ -201,6 +202,23 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
         self._start(model, stream)
         return stream
 
+    def infer_many(self, model_id: str, prompts: Sequence[Prompt], **params: Any) -> list[RequestStream]:
+        """Start one request per prompt, admitted together: their prompts prefill in the same
+        passes, as a batched llama.cpp loop's would (one :meth:`infer` after another lets the
+        first start alone). Streams in the prompts' order."""
+        streams: list[RequestStream] = []
+        try:
+            for prompt in prompts:
+                model, request = self._prepare(model_id, prompt, params, QueueSink())
+                streams.append(RequestStream(request, model.loop, model_id))
+        except BaseException:
+            for stream in streams:
+                self._release(stream.request)
+            raise
+        if streams:
+            self._start(self._model(model_id), *streams)
+        return streams
+
     def ainfer(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncRequestStream:
         """Like :meth:`infer`, for ``async for``; call it from a running event loop."""
         model, request = self._prepare(model_id, prompt, params, asyncio_sink())
@@ -260,48 +278,22 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
 
         request.on_release = release
 
-    def end_session(
-        self, session_id: str, model_id: str | None = None, cache_salt: str | None = None
-    ) -> bool:
-        """Release a sticky session's sequence slot (saving it to the cache first).
-
-        ``cache_salt`` names the tenant the session belongs to. Returns False if
-        no model holds that session idle (unknown, or a request of it is still
-        running: then ``SessionBusyError``).
-        """
-        with self._lock:
-            models = [self._models[model_id]] if model_id in self._models else list(self._models.values())
-            if model_id is not None and model_id not in self._models:
-                raise UnknownModelError(model_id)
-            busy = any((m.id, cache_salt, session_id) in self._busy_sessions for m in models)
-        if busy:
-            raise SessionBusyError(session_id)
-        return any(m.loop.end_session(session_id, cache_salt) for m in models)
-
-    def fork_session(self, model_id: str, session_id: str, new_session_id: str,
-                     cache_salt: str | None = None) -> None:
-        """A new sticky session that starts as a copy of an idle one (its live KV copied once).
-
-        Both go on independently: the next turns of either prefill only their
-        own new tokens. Raises SessionBusyError (a request of either is running),
-        UnknownSessionError, SessionConflictError or NoFreeSlotError.
-        """
-        model = self._model(model_id)
-        with self._lock:
-            for sid in (session_id, new_session_id):
-                if (model.id, cache_salt, sid) in self._busy_sessions:
-                    raise SessionBusyError(sid)
-        model.loop.fork_session(session_id, new_session_id, cache_salt)
-
-    def _start(self, model: LoadedModel, stream: RequestStream | AsyncRequestStream) -> None:
-        self._streams[stream.id] = stream
+    def _start(self, model: LoadedModel, *streams: RequestStream | AsyncRequestStream) -> None:
+        for stream in streams:
+            self._streams[stream.id] = stream
         try:
-            model.loop.submit(stream.request)
+            model.loop.submit(*(s.request for s in streams))
         except BaseException:
-            if stream.request.on_release is not None:
-                stream.request.on_release()  # the session claimed in _prepare is not in use
-            close_samplers(stream.request)
+            for stream in streams:
+                self._release(stream.request)
             raise
+
+    @staticmethod
+    def _release(request: Request) -> None:
+        """A prepared request that never reached the loop: its session and samplers go back."""
+        if request.on_release is not None:
+            request.on_release()  # the session claimed in _prepare is not in use
+        close_samplers(request)
 
     def prefill_only(
         self, model_id: str, prompt: Prompt, parent_key: bytes | None = None,

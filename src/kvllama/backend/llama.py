@@ -48,9 +48,10 @@ class LlamaBackend:
             per_seq = (options.n_ctx // options.n_seq_max) if options.n_ctx else min(
                 DEFAULT_N_CTX_PER_SEQ, facts["n_ctx_train"] or DEFAULT_N_CTX_PER_SEQ
             )
-            # One hidden scratch sequence (id n_seq_max) for slot compaction moves.
-            n_seq = options.n_seq_max + 1
+            # Exactly n_seq_max streams, no spare one: with n_ubatch not a multiple of the stream
+            # count, llama.cpp's compute buffer puts the logits 32 bytes off a cache line (slots.py).
             # Registered after the model so ExitStack frees the context first.
+            n_seq = options.n_seq_max
             self.ctx = NativeContext(self.model, options, per_seq * n_seq, n_seq=n_seq)
             # A callback, not the object: rebuild() swaps the context.
             self._stack.callback(lambda: self.ctx.close())
@@ -217,8 +218,7 @@ class LlamaBackend:
         return self.ctx.state_seq_set(seq_id, blob)
 
     def _apply_pending_copies(self) -> None:
-        # The scratch sequence (id n_seq_max) is free outside compaction.
-        self.ctx.apply_pending_copies(self.shape.n_seq_max, self._flush_batch, token=0)
+        self.ctx.apply_pending_copies(self._flush_batch, token=0)
 
     def rebuild(self) -> None:
         """A fresh context of the same shape after llama.cpp reported a fatal error.

@@ -102,7 +102,7 @@ class Backend(Protocol):
         """Keep the first ``n_keep`` tokens; False if the memory cannot cut there (sliding window)."""
 
     def move_sequence(self, src: int, dst: int) -> None:
-        """Move a whole sequence to another id (``dst`` may be the scratch id n_seq_max)."""
+        """Move a whole sequence to another, empty id (0 <= dst < n_seq_max)."""
     def copy_sequence(self, src: int, dst: int) -> None:
         """Copy a whole sequence to another (free) id; the source keeps its KV."""
 

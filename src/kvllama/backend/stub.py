@@ -230,7 +230,7 @@ class StubBackend:
             self.seqs[dst] = _SeqState(list(state.tokens), state.prompt_len, list(state.adapters))
 
     def move_sequence(self, src: int, dst: int) -> None:
-        if not 0 <= dst <= self.shape.n_seq_max:
+        if not 0 <= dst < self.shape.n_seq_max:
             raise DecodeError(-1, f"sequence id {dst} out of range")
         self.moves.append((src, dst))
         state = self.seqs.pop(src, None)

@@ -29,7 +29,10 @@ def _serve(conn: Any, path: str, options: ModelOptions) -> None:
             message = conn.recv()
             if message is None:
                 return
-            prompts, max_tokens = message
+            if message[0] == "tokenize":
+                conn.send(("tokens", [floor.model.tokenize(t, True, False) for t in message[1]]))
+                continue
+            _, prompts, max_tokens = message
             conn.send(("result", floor.run(prompts, max_tokens)))
 
 
@@ -57,8 +60,13 @@ class FloorProcess:
         return value
 
     def run(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> tuple[float, int, list[list[int]]]:
-        self._conn.send(([list(p) for p in prompts], max_tokens))
+        self._conn.send(("run", [list(p) for p in prompts], max_tokens))
         return self._expect("result")
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """With the model's special tokens (BOS), as a server tokenizes a text prompt."""
+        self._conn.send(("tokenize", list(texts)))
+        return self._expect("tokens")
 
     def close(self) -> None:
         if self._proc.is_alive():

@@ -47,20 +47,22 @@ class ThroughputRow:
     generated_tokens: int
 
 
+def prompt_text(i: int, tokens: int) -> str:
+    """Prompt ``i``'s text: at least ``tokens`` tokens of words, reproducible, distinct per ``i``."""
+    words = [_WORDS[(i * 7 + j * 3 + j * j) % len(_WORDS)] for j in range(tokens * 2)]
+    return f"Report {i}: " + " ".join(words)
+
+
 def make_prompts(engine: Engine, n: int, tokens: int) -> list[list[int]]:
     """Distinct prompts of exactly ``tokens`` tokens (BOS + words), reproducible."""
-    prompts = []
-    for i in range(n):
-        words = [_WORDS[(i * 7 + j * 3 + j * j) % len(_WORDS)] for j in range(tokens * 2)]
-        ids = engine.tokenize(MODEL_ID, f"Report {i}: " + " ".join(words))
-        prompts.append(ids[:tokens])
-    return prompts
+    return [engine.tokenize(MODEL_ID, prompt_text(i, tokens))[:tokens] for i in range(n)]
 
 
 def _engine_run(engine: Engine, prompts: Sequence[list[int]], params: dict) -> tuple[float, int, list[float]]:
-    """All streams at once, one consumer thread each so token times are arrival times."""
+    """All streams at once (admitted together, as the floor prefills them), one consumer thread
+    each so token times are arrival times."""
     started = time.perf_counter()
-    streams = [engine.infer(MODEL_ID, p, **params) for p in prompts]
+    streams = engine.infer_many(MODEL_ID, prompts, **params)
     gaps: list[list[float]] = [[] for _ in streams]
     counts = [0] * len(streams)
     errors: list[BaseException] = []
@@ -120,10 +122,11 @@ def run_throughput(
     path = path if path is not None else default_model_path()
     options = {**options, "n_seq_max": options.get("n_seq_max") or max(streams)}
     params = {"max_tokens": max_tokens, "temperature": 0.0, "stop_at_eog": False}
-    # No KV cache: a saved prompt row would let the engine skip the repeats' prefill.
+    # No KV reuse of any kind: a saved prompt row, or a finished request's prompt kept in its
+    # slot, would let the engine skip the repeats' prefill, which the floor always pays.
     # The floor runs in a child process with llama.cpp's stock kernel settings (floor_process.py).
     with Engine(cache=None) as engine, FloorProcess(path, ModelOptions.from_kwargs(**options)) as floor:
-        engine.load_model(MODEL_ID, path, **options)
+        engine.load_model(MODEL_ID, path, **{**options, "keep_finished": False})
         # Warm-up: first decodes pay one-off allocation costs, on both sides.
         engine.complete(MODEL_ID, "warm up", max_tokens=4, temperature=0)
         floor.run(make_prompts(engine, 1, 8), 4)

@@ -60,20 +60,41 @@ class Admission(LoopState):
         self._waiting.extendleft(reversed(deferred))
 
     def _free_seq_id(self) -> int:
-        """The lowest id no running request, parked session or resident holds; else a resident's.
+        """The id the compact layout gives the next running request, else the lowest free one, else a
+        resident's.
 
         Never a count: right after sessions are released the ids in use have
         holes, and ``len(running) + len(parked)`` can name a held sequence.
-        Residents only wait for a use: the least recently used one gives way.
+        The next running request belongs right after the running ones
+        (slots.py); when an idle sequence holds that id and another is free,
+        the idle one moves there now, so compaction never meets a cycle with
+        every id held. Residents only wait for a use: the least recently used
+        one gives way.
         """
         used = {r.seq_id for r in self._running} | {*self.sessions.seq_ids(), *self.residents.seq_ids()}
         free = next((i for i in range(self.backend.shape.n_seq_max) if i not in used), None)
-        if free is not None:
-            return free
-        oldest = self.residents.take_oldest()
-        assert oldest is not None, "admission only runs while a slot is free or held by a resident"
-        self.backend.clear_sequence(oldest.seq_id)
-        return oldest.seq_id
+        if free is None:
+            oldest = self.residents.take_oldest()
+            assert oldest is not None, "admission only runs while a slot is free or held by a resident"
+            self.backend.clear_sequence(oldest.seq_id)
+            free = oldest.seq_id
+            used.discard(free)
+        target = len(self._running)
+        if free > target and target in used and {r.seq_id for r in self._running} == set(range(target)):
+            self._move_idle(target, free)
+            return target
+        return free
+
+    def _move_idle(self, src: int, dst: int) -> None:
+        """Move a parked session or a resident to the free id ``dst``."""
+        self.backend.move_sequence(src, dst)
+        resident = self.residents.by_seq.pop(src, None)
+        if resident is not None:
+            resident.seq_id = dst
+            self.residents.by_seq[dst] = resident
+            return
+        session = next(x for x in self.sessions.parked.values() if x.seq_id == src)
+        session.seq_id = dst
 
     def _start(self, r: Request) -> None:
         try:
@@ -200,8 +221,17 @@ class Admission(LoopState):
         """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
         decoders = [r.seq_id for r in self._running if r.pending_token is not None]
         prompts = [r.seq_id for r in self._running if r.pending_token is None]
-        parked = self.sessions.seq_ids() + self.residents.seq_ids()
-        moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max, parked)
+        moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max,
+                           self.sessions.seq_ids() + self.residents.seq_ids())
+        while moves is None:
+            # A cycle with every id held: a finished request kept in its slot gives way, or the
+            # layout waits (an uneven split costs speed, never tokens) until an id frees.
+            oldest = self.residents.take_oldest()
+            if oldest is None:
+                return
+            self.backend.clear_sequence(oldest.seq_id)
+            moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max,
+                               self.sessions.seq_ids() + self.residents.seq_ids())
         if not moves:
             return
         by_id: dict[int, Request | Session | Resident] = {r.seq_id: r for r in self._running}  # type: ignore[misc]

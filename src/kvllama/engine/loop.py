@@ -98,12 +98,13 @@ class ModelLoop(Admission, Runner, Finishing):
 
     # --- any thread ---------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
+    def submit(self, *requests: Request) -> None:
+        """Several requests go in as one inbox item, so the loop admits them in the same tick."""
         with self._submit_lock:
             if self._closed:
                 raise EngineClosedError("this model has been unloaded")
-            self._submitted += 1
-            self._inbox.put(request)
+            self._submitted += len(requests)
+            self._inbox.put(requests[0] if len(requests) == 1 else list(requests))
 
     def cancel(self, request: Request) -> None:
         """Idempotent; takes effect before the next tick.
@@ -234,6 +235,8 @@ class ModelLoop(Admission, Runner, Finishing):
                 return False
             if isinstance(item, Request):
                 self._waiting.append(item)
+            elif isinstance(item, list):
+                self._waiting.extend(item)
             elif isinstance(item, tuple):
                 fn, future = item
                 if future.set_running_or_notify_cancel():

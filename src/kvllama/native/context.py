@@ -70,6 +70,7 @@ class NativeContext:
         self.n_seq_max: int = lib.llama_n_seq_max(handle)
         # Cross-stream sequence copies llama.cpp has queued but not yet applied (see move_sequence).
         self.copies_pending = False
+        self._copy_destinations: list[int] = []
         self._abort = AbortFlag()
         lib.llama_set_abort_callback(
             handle, ctypes.cast(self._abort.callback, lib.ggml_abort_callback), self._abort.data
@@ -103,6 +104,7 @@ class NativeContext:
             self.watchdog.disarm()
         if status == 0:
             self.copies_pending = False  # llama_decode applies queued copies before computing
+            self._copy_destinations.clear()
             return
         if status == 1:
             raise NoKvSlotError(status, "no KV slot for the batch")
@@ -125,6 +127,10 @@ class NativeContext:
         """Lowest position the sequence still holds (-1 if empty); the sliding-window cache's for iSWA."""
         return int(self._lib.llama_memory_seq_pos_min(self.memory, seq_id))
 
+    def seq_pos_max(self, seq_id: int) -> int:
+        """Highest position the sequence holds (-1 if empty)."""
+        return int(self._lib.llama_memory_seq_pos_max(self.memory, seq_id))
+
     def move_sequence(self, src: int, dst: int) -> None:
         """Whole-sequence copy then remove: a bit copy, the only copy non-unified KV allows.
 
@@ -139,29 +145,37 @@ class NativeContext:
         self._lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         self._lib.llama_memory_seq_rm(self.memory, src, -1, -1)
         self.copies_pending = True
+        self._copy_destinations.append(dst)
 
     def copy_sequence(self, src: int, dst: int) -> None:
         """Whole-sequence copy (a session fork); queued like :meth:`move_sequence`'s."""
         self._lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
         self._lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         self.copies_pending = True
+        self._copy_destinations.append(dst)
 
-    def apply_pending_copies(self, scratch_seq: int, batch: NativeBatch, token: int) -> None:
+    def apply_pending_copies(self, batch: NativeBatch, token: int) -> None:
         """Make llama.cpp apply queued sequence copies now.
 
         There is no public call for it: llama.cpp applies them at the start of
-        ``llama_decode``. So decode one token, without logits, into the scratch
-        sequence (free between compactions) and forget it again. The other
-        sequences' cells and buffers are untouched, and the pass's logits are
-        never read.
+        ``llama_decode``. So decode one token, without logits, into an empty
+        sequence and forget it again (a move always leaves its source empty).
+        If every sequence holds tokens (a fork filled the last id), the token
+        goes after a copy's destination and is cut off again: the next real
+        token then takes the same cell, as ``seq_rm`` moves llama.cpp's slot
+        search back to it. The other sequences' cells and buffers are
+        untouched, and the pass's logits are never read.
         """
         if not self.copies_pending:
             return
-        batch.fill([(token, 0, scratch_seq, False)])
+        empty = next((i for i in range(self.n_seq_max) if self.seq_pos_max(i) < 0), None)
+        seq = empty if empty is not None else self._copy_destinations[-1]
+        pos = 0 if empty is not None else self.seq_pos_max(seq) + 1
+        batch.fill([(token, pos, seq, False)])
         try:
             self.decode(batch)
         finally:
-            self.clear_sequence(scratch_seq)
+            self.clear_sequence(seq, pos, -1)
 
     def clear_all(self) -> None:
         self._lib.llama_memory_clear(self.memory, True)
