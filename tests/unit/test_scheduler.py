@@ -70,16 +70,31 @@ def test_nothing_to_do_gives_an_empty_tick():
     assert plan([prog(0, 10, 10)], 64, 16).slices == ()
 
 
-def test_decode_groups_split_many_decoders_into_full_passes_first():
+def test_decode_groups_split_many_decoders_into_even_passes():
     from kvllama.engine.scheduler import decode_groups
 
     seqs = [prog(0, 100, 0, seq=8)] + [prog(i, 5, 5, True) for i in range(1, 9)]
     tick = plan(seqs, 64, 16)
     groups = decode_groups(tick.slices, 7)
-    assert [len(g) for g in groups] == [8, 1]  # prompt + 7 decoders, then 1 decoder
+    assert [len(g) for g in groups] == [5, 4]  # prompt + 4 decoders, then 4 decoders
     assert not groups[0][0].decoding and all(s.decoding for s in groups[1])
+    # Each pass is a run of consecutive sequence ids, in order.
+    ids = [[seqs[s.key].seq_id for s in g if s.decoding] for g in groups]
+    assert ids == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert decode_groups(tick.slices, 0) == [tick.slices]
     assert decode_groups((), 7) == []
+
+
+def test_decode_groups_never_exceed_the_cap_and_keep_every_row():
+    from kvllama.engine.scheduler import Slice, decode_groups
+
+    for n in range(1, 30):
+        for cap in range(1, 9):
+            slices = tuple(Slice(i, 5, 1, True, True) for i in range(n))
+            groups = decode_groups(slices, cap)
+            sizes = [len(g) for g in groups]
+            assert max(sizes) <= cap and [s for g in groups for s in g] == list(slices)
+            assert max(sizes) - min(sizes) <= 1 and len(groups) == -(-n // cap)
 
 
 def test_no_chunk_of_fewer_than_eight_rows_unless_the_prompt_is_shorter():

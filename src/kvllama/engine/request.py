@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import itertools
 import queue
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -42,23 +44,64 @@ class QueueSink:
         self.queue.put(event)
 
 
+class _Mailbox:
+    """Events for the sinks of one asyncio loop, handed over with one wake-up per batch.
+
+    The decode thread emits a token for every running stream in a tick; one
+    ``call_soon_threadsafe`` each would wake the consumers' loop (a self-pipe
+    write and a read) once per token. Appending to a shared deque and waking
+    the loop only when no delivery is pending makes it once per tick. Safe
+    without a lock: the producer appends before it reads ``scheduled``, the
+    loop clears ``scheduled`` before it drains, so an event is either drained
+    by the delivery in flight or schedules the next one.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: collections.deque[tuple[asyncio.Queue[Event], Event]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, target: asyncio.Queue[Event], event: Event) -> None:
+        self.pending.append((target, event))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        self.scheduled = False
+        pending = self.pending
+        while pending:
+            target, event = pending.popleft()
+            target.put_nowait(event)
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+
+
 class AsyncioSink:
     """For asyncio consumers: hands each event to the consumer's event loop.
 
-    ``call_soon_threadsafe`` never blocks the decode thread, so a slow
-    consumer only grows its own queue. If the consumer's loop is gone, events
-    are dropped and ``gone`` tells the decode loop to cancel the request.
+    Never blocks the decode thread, so a slow consumer only grows its own
+    queue. If the consumer's loop is gone, events are dropped and ``gone``
+    tells the decode loop to cancel the request. Create it on the loop's thread.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.gone = False
+        mailbox = _mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = _mailboxes[loop] = _Mailbox(loop)
+        self._mailbox = mailbox
 
     def put(self, event: Event) -> None:
+        if self.loop.is_closed():
+            self.gone = True
+            return
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the consumer's loop is closed
+            self._mailbox.post(self.queue, event)
+        except RuntimeError:  # the consumer's loop closed just now
             self.gone = True
 
 

@@ -173,15 +173,24 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
     but differently from 8 rows on (measured; see README "Exactness"), so a
-    tick with more decoders than that runs as several passes, full ones first:
-    a pass costs less per row the more rows it has (8 decoders: 7 + 1 rows ran
-    faster than 4 + 4). The prompt chunks, if any, ride with the first group
-    (they are their own ubatch either way). 0 means no limit.
+    tick with more decoders than that runs as several passes of as even a
+    size as possible: the CPU's vector kernels take rows four at a time, so a
+    pass of 5-7 rows costs much more than one of 4 (Gemma 3 270M, 2 cores:
+    1-8 rows 26 / 36 / 43 / 49 / 71 / 78 / 85 / 79 ms), and 8 decoders ran
+    12-16 % faster as 4 + 4 than as 7 + 1. Consecutive decoders stay together
+    (each pass is one run of sequence ids). The prompt chunks, if any, ride
+    with the first group (they are their own ubatch either way). 0 means no limit.
     """
     prompt = [s for s in slices if not s.decoding]
     decode = [s for s in slices if s.decoding]
     if max_decode_rows <= 0 or len(decode) <= max_decode_rows:
         return [slices] if slices else []
-    groups = [tuple(decode[i : i + max_decode_rows]) for i in range(0, len(decode), max_decode_rows)]
+    n_groups = -(-len(decode) // max_decode_rows)
+    size, extra = divmod(len(decode), n_groups)
+    groups, start = [], 0
+    for i in range(n_groups):
+        end = start + size + (1 if i < extra else 0)
+        groups.append(tuple(decode[start:end]))
+        start = end
     groups[0] = (*prompt, *groups[0])
     return groups

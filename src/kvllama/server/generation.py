@@ -55,6 +55,9 @@ class Generation:
         self._started = started
         self._last_token: float | None = None
         self._first_token: float | None = None
+        # Labelled once: prometheus_client's labels() takes a lock and a dict lookup per call.
+        self._ttft = state.metrics.ttft.labels(name)
+        self._itl = state.metrics.itl.labels(name)
 
     @property
     def prompt_tokens(self) -> int:
@@ -89,19 +92,18 @@ class Generation:
         await self._events.aclose()  # type: ignore[attr-defined]
 
     def _meter(self, event: Event) -> None:
-        metrics = self._state.metrics
         if isinstance(event, TokenEvent):
             now = time.perf_counter()
             if self._last_token is None:
                 self._first_token = now
-                metrics.ttft.labels(self.name).observe(now - self._started)
+                self._ttft.observe(now - self._started)
             else:
-                metrics.itl.labels(self.name).observe(now - self._last_token)
+                self._itl.observe(now - self._last_token)
             self._last_token = now
         elif isinstance(event, DoneEvent):
             now, first = time.perf_counter(), self._first_token
             ttft = None if first is None else first - self._started
-            metrics.observe_result(self.name, self.builder.result(), ttft, now - self._started)
+            self._state.metrics.observe_result(self.name, self.builder.result(), ttft, now - self._started)
 
 
 async def start(
