@@ -37,6 +37,7 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
     Returns (engine with model "s" loaded, its stub backend).
     """
     engines: list[kvllama.Engine] = []
+    backends: list[StubBackend] = []
 
     def make(cache: object = None, load: dict[str, object] | None = None,
              **config: object) -> tuple[kvllama.Engine, StubBackend]:
@@ -44,11 +45,14 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
         engine = kvllama.Engine(cache=cache, backend_factory=lambda _path, _opts: backend)  # type: ignore[arg-type]
         engine.load_model("s", **(load or {}))
         engines.append(engine)
+        backends.append(backend)
         return engine, backend
 
     yield make
     for engine in engines:
         engine.close()
+    # Every stub test also checks the exactness rule that llama.cpp's batch split imposes.
+    assert [b.uneven_splits for b in backends] == [0] * len(backends), "a pass llama.cpp would split unevenly"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

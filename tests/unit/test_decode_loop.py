@@ -1,6 +1,7 @@
 """The decode loop and Engine, driven through the deterministic stub backend."""
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -324,3 +325,26 @@ def test_every_batch_has_equal_prompt_chunks_first_then_decode_rows_on_consecuti
         decode = [r[2] for r in rows[n_prompt_rows:]]
         assert decode == list(range(len(decode)))
     assert shared, "prompts admitted together must have shared a tick"
+
+
+def test_a_prompt_never_shares_a_ubatch_with_a_decoder_even_when_every_id_is_held(stub_engine):
+    # Four requests on four ids, no kept slots: the two short prompts (ids 0 and 3) decode
+    # while the long ones (1 and 2) still prefill. Compaction would swap 3 and 1 but has no
+    # free id, so decoder 3 sits right after prompt 2: llama.cpp would take it into the
+    # prompts' ubatch and cut their chunks. The prompts must then go in a pass of their own.
+    engine, backend = stub_engine(n_seq_max=4, n_batch=64, n_ctx_seq=1024, load={"keep_finished": False})
+    prompts = ["a" * 10, "b" * 400, "c" * 400, "d" * 10]
+    streams = engine.infer_many("s", prompts, max_tokens=30, temperature=0)
+    results = [s.result() for s in streams]
+    assert all(len(r.generated_tokens) == 30 for r in results)
+    log = [_rows_per_seq(rows) for rows in backend.decode_log]
+    # The tick with prompt 2 and decoder 3 ran as two passes, prompts first.
+    assert any(a.get(2, 0) > 1 and b.get(3) == 1 for a, b in itertools.pairwise(log))
+    assert backend.uneven_splits == 0
+
+
+def _rows_per_seq(rows):
+    counts = {}
+    for _tok, _pos, seq, _want in rows:
+        counts[seq] = counts.get(seq, 0) + 1
+    return counts

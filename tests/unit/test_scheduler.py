@@ -85,6 +85,23 @@ def test_decode_groups_split_many_decoders_into_even_passes():
     assert decode_groups((), 7) == []
 
 
+def test_prompts_go_alone_when_a_decoder_follows_their_last_id():
+    from kvllama.engine.scheduler import decode_groups
+
+    # A prompt on id 2 and decoders on 0, 1 and 3 (compaction could not swap them: every id
+    # held). llama.cpp would take decoder 3 into the prompt's ubatch, so the prompt goes alone.
+    seqs = [prog(0, 100, 0, seq=2), prog(1, 5, 5, True, seq=0), prog(2, 5, 5, True, seq=1),
+            prog(3, 5, 5, True, seq=3)]
+    tick = plan(seqs, 64, 16)
+    seq_ids = {s.key: s.seq_id for s in seqs}
+    groups = decode_groups(tick.slices, 7, seq_ids)
+    assert [[s.decoding for s in g] for g in groups] == [[False], [True, True, True]]
+    # The compact layout (decoders below the prompts) keeps one pass.
+    seqs[0], seqs[3] = prog(0, 100, 0, seq=3), prog(3, 5, 5, True, seq=2)
+    tick = plan(seqs, 64, 16)
+    assert len(decode_groups(tick.slices, 7, {s.key: s.seq_id for s in seqs})) == 1
+
+
 def test_decode_groups_never_exceed_the_cap_and_keep_every_row():
     from kvllama.engine.scheduler import Slice, decode_groups
 

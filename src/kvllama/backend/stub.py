@@ -98,6 +98,8 @@ class StubBackend:
         self.decode_log: list[list[BatchRow]] = []
         self.samplers_created = 0
         self.moves: list[tuple[int, int]] = []
+        # Passes that llama.cpp's split (non-unified KV) would cut unevenly (see _uneven_split).
+        self.uneven_splits = 0
         self.restores = 0
         self.rebuilds = 0
         # Loaded adapters (id -> a stand-in sha256), and each decode call's adapter set.
@@ -172,6 +174,7 @@ class StubBackend:
             state.tokens.append(tok)
             state.adapters.append(adapters)
         self.decode_log.append(list(rows))
+        self.uneven_splits += _uneven_split(rows)
         self.decode_adapters.append(adapters)
         self._last_rows = list(rows)
 
@@ -270,3 +273,24 @@ class StubBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _uneven_split(rows: Sequence[BatchRow]) -> bool:
+    """Would llama.cpp's ``split_equal`` (non-unified KV) cut this batch's first ubatch unevenly?
+
+    It starts a ubatch at the first row's sequence and, in batch order, adds
+    every sequence whose id is one more than the last added; then it takes
+    the same number of rows from each. Sequences with different row counts
+    in one set mean prompt chunks cut into pieces of another size (computed
+    in another kernel class on CPU K-quant models).
+    """
+    if not rows:
+        return False
+    counts: dict[int, int] = {}
+    for _tok, _pos, seq, _want in rows:
+        counts[seq] = counts.get(seq, 0) + 1
+    members = [rows[0][2]]
+    for _tok, _pos, seq, _want in rows:
+        if seq == members[-1] + 1:
+            members.append(seq)
+    return len({counts[m] for m in members}) > 1

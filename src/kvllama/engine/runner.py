@@ -31,7 +31,8 @@ class Runner(LoopState):
                     min_rows=shape.min_chunk_rows, decode_rows=2 if shape.canonical_decode else 1)
         if tick.slices:
             self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
-            for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows):
+            seq_ids = {v.key: v.seq_id for v in views}
+            for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows, seq_ids):
                 if not self._forward(group) and len(group) > 1:
                     # Isolate the failure: each request alone, so one bad request
                     # ends with its own error and the others go on.

@@ -168,7 +168,8 @@ def _chunk_end(prompt: SeqProgress, rows: int, align: int, min_rows: int = MIN_C
     return end if end - start >= min_rows else None
 
 
-def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple[Slice, ...]]:
+def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int,
+                  seq_ids: dict[int, int] | None = None) -> list[tuple[Slice, ...]]:
     """Split a tick into forward passes of at most ``max_decode_rows`` decode rows.
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
@@ -179,10 +180,20 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int) -> list[tuple
     1-8 rows 26 / 36 / 43 / 49 / 71 / 78 / 85 / 79 ms), and 8 decoders ran
     12-16 % faster as 4 + 4 than as 7 + 1. Consecutive decoders stay together
     (each pass is one run of sequence ids). The prompt chunks, if any, ride
-    with the first group (they are their own ubatch either way). 0 means no limit.
+    with the first group: llama.cpp makes them a ubatch of their own, unless a
+    decoder's id directly follows the prompts' last one (``seq_ids``: slice
+    key -> sequence id). Its split would then take that decoder into the
+    prompts' ubatch and cut the chunks into one-row pieces, computed in the
+    decode class; compaction keeps decoders below prompts so this does not
+    happen, but when every id is held it cannot always, and then the prompts
+    go as a pass of their own. 0 means no limit.
     """
     prompt = [s for s in slices if not s.decoding]
     decode = [s for s in slices if s.decoding]
+    if prompt and decode and seq_ids is not None:
+        after = max(seq_ids[s.key] for s in prompt) + 1
+        if any(seq_ids[s.key] == after for s in decode):
+            return [tuple(prompt), *decode_groups(tuple(decode), max_decode_rows)]
     if max_decode_rows <= 0 or len(decode) <= max_decode_rows:
         return [slices] if slices else []
     n_groups = -(-len(decode) // max_decode_rows)
