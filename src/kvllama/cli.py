@@ -344,15 +344,11 @@ def _cmd_bench_spec(args: argparse.Namespace) -> int:
     os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # before llama.cpp's first matmul
     from kvllama.bench.spec import format_spec, run_spec
 
-    streams = [int(x) for x in args.streams.split(",") if x.strip()]
     options = {k: v for k, v in pick(args, MODEL_FLAGS).items()
                if k not in ("canonical_decode", "n_seq_max", "speculative_draft", "draft_model")}
-    draft_model = args.draft_model
-    if draft_model == "tiny":
-        from kvllama.bench.tiny_model import tiny_model_path
-
-        draft_model = str(tiny_model_path())
-    report = run_spec(args.model, options, streams, args.max_tokens, args.draft, args.repeat, draft_model)
+    draft_model = _bench_model_path(args.draft_model) if args.draft_model else None
+    report = run_spec(args.model, options, _streams(args.streams), args.max_tokens, args.draft, args.repeat,
+                      draft_model)
     print(format_spec(report))
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:

@@ -71,7 +71,8 @@ class Admission(LoopState):
         every id held. Residents only wait for a use: the least recently used
         one gives way.
         """
-        used = {r.seq_id for r in self._running} | {*self.sessions.seq_ids(), *self.residents.seq_ids()}
+        running = {r.seq_id for r in self._running}
+        used = running | {*self.sessions.seq_ids(), *self.residents.seq_ids()}
         free = next((i for i in range(self.backend.shape.n_seq_max) if i not in used), None)
         if free is None:
             oldest = self.residents.take_oldest()
@@ -80,7 +81,7 @@ class Admission(LoopState):
             free = oldest.seq_id
             used.discard(free)
         target = len(self._running)
-        if free > target and target in used and {r.seq_id for r in self._running} == set(range(target)):
+        if free > target and target in used and running == set(range(target)):
             self._move_idle(target, free)
             return target
         return free
@@ -221,17 +222,14 @@ class Admission(LoopState):
         """Decoders on ids [0, d), prompts after them (see slots.py for why)."""
         decoders = [r.seq_id for r in self._running if r.pending_token is not None]
         prompts = [r.seq_id for r in self._running if r.pending_token is None]
-        moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max,
-                           self.sessions.seq_ids() + self.residents.seq_ids())
-        while moves is None:
+        while (moves := plan_moves(decoders, prompts, self.backend.shape.n_seq_max,
+                                   self.sessions.seq_ids() + self.residents.seq_ids())) is None:
             # A cycle with every id held: a finished request kept in its slot gives way, or the
-            # layout waits (an uneven split costs speed, never tokens) until an id frees.
+            # layout waits (prompt chunks then run as a pass of their own) until an id frees.
             oldest = self.residents.take_oldest()
             if oldest is None:
                 return
             self.backend.clear_sequence(oldest.seq_id)
-            moves = plan_moves(decoders, prompts, self.backend.shape.n_seq_max,
-                               self.sessions.seq_ids() + self.residents.seq_ids())
         if not moves:
             return
         by_id: dict[int, Request | Session | Resident] = {r.seq_id: r for r in self._running}  # type: ignore[misc]

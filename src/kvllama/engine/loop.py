@@ -77,7 +77,6 @@ class ModelLoop(Admission, Runner, Finishing):
         self.speculative_draft = speculative_draft
         # Where drafts come from: prompt lookup, or a draft model (closed with the loop).
         self.drafter: Drafter = drafter or NgramDrafter()
-        self._last_step_seconds = 0.0
         # The LoRA adapter set of the tick being run (runner.py).
         self._tick_adapters: tuple[tuple[str, float], ...] = ()
         self.tool_memory = tool_memory

@@ -96,8 +96,6 @@ class LoopState:
     tool_memory: ToolCallMemory | None
     speculative_draft: int
     drafter: Drafter
-    # The last forward pass of a lone decoding request (a speculation governor's yardstick).
-    _last_step_seconds: float
     chunk_size: int
     align: int
     status: LoopStatus

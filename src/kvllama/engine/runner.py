@@ -99,8 +99,8 @@ class Runner(LoopState):
         finally:
             self._prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
-        if len(batch) == 1 and slices[0].decoding and self.speculative_draft:
-            self._last_step_seconds = elapsed  # judged by the request's governor when sampled
+        # A lone decoding request's step is what its speculation governor measures.
+        lone_step = len(batch) == 1 and slices[0].decoding and bool(self.speculative_draft)
         min_rows = self.backend.shape.min_chunk_rows
         for s, r in zip(slices, batch, strict=True):
             r.n_computed = s.start + s.count
@@ -117,9 +117,9 @@ class Runner(LoopState):
         for row_index, r in samples:
             try:
                 if r.draft:
-                    self._sample_draft(r, row_index)
+                    self._sample_draft(r, row_index, elapsed)
                 else:
-                    if len(batch) == 1 and slices[0].decoding and self.speculative_draft and eligible(r):
+                    if lone_step and eligible(r):
                         r.governor.plain_step(elapsed)
                     self._sample(r, row_index)
             except Exception as exc:  # this request's sampler or channels: end it alone
@@ -186,7 +186,7 @@ class Runner(LoopState):
             (r.sampler if greedy else r.greedy_sampler).accept(token)
         self._emit(r, token, sampler, row_index)
 
-    def _sample_draft(self, r: Request, row_index: int) -> None:
+    def _sample_draft(self, r: Request, row_index: int, verify_seconds: float) -> None:
         """Accept the draft's longest prefix greedy decoding agrees with, plus the token after it.
 
         Every token is read first (argmax, no state), the rejected rows are cut from
@@ -204,7 +204,7 @@ class Runner(LoopState):
         r.n_computed, r.exact_len = keep, min(r.exact_len, keep)
         r.drafted += len(draft)
         r.accepted += len(tokens) - 1
-        r.governor.drafted(len(tokens) - 1, r.draft_seconds, self._last_step_seconds)
+        r.governor.drafted(len(tokens) - 1, r.draft_seconds, verify_seconds)
         for i, token in enumerate(tokens):
             if not self._emit(r, token, r.sampler, row_index + i):
                 return

@@ -29,6 +29,7 @@ differently depending on how many of its tokens share a ubatch, so
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -196,12 +197,8 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int,
             return [tuple(prompt), *decode_groups(tuple(decode), max_decode_rows)]
     if max_decode_rows <= 0 or len(decode) <= max_decode_rows:
         return [slices] if slices else []
-    n_groups = -(-len(decode) // max_decode_rows)
-    size, extra = divmod(len(decode), n_groups)
-    groups, start = [], 0
-    for i in range(n_groups):
-        end = start + size + (1 if i < extra else 0)
-        groups.append(tuple(decode[start:end]))
-        start = end
+    n, n_groups = len(decode), -(-len(decode) // max_decode_rows)
+    bounds = [-(-n * i // n_groups) for i in range(n_groups + 1)]  # larger groups first
+    groups = [tuple(decode[a:b]) for a, b in itertools.pairwise(bounds)]
     groups[0] = (*prompt, *groups[0])
     return groups
