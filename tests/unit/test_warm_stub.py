@@ -127,3 +127,20 @@ def test_random_salts_do_not_grow_the_roots_past_their_bound():
         assert grown < 64 * 1024, f"roots grew by {grown} bytes over {MAX_SALT_ROOTS} more salts"
         last = f"tenant-{100_000 + 3 * MAX_SALT_ROOTS - 1}"
         assert warm.root(last) is warm.root(last)  # recent ones are kept
+
+
+def test_a_conversation_whose_slot_was_taken_restores_its_own_row_not_a_neighbours_slot(cached):
+    engine, _backend = cached(n_ctx_seq=1024, n_batch=512, n_seq_max=2)
+    system = "s" * 300
+    a1 = engine.complete("s", system + " user A asks", max_tokens=4, temperature=0)
+    engine.complete("s", "z" * 50, max_tokens=2, temperature=0)
+    b1 = engine.complete("s", system + " user B asks", max_tokens=4, temperature=0)  # takes A's slot
+    wait_saves(engine)
+    a1_prompt = len(a1.context_tokens) - len(a1.generated_tokens)
+    a2 = engine.complete("s", [*a1.context_tokens, *b" and more"], max_tokens=2, temperature=0)
+    # B's kept slot shares the system prompt; A's own row in the cache holds all of A's turn 1.
+    assert a2.cache_delta.read == a1_prompt
+    assert engine.model_info("s").last_cache_hit["source"] == "cache"
+    b2 = engine.complete("s", [*b1.context_tokens, *b" and more"], max_tokens=2, temperature=0)
+    assert b2.cache_delta.read >= len(b1.context_tokens) - len(b1.generated_tokens)
+    assert engine.model_info("s").last_cache_hit["source"] == "slot"  # B's slot was left alone

@@ -86,6 +86,21 @@ class Admission(LoopState):
             return target
         return free
 
+    def _best_resident(self, r: Request) -> Resident | None:
+        """The kept slot that spares the most of the prompt, unless the cache restores more.
+
+        Another conversation's slot that shares only a system prompt must not
+        win over this conversation's own row in the cache (its slot was given
+        up while the turn's reply was read): taking it would restore less here
+        and cut that conversation's row back, so its next turn would fall back
+        to the cache in turn.
+        """
+        opts = r.options
+        restorable = self.warm.restorable(r) if self.warm is not None else 0
+        return self.residents.take_best(
+            r.prompt, opts.cache_salt, len(r.prompt) - self.backend.shape.min_chunk_rows,
+            max(MIN_RESIDENT_SHARE, restorable), opts.adapter_key)
+
     def _move_idle(self, src: int, dst: int) -> None:
         """Move a parked session or a resident to the free id ``dst``."""
         self.backend.move_sequence(src, dst)
@@ -111,9 +126,7 @@ class Admission(LoopState):
         opts = r.options
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
-        held: Session | Resident | None = session or self.residents.take_best(
-            r.prompt, opts.cache_salt, len(r.prompt) - self.backend.shape.min_chunk_rows, MIN_RESIDENT_SHARE,
-            opts.adapter_key)
+        held: Session | Resident | None = session or self._best_resident(r)
         r.seq_id = held.seq_id if held else self._free_seq_id()
         r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1

@@ -115,17 +115,29 @@ class WarmStart:
         # "exact": nothing more of this prompt could have been restored under the rules above.
         r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
 
-    def _prefix_hit(self, root: KeyRoot, r: Request, limit: int) -> CacheHit | None:
+    def restorable(self, r: Request) -> int:
+        """Prompt tokens a restore would give ``r`` from its own rows (prefix or fresh), nothing loaded."""
+        limit = resume_point(len(r.prompt) - self.policy.min_tail, self.backend.shape.swa_window)
+        if limit < self.policy.min_restore:
+            return 0
+        hit = self._prefix_hit(self.root(*r.options.kv_tenant), r, limit, count=False)
+        best = min(hit.n_tokens, limit) if hit is not None else 0
+        fresh = self.fresh.longest(r.prompt, r.options.kv_tenant, limit)
+        best = max(best, len(fresh.tokens) if fresh is not None else 0)
+        return best if best >= self.policy.min_restore else 0
+
+    def _prefix_hit(self, root: KeyRoot, r: Request, limit: int, count: bool = True) -> CacheHit | None:
         """The best row that is a prefix of the prompt, on the resume grid, that a cut to ``limit`` allows."""
         window = self.backend.shape.swa_window
-        hit = self.cache.lookup(root, r.prompt, max_len=len(r.prompt), parent_key=r.options.parent_key)
+        hit = self.cache.lookup(root, r.prompt, max_len=len(r.prompt), parent_key=r.options.parent_key,
+                                count=count)
         # Rows above the window sit on the resume grid; one that does not (an older layout),
         # or one the window forbids cutting back to ``limit``, is passed over for a shorter row.
         while hit is not None and (resume_point(hit.n_tokens, window) != hit.n_tokens
                                    or (hit.n_tokens > limit and not self._can_cut(hit.n_tokens, limit))):
             below = resume_point(hit.n_tokens, window)
             below = below if below < hit.n_tokens else limit
-            hit = self.cache.lookup(root, r.prompt, max_len=min(below, limit))
+            hit = self.cache.lookup(root, r.prompt, max_len=min(below, limit), count=count)
         return hit
 
     def _shared_hit(
@@ -211,9 +223,11 @@ class WarmStart:
         key = self.cache.save(self.root(*r.options.kv_tenant), tokens, blob, reason)
         if key is not None:
             r.cache.created = max(r.cache.created, n - r.cache.read)
+            # Lookups see the row once the writer has stored it; until then it is at hand here, so
+            # the conversation's next turn, arriving at once on an evicted slot, still finds it.
+            self.fresh.add(FreshRow(key, r.options.kv_tenant, tokens, blob))
             if reason in (SaveReason.COLD, SaveReason.PREFIX):
                 self._unpublished[key] = (r.options.kv_tenant, tokens)
-                self.fresh.add(FreshRow(key, r.options.kv_tenant, tokens, blob))
         return key
 
     def save_tokens(self, seq_id: int, tokens: tuple[int, ...], salt: str | None, reason: SaveReason,

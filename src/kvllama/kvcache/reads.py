@@ -57,12 +57,19 @@ class RowReader:
         *,
         max_len: int | None = None,
         parent_key: CacheKey | None = None,
+        count: bool = True,
     ) -> CacheHit | None:
-        """The best row for a prefix of ``tokens[:max_len]``: exact key, then parent, then longest prefix."""
+        """The best row for a prefix of ``tokens[:max_len]``: exact key, then parent, then longest prefix.
+
+        ``count=False``: a look ahead of a decision (is a restore worth more
+        than a kept slot?), not a lookup the metrics should see.
+        """
         started = time.perf_counter()
         digest, toks = self._resolve(root), token_array(tokens)
         n = len(toks) if max_len is None else max(0, min(max_len, len(toks)))
         hit = self._finder.find(digest, toks, n, parent_key) if n > 0 else None
+        if not count:
+            return hit
         self._metrics.inc("lookups")
         if hit is None:
             self._metrics.inc("misses")
