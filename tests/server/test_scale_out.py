@@ -48,9 +48,9 @@ def _kvllama() -> list[str]:
 class Server:
     """``kvllama serve`` in its own process group; ready once its banner's curl line is printed."""
 
-    def __init__(self, extra: list[str], tmp: Path) -> None:
+    def __init__(self, extra: list[str], tmp: Path, env_extra: dict[str, str] | None = None) -> None:
         self.port = _free_port()
-        env = {**os.environ, "KVLLAMA_SHM_DIR": str(tmp / "shm")}
+        env = {**os.environ, "KVLLAMA_SHM_DIR": str(tmp / "shm"), **(env_extra or {})}
         env.pop("KVLLAMA_API_KEY", None)
         self.proc = subprocess.Popen([*_kvllama(), "serve", "--port", str(self.port), *FLAGS, *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
@@ -85,7 +85,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory) -> Iterator[Server]:
-    server = Server(["--replicas", "2"], tmp_path_factory.mktemp("replicated"))
+    # Ray sends a request only to a replica that tells its queue length within a deadline
+    # (100 ms, doubling on retries); a replica busy for a moment misses it. 5 ms makes that
+    # happen on every probe, so routing must hold when replicas are slow to answer (before
+    # the router waited for its first choice, a turn here moved replicas on a loaded machine).
+    server = Server(["--replicas", "2"], tmp_path_factory.mktemp("replicated"),
+                    {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.005"})
     try:
         _wait_for_reports(server.url, 2)
         yield server
@@ -162,6 +167,11 @@ def test_every_later_turn_lands_where_its_conversation_is_and_replies_match_a_si
             # The conversation's earlier prompt is reused: everything up to the previous reply.
             assert cached >= turns[rnd - 1][3] - 64, (key, rnd, cached, turns[rnd - 1][3])
         assert [t[0] for t in turns] == [t[0] for t in alone[key]], f"user {key}: replies differ"
+        # One engine with a slot per user: compaction gives kept slots up, and a turn whose own
+        # slot went must restore its own row from the cache, not cut a neighbour's slot back
+        # to the shared system prompt.
+        for rnd, (_text, _replica, cached, _prompt) in enumerate(alone[key][1:], start=1):
+            assert cached >= alone[key][rnd - 1][3] - 64, ("single", key, rnd, cached)
     assert len({t[0][1] for t in routed.values()}) == 2, "four users over two replicas use both"
     metrics = httpx.get(f"{replicated.url}/metrics", timeout=30).text
     assert 'kvllama_routed_requests_total{kind="affinity"}' in metrics

@@ -89,15 +89,15 @@ def test_cold_prompts_spread_over_equally_loaded_replicas():
 def test_what_was_routed_is_remembered_before_any_report():
     p = policy()
     first = p.rank(route([*SYSTEM, 1]), ["a", "b"])[0]
-    p.routed(route([*SYSTEM, 1]), first.replica)
-    p.completed(first.replica)
+    p.routed(route([*SYSTEM, 1]), first.replica, "r1")
+    p.completed(first.replica, "r1")
     again = p.rank(route([*SYSTEM, 1, 2, 3]), ["a", "b"])[0]
     assert (again.replica, again.kind) == (first.replica, RouteKind.AFFINITY)
 
 
 def test_routed_memory_expires():
     p = policy(memory_seconds=0.0)
-    p.routed(route([*SYSTEM, 1]), "a")
+    p.routed(route([*SYSTEM, 1]), "a", "r1")
     time.sleep(0.01)
     assert p.matched_tokens(route([*SYSTEM, 1]), "a") == 0
 
@@ -108,7 +108,7 @@ def test_sessions_are_sticky_by_report_and_by_memory():
     p.report("b", [snapshot(SYSTEM)])
     best = p.rank(route([*SYSTEM, 1], session_id="s1"), ["a", "b"])[0]
     assert (best.replica, best.kind) == ("a", RouteKind.STICKY)
-    p.routed(route([5] * 10, session_id="s2"), "b")
+    p.routed(route([5] * 10, session_id="s2"), "b", "r1")
     assert p.rank(route([5] * 20, session_id="s2"), ["a", "b"])[0].replica == "b"
     # Another tenant's session of the same id is not that session.
     assert p.rank(route([5] * 20, session_id="s1", cache_salt="t"), ["a", "b"])[0].kind != RouteKind.STICKY
@@ -116,7 +116,7 @@ def test_sessions_are_sticky_by_report_and_by_memory():
 
 def test_a_fork_lives_with_its_source():
     p = policy()
-    p.routed(route([1] * 10, session_id="src", new_session_id="copy"), "b")
+    p.routed(route([1] * 10, session_id="src", new_session_id="copy"), "b", "r1")
     assert p.rank(route([1] * 12, session_id="copy"), ["a", "b"])[0] .replica == "b"
 
 
@@ -137,7 +137,7 @@ def test_requests_with_their_own_adapters_are_routed_by_load():
 def test_a_replica_that_went_away_is_forgotten():
     p = policy()
     p.report("a", [snapshot(SYSTEM, sessions=[(None, "s")])])
-    p.routed(route([3] * 5, session_id="s"), "a")
+    p.routed(route([3] * 5, session_id="s"), "a", "r1")
     p.forget("a")
     assert p.rank(route([*SYSTEM, 1], session_id="s"), ["b"])[0] .replica == "b"
     assert p.replicas() == {}
@@ -176,3 +176,42 @@ def test_every_error_crosses_a_process_boundary_intact(cls):
         error = cls(*args)
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is cls and str(back) == str(error) and back.__dict__ == error.__dict__
+
+
+def test_the_first_choice_is_tried_alone_until_the_fallback_window_ends():
+    p = policy(fallback_after_seconds=2.0)
+    p.report("a", [snapshot(SYSTEM)])
+    p.report("b", [snapshot(None)])
+    ranked = p.rank(route([*SYSTEM, 1]), ["a", "b"])
+    assert p.tiers(ranked, 0.0) == p.tiers(ranked, 1.9) == [["a"]]
+    assert p.tiers(ranked, 2.0) == [["a"], ["b"]]
+    assert p.tiers(ranked[:1], 10.0) == [["a"]]
+    assert p.tiers([], 0.0) == []
+
+
+def test_requests_ranked_but_not_yet_sent_count_as_load():
+    p = policy()
+    assert p.rank(route([1] * 10), ["a", "b"], planned={"a": 1})[0].replica == "b"
+    assert p.rank(route([1] * 10), ["a", "b"], planned={"b": 2, "a": 1})[0].replica == "a"
+    p.report("a", [snapshot(SYSTEM)])  # a cached prefix outweighs a planned request or two
+    assert p.rank(route([*SYSTEM, 1]), ["a", "b"], planned={"a": 2})[0].replica == "a"
+
+
+def test_a_request_that_completes_before_its_routing_is_reported_is_not_left_running():
+    p = policy()
+    p.completed("a", "fast")  # Ray's completion callback can run first for a quick reply
+    p.routed(route([1] * 10), "a", "fast")
+    p.routed(route([2] * 10), "a", "slow")
+    assert p.in_flight("a") == 1
+    p.completed("a", "slow")
+    assert p.in_flight("a") == 0
+
+
+def test_a_report_taken_before_requests_completed_does_not_count_them():
+    p = policy()
+    p.report("a", [snapshot(SYSTEM, in_flight=4)])  # full when the report was taken
+    p.report("b", [snapshot(None)])
+    assert p.rank(route([*SYSTEM, 1]), ["a", "b"])[0].replica == "b"
+    for i in range(3):  # three of those finished since
+        p.completed("a", f"r{i}")
+    assert p.rank(route([*SYSTEM, 1]), ["a", "b"])[0].replica == "a"

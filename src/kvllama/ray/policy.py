@@ -17,6 +17,18 @@ the candidates for one request:
    the least-spared one, affinity gains too little, and the least busy
    replica takes it (random among equals, so cold prompts spread out).
 
+The first choice is tried alone for ``fallback_after_seconds``
+(:meth:`AffinityPolicy.tiers`). Ray asks a replica for its queue length
+before it sends it a request and gives up on the answer after 100 ms; a
+replica whose event loop is busy for a moment (a long prompt tokenized, two
+cores shared by two engines) misses that, and Ray would at once hand the
+request to the next replica in the ranking: a conversation would leave the
+replica that holds it, and cold prompts would all pile onto whichever
+replica answered. Ray retries with doubling deadlines, so waiting a little
+for the replica the policy chose is what keeps a conversation home; past
+the window the rest of the ranking is the fallback (a replica that is
+really stuck or full).
+
 "What this router sent it since" matters because a replica reports every
 second or so: a prompt routed a moment ago is being prefilled there, and the
 next turn of that conversation must follow it even before the next report.
@@ -35,8 +47,8 @@ from __future__ import annotations
 import enum
 import random
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from kvllama.api.probe_methods import RoutingSnapshot
@@ -48,9 +60,11 @@ DEFAULT_MIN_GAIN_TOKENS = 64
 DEFAULT_SLOT_COST_TOKENS = 16
 DEFAULT_QUEUE_COST_TOKENS = 512
 DEFAULT_MEMORY_SECONDS = 60.0
+DEFAULT_FALLBACK_AFTER_SECONDS = 5.0
 # Sessions and routed prefixes this router remembers (LRU bounds).
 MAX_REMEMBERED_SESSIONS = 65_536
 MAX_REMEMBERED_BLOCKS = 262_144
+MAX_REMEMBERED_COMPLETIONS = 4096
 
 
 class RouteKind(enum.StrEnum):
@@ -88,7 +102,11 @@ class _Replica:
     snapshots: dict[str, RoutingSnapshot] = field(default_factory=dict)
     # Chain value -> when this router sent a prompt with that block here.
     routed: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
-    in_flight: int = 0
+    # Requests this router sent here that have not completed, by request id.
+    running: set[str] = field(default_factory=set)
+    # When (time.time()) each of the latest requests completed: a report taken before them
+    # still counts them as load.
+    completions: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_COMPLETIONS))
 
 
 class AffinityPolicy:
@@ -99,15 +117,20 @@ class AffinityPolicy:
         slot_cost_tokens: int = DEFAULT_SLOT_COST_TOKENS,
         queue_cost_tokens: int = DEFAULT_QUEUE_COST_TOKENS,
         memory_seconds: float = DEFAULT_MEMORY_SECONDS,
+        fallback_after_seconds: float = DEFAULT_FALLBACK_AFTER_SECONDS,
         rng: random.Random | None = None,
     ) -> None:
         self.min_gain_tokens = min_gain_tokens
         self.slot_cost_tokens = slot_cost_tokens
         self.queue_cost_tokens = queue_cost_tokens
         self.memory_seconds = memory_seconds
+        self.fallback_after_seconds = fallback_after_seconds
         self._rng = rng or random.Random()
         self._replicas: dict[str, _Replica] = {}
         self._sessions: OrderedDict[tuple[str, str | None, str], str] = OrderedDict()
+        # Requests whose completion was reported before their routing (a fast reply, or one
+        # the replica refused): their routing must not count them as running.
+        self._finished_early: OrderedDict[str, None] = OrderedDict()
 
     # --- what the replicas and the router tell us --------------------------------
 
@@ -122,10 +145,11 @@ class AffinityPolicy:
         for key in [k for k, r in self._sessions.items() if r == replica]:
             del self._sessions[key]
 
-    def routed(self, info: RouteInfo, replica: str) -> None:
+    def routed(self, info: RouteInfo, replica: str, request_id: str) -> None:
         """``info`` was sent to ``replica``: its prompt and session will be there."""
         state = self._replicas.setdefault(replica, _Replica())
-        state.in_flight += 1
+        if self._finished_early.pop(request_id, False) is False:
+            state.running.add(request_id)
         for session in (info.session_id, info.new_session_id):
             if session is None:
                 continue
@@ -141,21 +165,35 @@ class AffinityPolicy:
         while len(state.routed) > MAX_REMEMBERED_BLOCKS:
             state.routed.popitem(last=False)
 
-    def completed(self, replica: str) -> None:
-        state = self._replicas.get(replica)
-        if state is not None and state.in_flight > 0:
-            state.in_flight -= 1
+    def completed(self, replica: str, request_id: str) -> None:
+        """A request sent to ``replica`` completed (Ray may say so before it says it was routed)."""
+        state = self._replicas.setdefault(replica, _Replica())
+        state.completions.append(time.time())
+        if request_id in state.running:
+            state.running.discard(request_id)
+            return
+        self._finished_early[request_id] = None
+        while len(self._finished_early) > MAX_REMEMBERED_COMPLETIONS:
+            self._finished_early.popitem(last=False)
 
     # --- the decision -----------------------------------------------------------
 
-    def rank(self, info: RouteInfo, candidates: Sequence[str]) -> list[Decision]:
-        """``candidates`` best first, each with the kind of reason that put it there."""
+    def rank(self, info: RouteInfo, candidates: Sequence[str],
+             planned: Mapping[str, int] | None = None) -> list[Decision]:
+        """``candidates`` best first, each with the kind of reason that put it there.
+
+        ``planned``: requests per replica that were ranked but not yet sent
+        (the router ranks concurrent requests before Ray reports where any
+        of them went); they count as load, so a burst of cold prompts
+        spreads instead of all taking the same least-loaded replica.
+        """
         if not candidates:
             return []
+        planned = planned or {}
         sticky = self._session_home(info, candidates)
         matched = {c: self.matched_tokens(info, c) for c in candidates}
         floor = min(matched.values())
-        costs = {c: self._cost(info, c, matched[c]) for c in candidates}
+        costs = {c: self._cost(info, c, matched[c], planned.get(c, 0)) for c in candidates}
         shuffled = list(candidates)
         self._rng.shuffle(shuffled)  # random among equals
         order = sorted(shuffled, key=lambda c: costs[c])
@@ -167,6 +205,19 @@ class AffinityPolicy:
             decisions = [Decision(sticky, RouteKind.STICKY, matched[sticky])] + [
                 d for d in decisions if d.replica != sticky]
         return decisions
+
+    def tiers(self, ranked: Sequence[Decision], waited_seconds: float) -> list[list[str]]:
+        """What Ray may try for a request ranked ``ranked``, ``waited_seconds`` after it arrived.
+
+        The first choice alone until ``fallback_after_seconds``, then the
+        rest of the ranking behind it (module docstring).
+        """
+        if not ranked:
+            return []
+        first = [ranked[0].replica]
+        if waited_seconds < self.fallback_after_seconds or len(ranked) == 1:
+            return [first]
+        return [first, [d.replica for d in ranked[1:]]]
 
     def matched_tokens(self, info: RouteInfo, replica: str) -> int:
         """Leading prompt tokens (whole blocks) the replica holds or was recently sent."""
@@ -190,14 +241,18 @@ class AffinityPolicy:
         # At least one token is always computed: a whole-prompt match spares one block less.
         return min(max(reported, routed), (len(info.tokens) - 1) // BLOCK * BLOCK)
 
-    def _cost(self, info: RouteInfo, replica: str, matched: int) -> float:
+    def _cost(self, info: RouteInfo, replica: str, matched: int, planned: int) -> float:
         state = self._replicas.get(replica)
-        busy = state.in_flight if state is not None else 0
+        busy = len(state.running) if state is not None else 0
         snap = state.snapshots.get(info.model_id) if state is not None else None
         slots = 1
-        if snap is not None:
-            busy = max(busy, snap.load)
+        if state is not None and snap is not None:
+            # The report may count requests that completed since it was taken (and requests
+            # other routers sent, which only the report knows).
+            since = sum(1 for t in state.completions if t > snap.taken_at)
+            busy = max(busy, snap.load - since)
             slots = max(1, snap.n_seq_max - len(snap.sessions))
+        busy += planned
         waits = busy + 1 > slots
         return (len(info.tokens) - matched) + self.slot_cost_tokens * busy + self.queue_cost_tokens * waits
 
@@ -227,7 +282,7 @@ class AffinityPolicy:
 
     def in_flight(self, replica: str) -> int:
         state = self._replicas.get(replica)
-        return state.in_flight if state is not None else 0
+        return len(state.running) if state is not None else 0
 
 
 def _own_chain(info: RouteInfo) -> list[bytes]:

@@ -18,7 +18,9 @@ registry lives in its own module, referenced as ``registry.ROUTERS``.
 
 from __future__ import annotations
 
+import math
 import pickle
+import time
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -30,6 +32,8 @@ from kvllama.ray.policy import AffinityPolicy, Decision, RouteInfo, RouteKind
 STATS_KEY = "kvllama"
 # Decisions kept for /status (and for tests that check where each turn went).
 MAX_RECENT_DECISIONS = 1024
+# A plan whose request Ray never reports (rejected, then dropped) stops counting as load after this.
+PLAN_TTL_SECONDS = 60.0
 
 
 def encode_stats(report: Any) -> dict[str, Any]:
@@ -52,9 +56,9 @@ class CacheAffinityRouter(RequestRouter):
         self.counts: Counter[RouteKind] = Counter()
         # route_id -> (replica unique id, kind), for /status and tests.
         self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # id(pending request) -> the plan for it, until Ray reports where it went (bounded:
-        # a request cancelled before it is routed never reports).
-        self._pending: OrderedDict[int, Decision] = OrderedDict()
+        # id(pending request) -> the request, the plan for it and when it was first planned,
+        # until Ray reports where it went (a request cancelled before that never reports).
+        self._pending: OrderedDict[int, tuple[PendingRequest, Decision, float]] = OrderedDict()
         self._seen_stats: dict[str, int] = {}
         # replica unique id -> its last ReplicaReport (for /metrics and /status).
         self.reports: dict[str, Any] = {}
@@ -68,29 +72,49 @@ class CacheAffinityRouter(RequestRouter):
         if info is None:  # not a kvllama call: least loaded first
             info = RouteInfo(model_id="")
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        ranked = self.policy.rank(info, list(by_id))
-        if pending_request is not None and ranked:
-            self._pending[id(pending_request)] = ranked[0]
-            while len(self._pending) > MAX_RECENT_DECISIONS:
-                self._pending.popitem(last=False)
-        return [[by_id[ranked[0].replica]], [by_id[d.replica] for d in ranked[1:]]] if ranked else []
+        ranked = self.policy.rank(info, list(by_id), self._planned(pending_request))
+        if not ranked:
+            return []
+        if pending_request is None:
+            return [[by_id[r] for r in tier] for tier in self.policy.tiers(ranked, math.inf)]
+        first_planned = self._pending.get(id(pending_request), (None, None, time.monotonic()))[2]
+        self._pending[id(pending_request)] = (pending_request, ranked[0], first_planned)
+        self._pending.move_to_end(id(pending_request))
+        while len(self._pending) > MAX_RECENT_DECISIONS:
+            self._pending.popitem(last=False)
+        # Ray sleeps between retries instead of asking again at once (the first choice may be
+        # busy for a moment: policy.tiers).
+        pending_request.routing_context.should_backoff = True
+        waited = time.time() - pending_request.created_at
+        return [[by_id[r] for r in tier] for tier in self.policy.tiers(ranked, waited)]
+
+    def _planned(self, current: PendingRequest | None) -> Counter[str]:
+        """Requests ranked but not yet routed, per first choice (``current`` left out)."""
+        planned: Counter[str] = Counter()
+        horizon = time.monotonic() - PLAN_TTL_SECONDS
+        for key, (request, decision, first_planned) in list(self._pending.items()):
+            future = request.future
+            if first_planned < horizon or (future.done() and (future.cancelled() or future.exception())):
+                self._pending.pop(key, None)
+            elif request is not current:  # waiting, or sent with Ray's report still to come
+                planned[decision.replica] += 1
+        return planned
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         chosen = replica_id.unique_id
-        planned = self._pending.pop(id(pending_request), None)
+        entry = self._pending.pop(id(pending_request), None)
+        planned = entry[1] if entry is not None else None
         kind = planned.kind if planned is not None and planned.replica == chosen else RouteKind.LOAD
         self.counts[kind] += 1
-        info = _route_info(pending_request)
-        if info is None:
-            return
-        self.policy.routed(info, chosen)
+        info = _route_info(pending_request) or RouteInfo(model_id="")
+        self.policy.routed(info, chosen, _request_id(pending_request))
         if info.route_id:
             self.recent[info.route_id] = (chosen, str(kind))
             while len(self.recent) > MAX_RECENT_DECISIONS:
                 self.recent.popitem(last=False)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self.policy.completed(replica_id.unique_id)
+        self.policy.completed(replica_id.unique_id, internal_request_id)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
@@ -119,3 +143,9 @@ def _route_info(pending: PendingRequest | None) -> RouteInfo | None:
         return None
     first = pending.args[0]
     return first if isinstance(first, RouteInfo) else None
+
+
+def _request_id(pending: PendingRequest) -> str:
+    """Ray's id for the call, as ``on_request_completed`` will name it."""
+    metadata = pending.metadata
+    return getattr(metadata, "internal_request_id", "") or f"id:{id(pending)}"
