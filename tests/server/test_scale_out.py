@@ -159,11 +159,13 @@ def test_every_later_turn_lands_where_its_conversation_is_and_replies_match_a_si
 ):
     routed = _conversations(replicated.url)
     alone = _conversations(single.url)
+    # Where each turn went, with its cached and prompt tokens: the failure messages' context.
+    where = {k: [(t[1], t[2], t[3]) for t in v] for k, v in routed.items()}
     for key, turns in routed.items():
         first_replica = turns[0][1]
         assert first_replica, "the ingress names the replica that served each generation"
         for rnd, (_text, replica, cached, _prompt) in enumerate(turns[1:], start=1):
-            assert replica == first_replica, f"user {key} round {rnd} went to {replica}, not {first_replica}"
+            assert replica == first_replica, f"user {key} round {rnd} went elsewhere: {where}"
             # The conversation's earlier prompt is reused: everything up to the previous reply.
             assert cached >= turns[rnd - 1][3] - 64, (key, rnd, cached, turns[rnd - 1][3])
         assert [t[0] for t in turns] == [t[0] for t in alone[key]], f"user {key}: replies differ"
@@ -172,7 +174,7 @@ def test_every_later_turn_lands_where_its_conversation_is_and_replies_match_a_si
         # to the shared system prompt.
         for rnd, (_text, _replica, cached, _prompt) in enumerate(alone[key][1:], start=1):
             assert cached >= alone[key][rnd - 1][3] - 64, ("single", key, rnd, cached)
-    assert len({t[0][1] for t in routed.values()}) == 2, "four users over two replicas use both"
+    assert len({t[0][1] for t in routed.values()}) == 2, f"four users over two replicas use both: {where}"
     metrics = httpx.get(f"{replicated.url}/metrics", timeout=30).text
     assert 'kvllama_routed_requests_total{kind="affinity"}' in metrics
     affinity = _sample(metrics, 'kvllama_routed_requests_total{kind="affinity"}')

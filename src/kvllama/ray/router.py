@@ -53,6 +53,7 @@ class CacheAffinityRouter(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         self.policy = AffinityPolicy(**kwargs)
+        self.clock = time.monotonic
         self.counts: Counter[RouteKind] = Counter()
         # route_id -> (replica unique id, kind), for /status and tests.
         self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -77,7 +78,8 @@ class CacheAffinityRouter(RequestRouter):
             return []
         if pending_request is None:
             return [[by_id[r] for r in tier] for tier in self.policy.tiers(ranked, math.inf)]
-        first_planned = self._pending.get(id(pending_request), (None, None, time.monotonic()))[2]
+        now = self.clock()
+        first_planned = self._pending.get(id(pending_request), (None, None, now))[2]
         self._pending[id(pending_request)] = (pending_request, ranked[0], first_planned)
         self._pending.move_to_end(id(pending_request))
         while len(self._pending) > MAX_RECENT_DECISIONS:
@@ -85,13 +87,14 @@ class CacheAffinityRouter(RequestRouter):
         # Ray sleeps between retries instead of asking again at once (the first choice may be
         # busy for a moment: policy.tiers).
         pending_request.routing_context.should_backoff = True
-        waited = time.time() - pending_request.created_at
-        return [[by_id[r] for r in tier] for tier in self.policy.tiers(ranked, waited)]
+        # Counted from the first time this router ranked it: a request that sat in Ray's queue
+        # behind others has not been refused by its first choice yet.
+        return [[by_id[r] for r in tier] for tier in self.policy.tiers(ranked, now - first_planned)]
 
     def _planned(self, current: PendingRequest | None) -> Counter[str]:
         """Requests ranked but not yet routed, per first choice (``current`` left out)."""
         planned: Counter[str] = Counter()
-        horizon = time.monotonic() - PLAN_TTL_SECONDS
+        horizon = self.clock() - PLAN_TTL_SECONDS
         for key, (request, decision, first_planned) in list(self._pending.items()):
             future = request.future
             if first_planned < horizon or (future.done() and (future.cancelled() or future.exception())):
