@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from kvllama.api.engine import MAX_EMBED_INPUTS, MAX_EMBED_TOKENS
 from kvllama.backend.stub import EOS
 from kvllama.errors import (
     ContextOverflowError,
@@ -301,6 +302,12 @@ def test_embed_returns_one_vector_per_text(stub_engine):
     assert a == a2 and a != b
     with pytest.raises(InvalidRequestError):
         engine.embed("s", [])
+    # The bounds that keep one call short (api/engine.py): texts, then tokens.
+    assert len(engine.embed("s", ["t"] * MAX_EMBED_INPUTS)) == MAX_EMBED_INPUTS
+    with pytest.raises(InvalidRequestError, match="split the batch"):
+        engine.embed("s", ["t"] * (MAX_EMBED_INPUTS + 1))
+    with pytest.raises(InvalidRequestError, match="tokens in one embed call"):
+        engine.embed("s", ["x" * (MAX_EMBED_TOKENS // 2)] * 3)
 
 
 def test_every_batch_has_equal_prompt_chunks_first_then_decode_rows_on_consecutive_ids(stub_engine):

@@ -62,10 +62,11 @@ DEFAULT_CACHE = _DefaultCache()
 
 # Most texts and tokens one embed() call takes. Embedding through a generative
 # model computes its output layer for every token (llama.cpp cannot prune it),
-# measured with the default model on one thread at ~55 ms per text plus 7-17 ms
-# per token, so these bounds keep one call under ~30 s (README "Reliability").
-MAX_EMBED_INPUTS = 256
-MAX_EMBED_TOKENS = 4096
+# measured with the default model on one thread at 55-200 ms per short text and
+# 7-17 ms per token (the machine's speed varies 2x from day to day), so these
+# bounds keep one call under ~35 s (README "Reliability").
+MAX_EMBED_INPUTS = 128
+MAX_EMBED_TOKENS = 2048
 
 
 class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods, SessionMethods):
