@@ -95,6 +95,8 @@ class Admission(LoopState):
         and cut that conversation's row back, so its next turn would fall back
         to the cache in turn.
         """
+        if not self.residents:
+            return None  # no look ahead into the cache when no slot could win
         opts = r.options
         restorable = self.warm.restorable(r) if self.warm is not None else 0
         return self.residents.take_best(

@@ -92,8 +92,7 @@ class WarmStart:
         the model's sliding window refuses is never tried: such rows are passed
         over for shorter ones.
         """
-        n = len(r.prompt)
-        limit = resume_point(n - self.policy.min_tail, self.backend.shape.swa_window)
+        limit = self._restore_limit(r)
         if limit < self.policy.min_restore:
             return
         root = self.root(*r.options.kv_tenant)
@@ -117,7 +116,7 @@ class WarmStart:
 
     def restorable(self, r: Request) -> int:
         """Prompt tokens a restore would give ``r`` from its own rows (prefix or fresh), nothing loaded."""
-        limit = resume_point(len(r.prompt) - self.policy.min_tail, self.backend.shape.swa_window)
+        limit = self._restore_limit(r)
         if limit < self.policy.min_restore:
             return 0
         hit = self._prefix_hit(self.root(*r.options.kv_tenant), r, limit, count=False)
@@ -125,6 +124,10 @@ class WarmStart:
         fresh = self.fresh.longest(r.prompt, r.options.kv_tenant, limit)
         best = max(best, len(fresh.tokens) if fresh is not None else 0)
         return best if best >= self.policy.min_restore else 0
+
+    def _restore_limit(self, r: Request) -> int:
+        """The most of ``r``'s prompt a restore may give: ``min_tail`` tokens left, on the resume grid."""
+        return resume_point(len(r.prompt) - self.policy.min_tail, self.backend.shape.swa_window)
 
     def _prefix_hit(self, root: KeyRoot, r: Request, limit: int, count: bool = True) -> CacheHit | None:
         """The best row that is a prefix of the prompt, on the resume grid, that a cut to ``limit`` allows."""
