@@ -8,6 +8,12 @@
 # not grant AMX tile state. We build with AMX disabled (AVX2/AVX-512 stay on)
 # and keep that wheel under a name that records the flags, so pip's own cache
 # can never hand back a differently-built copy.
+#
+# The patches in scripts/patches/ are applied to the sdist before building
+# (docs/kernel-patch.md says why each exists and how to drop it). The build tag
+# names the flags and a hash of the patches; it is the wheelhouse folder's name
+# and the install marker's content, so a patched build replaces a stock one and
+# the reverse. KVLLAMA_GGML_PATCHES=0 builds the stock sources.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -15,7 +21,15 @@ PY=${PYTHON:-python3}
 VENV=${KVLLAMA_VENV:-.venv}
 LLAMA_VERSION=0.3.36
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-WHEELHOUSE=${KVLLAMA_WHEELHOUSE:-$HOME/.cache/kvllama/wheelhouse/llama-cpp-python-$LLAMA_VERSION-noamx}
+PATCHES=()
+if [ "${KVLLAMA_GGML_PATCHES:-1}" != "0" ]; then
+    PATCHES=(scripts/patches/*.patch)
+fi
+BUILD_TAG=noamx
+if [ ${#PATCHES[@]} -gt 0 ]; then
+    BUILD_TAG="noamx-p$(cat "${PATCHES[@]}" | sha256sum | cut -c1-10)"
+fi
+WHEELHOUSE=${KVLLAMA_WHEELHOUSE:-$HOME/.cache/kvllama/wheelhouse/llama-cpp-python-$LLAMA_VERSION-$BUILD_TAG}
 EXTRAS=${KVLLAMA_EXTRAS:-tiny,test,ray}
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -29,8 +43,9 @@ installed=$("$VENV/bin/python" - <<PYCODE
 import importlib.metadata as m, pathlib
 try:
     dist = m.distribution("llama_cpp_python")
-    marker = pathlib.Path(dist.locate_file("llama_cpp")) / ".kvllama-noamx"
-    print(dist.version if marker.exists() else "")
+    marker = pathlib.Path(dist.locate_file("llama_cpp")) / ".kvllama-build"
+    tag = marker.read_text().strip() if marker.exists() else ""
+    print(dist.version if tag == "$BUILD_TAG" else "")
 except m.PackageNotFoundError:
     print("")
 PYCODE
@@ -38,17 +53,25 @@ PYCODE
 if [ "$installed" != "$LLAMA_VERSION" ]; then
     wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
     if [ -z "$wheel" ]; then
-        echo "==> building llama-cpp-python $LLAMA_VERSION from source (about 7 minutes on 2 cores, once)"
+        echo "==> building llama-cpp-python $LLAMA_VERSION ($BUILD_TAG) from source (about 7 minutes on 2 cores, once)"
         mkdir -p "$WHEELHOUSE"
+        src=$(mktemp -d)
+        "${PIP[@]}" download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$src"
+        tar xzf "$src"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$src"
+        for p in "${PATCHES[@]}"; do
+            echo "==> applying $p"
+            patch --quiet -p1 -d "$src/llama_cpp_python-$LLAMA_VERSION" < "$p"
+        done
         CFLAGS="$NO_AMX" CXXFLAGS="$NO_AMX" "${PIP[@]}" wheel --quiet --no-cache-dir --no-deps \
-            "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE"
+            "$src/llama_cpp_python-$LLAMA_VERSION" -w "$WHEELHOUSE"
+        rm -rf "$src"
         wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
     fi
     echo "==> installing $(basename "$wheel")"
     "${PIP[@]}" install --quiet --force-reinstall --no-deps "$wheel"
     "${PIP[@]}" install --quiet "numpy>=1.20" "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"
     site=$("$VENV/bin/python" -c "import importlib.metadata as m, pathlib; print(pathlib.Path(m.distribution('llama_cpp_python').locate_file('llama_cpp')))")
-    touch "$site/.kvllama-noamx"
+    echo "$BUILD_TAG" > "$site/.kvllama-build"
 fi
 
 echo "==> installing kvllama[$EXTRAS]"

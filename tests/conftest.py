@@ -53,6 +53,7 @@ def stub_engine() -> Iterator[Callable[..., tuple[kvllama.Engine, StubBackend]]]
         engine.close()
     # Every stub test also checks the exactness rule that llama.cpp's batch split imposes.
     assert [b.uneven_splits for b in backends] == [0] * len(backends), "a pass llama.cpp would split unevenly"
+    assert [b.kernel_mismatches for b in backends] == [0] * len(backends), "rows in another kernel class"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

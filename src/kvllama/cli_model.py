@@ -58,6 +58,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-decode-rows", type=int, default=None,
                    help="decode rows per forward pass (default: 7 for K-quant weights on CPU, where "
                         "llama.cpp switches kernels at 8 rows, else no limit; 0 = no limit)")
+    g.add_argument("--burst-window-ms", type=float, default=None, metavar="MS",
+                   help="an idle server waits this long after a request for the rest of its burst, "
+                        "so requests sent together prefill together (default 5; 0 = off)")
     g.add_argument("--prefill-chunk-size", type=int, default=None,
                    help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
     g.add_argument("--n-threads-batch", type=int, default=None,
@@ -73,7 +76,7 @@ MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_
                 "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
                 "draft_model", "chat_template",
                 "use_extra_bufts", "max_decode_rows", "markers",
-                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap")
+                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap", "burst_window_ms")
 
 def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

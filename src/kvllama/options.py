@@ -72,6 +72,10 @@ class ModelOptions:
     draft_model: str | None = None
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
+    # Milliseconds an idle loop waits, once a request arrives, for the rest of its burst:
+    # requests sent together by separate clients then prefill together (engine/loop.py).
+    # A lone request's first token comes at most this much later; 0 turns it off.
+    burst_window_ms: float = 5.0
     # A Jinja chat template to use when the GGUF carries none.
     chat_template: str | None = None
     use_mmap: bool = True
@@ -144,6 +148,9 @@ class ModelOptions:
             _int("n_ctx", self.n_ctx, minimum=8)
         if self.prefill_chunk_size is not None:
             _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
+        if (isinstance(self.burst_window_ms, bool) or not isinstance(self.burst_window_ms, int | float)
+                or not 0 <= self.burst_window_ms <= 1000):
+            raise InvalidOptionError("burst_window_ms", self.burst_window_ms, "milliseconds from 0 to 1000")
         for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts", "keep_finished",
                      "canonical_decode"):
             if not isinstance(getattr(self, name), bool):

@@ -355,3 +355,46 @@ def _rows_per_seq(rows):
     for _tok, _pos, seq, _want in rows:
         counts[seq] = counts.get(seq, 0) + 1
     return counts
+
+
+def test_per_pass_kernels_decode_every_stream_in_one_vector_kernel_pass(stub_engine):
+    # The patched build: twelve decoders run as one decode-only pass (no 7-row cap), and a
+    # prompt that arrives meanwhile prefills in a pass of its own; the conftest check asserts
+    # no row went to another kernel class (a prompt row in a decode-only pass, or 8+ decode
+    # rows in a stock pass).
+    engine, backend = stub_engine(n_seq_max=16, n_batch=256, n_ctx_seq=512, per_pass_kernels=True,
+                                  decode_delay=0.001)
+    streams = engine.infer_many("s", [chr(97 + i) * 9 for i in range(12)], max_tokens=40, temperature=0)
+    deadline = time.monotonic() + 30
+    while not any(only and len(rows) == 12 for only, rows in zip(backend.decode_only_log, backend.decode_log)):
+        assert time.monotonic() < deadline, "the twelve never decoded together"
+        time.sleep(0.001)
+    late = engine.infer("s", "z" * 300, max_tokens=3, temperature=0)
+    late.result()
+    for s in streams:
+        s.result()
+    kinds = list(zip(backend.decode_only_log, backend.decode_log, strict=True))
+    assert any(only and len(rows) == 12 for only, rows in kinds)
+    assert any(not only and len(rows) > 100 for only, rows in kinds), "the late prompt prefilled"
+    assert all(len(_rows_per_seq(rows)) == len(rows) for only, rows in kinds if only)
+
+
+def test_requests_submitted_separately_within_the_burst_window_prefill_together(stub_engine):
+    # Two clients' requests reach an idle loop one after the other (separate infer calls, as
+    # two HTTP requests do): the loop waits the burst window for the second, so both prompts
+    # go into the first forward pass instead of the first prefilling alone.
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"burst_window_ms": 1000})
+    first = engine.infer("s", "a" * 40, max_tokens=2, temperature=0)
+    time.sleep(0.05)  # the second client is 50 ms behind: the loop has taken the first by then
+    second = engine.infer("s", "b" * 40, max_tokens=2, temperature=0)
+    first.result(), second.result()
+    assert {seq for _t, _p, seq, _w in backend.decode_log[0]} == {0, 1}
+
+
+def test_burst_window_is_validated():
+    from kvllama.errors import InvalidOptionError
+    from kvllama.options import ModelOptions
+
+    for bad in (-1, 1001, "5", True):
+        with pytest.raises(InvalidOptionError, match="burst_window_ms"):
+            ModelOptions.from_kwargs(burst_window_ms=bad)

@@ -145,3 +145,18 @@ def test_every_chunk_of_every_split_is_canonical():
                 counts.append(s.count)
                 done += s.count
             assert done == n and min(counts) >= MIN_CHUNK_ROWS, (n, start, counts)
+
+
+def test_with_per_pass_kernels_prompts_and_eight_decoders_go_as_two_passes():
+    from kvllama.engine.scheduler import decode_groups
+
+    seqs = [prog(i, 5, 5, True) for i in range(12)] + [prog(12, 100, 0)]
+    tick = plan(seqs, 128, 16)
+    # One pass of all 12 decoders (vector kernels at any size), the prompt beside it.
+    groups = decode_groups(tick.slices, 0, per_pass_kernels=True)
+    assert [[s.decoding for s in g] for g in groups] == [[False], [True] * 12]
+    # Seven decoders stay in the vector class even in a stock pass: one pass.
+    few = plan(seqs[5:], 128, 16)
+    assert len(decode_groups(few.slices, 0, per_pass_kernels=True)) == 1
+    # Without the switch the cap (if any) decides, as before.
+    assert len(decode_groups(tick.slices, 0)) == 1

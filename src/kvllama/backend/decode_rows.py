@@ -13,13 +13,16 @@ tensors (F16, Q8_0, Q4_0 ... weights), a process that takes one kernel for
 every batch size (``GGML_CPU_TILED_MM_FORCE=1``, which costs one-row passes
 about 40 % here, or ``GGML_CPU_TILED_MM=0``, which costs prefill about 20 %),
 or a model fully on a GPU needs none, and then 8+ streams run as one pass.
+Nor does the patched build (scripts/patches/, docs/kernel-patch.md), which
+picks the kernels per forward pass: decode-only passes take the vector kernels
+at any size, prompt passes the stock choice (``uses_pass_kernels``).
 Measured: README "Exactness" and "Performance".
 """
 
 from __future__ import annotations
 
 from kvllama.native.gguf import GgufInfo
-from kvllama.native.kernels import STOCK, cpu_kernel_mode
+from kvllama.native.kernels import STOCK, cpu_kernel_mode, pass_kernels
 
 # Below this many rows the CPU backend takes the vector-dot kernels for tiled types.
 TILED_MIN_ROWS = 8
@@ -52,8 +55,20 @@ def on_cpu(n_gpu_layers: int, n_layer: int) -> bool:
     return not (n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer))
 
 
+def uses_pass_kernels(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> bool:
+    """Decode-only passes on the vector kernels, prompt passes on the stock choice.
+
+    Needs the patched build (native/kernels.py) and stock settings; worth it only
+    where the kernel switch reaches this model's matmuls.
+    """
+    return (pass_kernels().available and cpu_kernel_mode() == STOCK and on_cpu(n_gpu_layers, n_layer)
+            and has_tiled_weights(gguf))
+
+
 def default_max_decode_rows(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> int:
     """7 where the CPU kernel switch can reach this model's matmuls, else 0 (no limit)."""
+    if uses_pass_kernels(gguf, n_gpu_layers, n_layer):
+        return 0  # decode-only passes take the vector kernels whatever their size
     if cpu_kernel_mode() != STOCK:
         return 0  # tiled kernels for every batch size, or for none
     if not on_cpu(n_gpu_layers, n_layer):

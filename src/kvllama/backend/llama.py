@@ -9,13 +9,13 @@ from dataclasses import replace
 from typing import Any
 
 from kvllama.backend.adapters import AdapterRegistry, AdapterSet
-from kvllama.backend.decode_rows import default_max_decode_rows, has_tiled_weights, on_cpu
+from kvllama.backend.decode_rows import default_max_decode_rows, has_tiled_weights, on_cpu, uses_pass_kernels
 from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError, InvalidOptionError
 from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
-from kvllama.native.kernels import STOCK, cpu_kernel_mode
+from kvllama.native.kernels import STOCK, THREAD_DEFAULT, THREAD_OFF, cpu_kernel_mode
 from kvllama.native.model import NativeModel
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
@@ -82,9 +82,11 @@ class LlamaBackend:
             n_swa=facts["n_swa"],
         )
         self.shape = self._shape(facts)
+        self._decode_kernels = THREAD_OFF if self.shape.per_pass_kernels else THREAD_DEFAULT
 
     def _shape(self, facts: dict[str, Any]) -> ContextShape:
         options = self.options
+        per_pass = uses_pass_kernels(self.gguf, options.n_gpu_layers, facts["n_layer"])
         return ContextShape(
             n_ctx=self.ctx.n_ctx_seq * options.n_seq_max,
             n_ctx_seq=self.ctx.n_ctx_seq,
@@ -96,6 +98,7 @@ class LlamaBackend:
                 options.max_decode_rows if options.max_decode_rows is not None
                 else default_max_decode_rows(self.gguf, options.n_gpu_layers, facts["n_layer"])
             ),
+            per_pass_kernels=per_pass,
             swa_window=facts["n_swa"],
             min_chunk_rows=2 if options.canonical_decode else 8,
             canonical_decode=options.canonical_decode,
@@ -159,10 +162,10 @@ class LlamaBackend:
 
     # --- decode thread ------------------------------------------------------
 
-    def decode(self, rows: Sequence[BatchRow], adapters: AdapterSet = ()) -> None:
+    def decode(self, rows: Sequence[BatchRow], adapters: AdapterSet = (), decode_only: bool = False) -> None:
         self.adapters.use(adapters, self.ctx.handle)
         self.batch.fill(rows)
-        self.ctx.decode(self.batch)
+        self.ctx.decode(self.batch, self._decode_kernels if decode_only else THREAD_DEFAULT)
 
     def load_adapter(self, adapter_id: str, path: str) -> str:
         return self.adapters.load(adapter_id, path)

@@ -49,6 +49,10 @@ class ContextShape:
     kv_bytes_estimate: int
     # Most decode rows per forward pass that keep outputs batch-invariant (0: no limit).
     max_decode_rows: int = 0
+    # Decode-only passes take the vector kernels whatever their size (kvllama's ggml patch,
+    # native/kernels.py): a pass with prompt rows may then carry at most 7 decode rows,
+    # else the decoders go as a pass of their own (scheduler.decode_groups).
+    per_pass_kernels: bool = False
     # The sliding window whose older cells llama.cpp leaves out of a sequence's state
     # blob (swa_full or not; 0: no sliding window): past it, resumes sit on a grid.
     swa_window: int = 0
@@ -81,8 +85,10 @@ class Backend(Protocol):
         """Any thread: stop the forward pass running now (decode raises DecodeAbortedError)."""
 
     # --- decode thread only ---
-    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = ()) -> None:
-        """One forward pass with these LoRA adapters (id, scale) applied to all its rows."""
+    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = (),
+               decode_only: bool = False) -> None:
+        """One forward pass with these LoRA adapters (id, scale) applied to all its rows;
+        ``decode_only``: every row is a sequence's one decode row (picks the kernels)."""
     def load_adapter(self, adapter_id: str, path: str) -> str:
         """Load a LoRA adapter (decode thread); its file's sha256."""
     def unload_adapter(self, adapter_id: str) -> None: ...

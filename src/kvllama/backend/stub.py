@@ -63,6 +63,8 @@ class StubConfig:
     crash_sample_after: int | None = None
     chat_template: str | None = None
     max_decode_rows: int = 0
+    # Decode-only passes in a kernel class of their own, any size (the patched build).
+    per_pass_kernels: bool = False
     # Behave like a sliding-window model whose memory cannot be cut mid-sequence.
     refuse_truncate: bool = False
     # Decode steps as 2-row chunks (ModelOptions.canonical_decode).
@@ -90,7 +92,7 @@ class StubBackend:
         self.shape = ContextShape(
             n_ctx=c.n_ctx_seq * c.n_seq_max, n_ctx_seq=c.n_ctx_seq, n_batch=c.n_batch,
             n_ubatch=c.n_batch, n_seq_max=c.n_seq_max, kv_bytes_estimate=0,
-            max_decode_rows=c.max_decode_rows,
+            max_decode_rows=c.max_decode_rows, per_pass_kernels=c.per_pass_kernels,
             min_chunk_rows=2 if c.canonical_decode else 8, canonical_decode=c.canonical_decode,
         )
         self.seqs: dict[int, _SeqState] = {}
@@ -100,11 +102,16 @@ class StubBackend:
         self.moves: list[tuple[int, int]] = []
         # Passes that llama.cpp's split (non-unified KV) would cut unevenly (see _uneven_split).
         self.uneven_splits = 0
+        # Passes whose rows llama.cpp would compute in another kernel class than their kind's
+        # (see _kernel_mismatch); every stub test checks it stays 0.
+        self.kernel_mismatches = 0
         self.restores = 0
         self.rebuilds = 0
         # Loaded adapters (id -> a stand-in sha256), and each decode call's adapter set.
         self.adapters: dict[str, str] = {}
         self.decode_adapters: list[tuple[tuple[str, float], ...]] = []
+        # Each decode call's decode_only flag (the kernels a patched build would take).
+        self.decode_only_log: list[bool] = []
         self.closed = False
         self._abort = threading.Event()
         self._last_rows: list[BatchRow] = []
@@ -148,7 +155,8 @@ class StubBackend:
             raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for this model")
         return self.adapters[adapter_id]
 
-    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = ()) -> None:
+    def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = (),
+               decode_only: bool = False) -> None:
         if len(rows) > self.shape.n_batch:
             raise BatchOverflowError(len(rows), self.shape.n_batch)
         self._abort.clear()  # like llama.cpp's flag, lowered when a pass starts
@@ -175,6 +183,8 @@ class StubBackend:
             state.adapters.append(adapters)
         self.decode_log.append(list(rows))
         self.uneven_splits += _uneven_split(rows)
+        self.kernel_mismatches += _kernel_mismatch(rows, decode_only, self.shape)
+        self.decode_only_log.append(decode_only)
         self.decode_adapters.append(adapters)
         self._last_rows = list(rows)
 
@@ -273,6 +283,28 @@ class StubBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _kernel_mismatch(rows: Sequence[BatchRow], decode_only: bool, shape: ContextShape) -> bool:
+    """Would a row of this pass be computed in another kernel class than its kind's?
+
+    With per-pass kernels (the patched build), a pass flagged decode-only takes the
+    vector kernels for every matmul, so a prompt row in it would not be computed
+    as prompt rows are; an unflagged pass takes the stock choice, under which a
+    ubatch of 8+ decode rows would take the tiled kernels. Without per-pass
+    kernels ``max_decode_rows`` caps decode passes instead. A decode row is a
+    sequence's only row in the pass (canonical 2-row steps are prompt-class).
+    """
+    per_seq: dict[int, int] = {}
+    for _tok, _pos, seq, _want in rows:
+        per_seq[seq] = per_seq.get(seq, 0) + 1
+    decode_rows = sum(1 for n in per_seq.values() if n == 1)
+    if not shape.per_pass_kernels:
+        cap = shape.max_decode_rows
+        return bool(cap) and decode_rows > cap
+    if decode_only:
+        return decode_rows != len(rows)
+    return decode_rows >= 8
 
 
 def _uneven_split(rows: Sequence[BatchRow]) -> bool:

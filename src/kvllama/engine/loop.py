@@ -66,8 +66,12 @@ class ModelLoop(Admission, Runner, Finishing):
         tool_memory: ToolCallMemory | None = None,
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
+        burst_window: float = 0.0,
     ) -> None:
         self.backend = backend
+        # Seconds an idle loop waits after a request arrives for others of its burst, so
+        # requests sent together (N HTTP clients, N threads) prefill together.
+        self.burst_window = burst_window
         self.warm = warm
         # Thinking / tool-call markers of this model, and the key that signs thinking.
         self.markers = markers
@@ -153,7 +157,10 @@ class ModelLoop(Admission, Runner, Finishing):
     def _run(self) -> None:
         try:
             while True:
-                if not self._drain_inbox(block=not (self._running or self._waiting)):
+                idle = not (self._running or self._waiting)
+                if not self._drain_inbox(block=idle):
+                    break
+                if idle and self._waiting and not self._gather_burst():
                     break
                 try:
                     self._step()
@@ -222,6 +229,24 @@ class ModelLoop(Admission, Runner, Finishing):
         st.context_rebuilds += 1
         st.healthy = True
 
+    def _gather_burst(self) -> bool:
+        """An idle loop woken by a request: take what else arrives within the burst window.
+
+        Separate ``infer`` calls (N HTTP clients) reach the inbox a few milliseconds
+        apart; admitted in one tick, their prompts prefill in the same passes instead
+        of the first one's pass running alone. A lone request's first token comes
+        at most the window later. Returns False when asked to stop.
+        """
+        deadline = time.monotonic() + self.burst_window
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._inbox.get(timeout=left)
+            except queue.Empty:
+                return True
+            if not self._take(item):
+                return False
+        return True
+
     def _drain_inbox(self, *, block: bool) -> bool:
         """Returns False when asked to stop."""
         while True:
@@ -230,19 +255,25 @@ class ModelLoop(Admission, Runner, Finishing):
             except queue.Empty:
                 return True
             block = False
-            if item is _STOP:
+            if not self._take(item):
                 return False
-            if isinstance(item, Request):
-                self._waiting.append(item)
-            elif isinstance(item, list):
-                self._waiting.extend(item)
-            elif isinstance(item, tuple):
-                fn, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:
-                        future.set_exception(exc)
+
+    def _take(self, item: Any) -> bool:
+        """One inbox item: requests queue, calls run here; False for the stop signal."""
+        if item is _STOP:
+            return False
+        if isinstance(item, Request):
+            self._waiting.append(item)
+        elif isinstance(item, list):
+            self._waiting.extend(item)
+        elif isinstance(item, tuple):
+            fn, future = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+        return True
 
     def uses_adapter(self, adapter_id: str) -> bool:
         """Loop thread: does a queued or running request run with this adapter?"""

@@ -32,7 +32,7 @@ class Runner(LoopState):
         if tick.slices:
             self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             seq_ids = {v.key: v.seq_id for v in views}
-            for group in decode_groups(tick.slices, self.backend.shape.max_decode_rows, seq_ids):
+            for group in decode_groups(tick.slices, shape.max_decode_rows, seq_ids, shape.per_pass_kernels):
                 if not self._forward(group) and len(group) > 1:
                     # Isolate the failure: each request alone, so one bad request
                     # ends with its own error and the others go on.
@@ -80,7 +80,8 @@ class Runner(LoopState):
         started = time.perf_counter()
         self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
         try:
-            self.backend.decode(rows, self._tick_adapters)
+            self.backend.decode(rows, self._tick_adapters,
+                                decode_only=all(s.decoding and s.count == 1 for s in slices))
         except KvllamaError as exc:
             # An abort asked for by cancel() costs the others of the pass nothing: they
             # made no progress and are planned again next tick. A timeout is an error.

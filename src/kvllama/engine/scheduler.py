@@ -170,7 +170,7 @@ def _chunk_end(prompt: SeqProgress, rows: int, align: int, min_rows: int = MIN_C
 
 
 def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int,
-                  seq_ids: dict[int, int] | None = None) -> list[tuple[Slice, ...]]:
+                  seq_ids: dict[int, int] | None = None, per_pass_kernels: bool = False) -> list[tuple[Slice, ...]]:
     """Split a tick into forward passes of at most ``max_decode_rows`` decode rows.
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
@@ -188,9 +188,17 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int,
     decode class; compaction keeps decoders below prompts so this does not
     happen, but when every id is held it cannot always, and then the prompts
     go as a pass of their own. 0 means no limit.
+
+    With ``per_pass_kernels`` (the patched build) a decode-only pass takes the
+    vector kernels at any size, but a pass with prompt rows takes the stock
+    choice, which computes a ubatch of 8+ decode rows with the tiled kernels:
+    then the prompts and the decoders go as two passes.
     """
     prompt = [s for s in slices if not s.decoding]
     decode = [s for s in slices if s.decoding]
+    single_rows = sum(1 for s in slices if s.count == 1)
+    if per_pass_kernels and prompt and decode and single_rows >= MIN_CHUNK_ROWS:
+        return [tuple(prompt), *decode_groups(tuple(decode), max_decode_rows)]
     if prompt and decode and seq_ids is not None:
         after = max(seq_ids[s.key] for s in prompt) + 1
         if any(seq_ids[s.key] == after for s in decode):

@@ -37,7 +37,7 @@ from kvllama.backend.protocol import Backend
 from kvllama.engine.loop import PREFILL_ALIGN
 from kvllama.kvcache import KeyRoot
 from kvllama.kvcache.keys import NumericValue
-from kvllama.native.kernels import cpu_kernel_mode
+from kvllama.native.kernels import build_tag, cpu_kernel_mode
 from kvllama.options import ModelOptions
 
 _CHUNK = 4 << 20
@@ -55,6 +55,7 @@ NOT_IN_ROOT = {
     "use_mmap": "the same weight bytes, read another way",
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
     "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
+    "burst_window_ms": "when requests are admitted, not how their rows are computed",
     "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
     "speculative_draft": "accepted drafts are the tokens decoding computes, row for row",
     "draft_model": "the target verifies every draft token: drafts change speed, never tokens or rows",
@@ -135,6 +136,9 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
         "row_layout": 2,
         # ggml's CPU kernel choice for K-quant weights (native/kernels.py): other numbers.
         "cpu_tiled_mm": cpu_kernel_mode(),
+        # The bootstrap's build tag (flags and a hash of scripts/patches/): rows from another
+        # build never restore, though a patch may leave prompt rows' numbers as they were.
+        "llama_build": "stub" if stub else build_tag(),
         "n_gpu_layers": options.n_gpu_layers,
         "system": "stub" if stub else system_info(),
     }

@@ -13,6 +13,7 @@ from kvllama.errors import (
 )
 from kvllama.native.abort import AbortFlag, DecodeWatchdog
 from kvllama.native.batch import NativeBatch
+from kvllama.native.kernels import THREAD_DEFAULT, pass_kernels
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
 from kvllama.options import ModelOptions
@@ -92,11 +93,14 @@ class NativeContext:
     def __del__(self) -> None:
         self.close()
 
-    def decode(self, batch: NativeBatch) -> None:
+    def decode(self, batch: NativeBatch, kernels: int = THREAD_DEFAULT) -> None:
         """One forward pass; llama.cpp's status codes become typed exceptions.
 
-        The watchdog aborts a pass that outlives the model's ``decode_timeout``.
+        ``kernels``: the CPU matmul mode for this pass (native/kernels.py; a no-op on
+        a stock build). The watchdog aborts a pass that outlives the model's
+        ``decode_timeout``.
         """
+        pass_kernels().set(kernels)
         self.watchdog.arm()
         try:
             status = self._lib.llama_decode(self.handle, batch.struct)
