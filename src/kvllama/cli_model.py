@@ -50,6 +50,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-finished", action=argparse.BooleanOptionalAction, default=None,
                    help="leave a finished request's prompt in its slot until a slot is needed (default on: "
                         "a repeated or continued prompt prefills only its last tokens)")
+    g.add_argument("--settle-replies", action=argparse.BooleanOptionalAction, default=None,
+                   help="while idle, recompute kept replies as prompt chunks so the next turn reuses them "
+                        "exactly (default on; needs --keep-finished or sessions)")
     g.add_argument("--chat-template", default=None, help="builtin name or Jinja source")
     g.add_argument("--markers", default=None,
                    help="thinking/tool-call marker preset (think, deepseek-r1, qwen3, hermes, gemma-tools)")
@@ -76,7 +79,8 @@ MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_
                 "swa_full", "kv_unified", "keep_finished", "canonical_decode", "speculative_draft",
                 "draft_model", "chat_template",
                 "use_extra_bufts", "max_decode_rows", "markers",
-                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap", "burst_window_ms")
+                "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap", "burst_window_ms",
+                "settle_replies")
 
 def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

@@ -60,6 +60,9 @@ class ModelOptions:
     # Leave a finished request's prompt KV in its slot until the slot is needed, so a
     # request that repeats or continues it prefills only its last tokens (engine/residents.py).
     keep_finished: bool = True
+    # Recompute a kept reply's KV as prompt chunks while the loop is idle, so the next turn
+    # reuses the reply too and prefills only its new message, exactly (engine/settling.py).
+    settle_replies: bool = True
     # Decode each step as a 2-row chunk of its sequence (the previous token recomputed), so a
     # reply's KV is computed exactly like a prompt's: resumes keep it, restores leave 2 tokens.
     # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (README "Exactness").
@@ -124,6 +127,14 @@ class ModelOptions:
             raise InvalidOptionError("speculative_draft", self.speculative_draft,
                                      "0 unless canonical_decode is on (it keeps speculation exact)")
 
+    def _validate_times(self) -> None:
+        if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)
+                or not 0 <= self.decode_timeout < 1e9):
+            raise InvalidOptionError("decode_timeout", self.decode_timeout, "seconds >= 0 (0: no limit)")
+        if (isinstance(self.burst_window_ms, bool) or not isinstance(self.burst_window_ms, int | float)
+                or not 0 <= self.burst_window_ms <= 1000):
+            raise InvalidOptionError("burst_window_ms", self.burst_window_ms, "milliseconds from 0 to 1000")
+
     def validate(self) -> None:
         _choice("split_mode", self.split_mode, SPLIT_MODES)
         _choice("flash_attn", self.flash_attn, FLASH_ATTN_MODES)
@@ -138,9 +149,7 @@ class ModelOptions:
         _int("n_threads", self.n_threads, minimum=1)
         if self.max_decode_rows is not None:
             _int("max_decode_rows", self.max_decode_rows, minimum=0)
-        if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)
-                or not 0 <= self.decode_timeout < 1e9):
-            raise InvalidOptionError("decode_timeout", self.decode_timeout, "seconds >= 0 (0: no limit)")
+        self._validate_times()
         self._validate_speculation()
         if self.n_threads_batch is not None:
             _int("n_threads_batch", self.n_threads_batch, minimum=1)
@@ -148,11 +157,8 @@ class ModelOptions:
             _int("n_ctx", self.n_ctx, minimum=8)
         if self.prefill_chunk_size is not None:
             _int("prefill_chunk_size", self.prefill_chunk_size, minimum=1)
-        if (isinstance(self.burst_window_ms, bool) or not isinstance(self.burst_window_ms, int | float)
-                or not 0 <= self.burst_window_ms <= 1000):
-            raise InvalidOptionError("burst_window_ms", self.burst_window_ms, "milliseconds from 0 to 1000")
         for name in ("swa_full", "kv_unified", "use_mmap", "use_extra_bufts", "keep_finished",
-                     "canonical_decode"):
+                     "canonical_decode", "settle_replies"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptionError(name, getattr(self, name), "true or false")
         if self.n_ubatch > self.n_batch:

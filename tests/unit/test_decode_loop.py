@@ -366,7 +366,8 @@ def test_per_pass_kernels_decode_every_stream_in_one_vector_kernel_pass(stub_eng
                                   decode_delay=0.001)
     streams = engine.infer_many("s", [chr(97 + i) * 9 for i in range(12)], max_tokens=40, temperature=0)
     deadline = time.monotonic() + 30
-    while not any(only and len(rows) == 12 for only, rows in zip(backend.decode_only_log, backend.decode_log)):
+    while not any(only and len(rows) == 12
+                  for only, rows in zip(backend.decode_only_log, backend.decode_log, strict=False)):
         assert time.monotonic() < deadline, "the twelve never decoded together"
         time.sleep(0.001)
     late = engine.infer("s", "z" * 300, max_tokens=3, temperature=0)
@@ -398,3 +399,54 @@ def test_burst_window_is_validated():
     for bad in (-1, 1001, "5", True):
         with pytest.raises(InvalidOptionError, match="burst_window_ms"):
             ModelOptions.from_kwargs(burst_window_ms=bad)
+
+
+def _wait_settled(engine, sequences: int) -> None:
+    """The settler's counters are written by the loop thread; wait for them, with a bound."""
+    deadline = time.monotonic() + 30
+    while engine.model_info("s").settled.get("sequences", 0) < sequences:
+        assert time.monotonic() < deadline, engine.model_info("s").settled
+        time.sleep(0.002)
+
+
+def test_an_idle_loop_settles_a_kept_reply_so_the_next_turn_prefills_only_its_message(stub_engine):
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, n_ctx_seq=1024)
+    first = engine.complete("s", "q" * 40, max_tokens=30, temperature=0)
+    _wait_settled(engine, 1)
+    # The settle pass recomputed the 30-token reply as a prompt chunk of its own sequence.
+    reply = list(first.generated_tokens)
+    assert any([r[0] for r in rows] == reply for rows in backend.decode_log)
+    follow = (*first.context_tokens, *b"and then?")
+    second = engine.complete("s", list(follow), max_tokens=3, temperature=0)
+    # The whole transcript came from the kept slot, reply included.
+    assert second.cache_delta.read == len(first.context_tokens)
+    info = engine.model_info("s")
+    assert info.settled["tokens"] >= len(reply) and info.prompt_reuse["requests"]["slot"] == 1
+
+
+def test_a_request_arriving_during_a_settle_pass_aborts_it_and_the_reply_is_settled_later(stub_engine):
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, n_ctx_seq=1024, decode_delay=0.2)
+    first = engine.complete("s", "q" * 40, max_tokens=12, temperature=0)
+    loop = engine._models["s"].loop
+    deadline = time.monotonic() + 30
+    # Wait until the settle pass of the 12-token reply is inside the backend.
+    while not (loop.settler.running and backend.in_pass):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    other = engine.complete("s", "x" * 9, max_tokens=1, temperature=0)
+    assert other.generated_tokens
+    _wait_settled(engine, 1)
+    assert engine.model_info("s").settled["aborted"] >= 1
+    follow = (*first.context_tokens, *b"more text")
+    again = engine.complete("s", list(follow), max_tokens=1, temperature=0)
+    assert again.cache_delta.read == len(first.context_tokens)
+
+
+def test_settling_can_be_turned_off(stub_engine):
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"settle_replies": False})
+    first = engine.complete("s", "q" * 40, max_tokens=30, temperature=0)
+    follow = (*first.context_tokens, *b"and then?")
+    second = engine.complete("s", list(follow), max_tokens=3, temperature=0)
+    # The reply was prefilled again: only the prompt came from the slot.
+    assert second.cache_delta.read == len(first.context_tokens) - len(first.generated_tokens)
+    assert engine.model_info("s").settled == {}

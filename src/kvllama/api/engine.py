@@ -136,7 +136,7 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
                 keep_finished=opts.keep_finished, tool_memory=self.tool_memory,
                 speculative_draft=opts.speculative_draft, drafter=drafter,
                 markers=markers_from_options(opts), signing_key=self.thinking_key,
-                burst_window=opts.burst_window_ms / 1000,
+                burst_window=opts.burst_window_ms / 1000, settle_replies=opts.settle_replies,
             )
         except BaseException:
             backend.close()

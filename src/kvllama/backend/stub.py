@@ -105,6 +105,8 @@ class StubBackend:
         # Passes whose rows llama.cpp would compute in another kernel class than their kind's
         # (see _kernel_mismatch); every stub test checks it stays 0.
         self.kernel_mismatches = 0
+        # True while a pass waits out decode_delay: abort() stops it then (tests wait on it).
+        self.in_pass = False
         self.restores = 0
         self.rebuilds = 0
         # Loaded adapters (id -> a stand-in sha256), and each decode call's adapter set.
@@ -161,7 +163,9 @@ class StubBackend:
             raise BatchOverflowError(len(rows), self.shape.n_batch)
         self._abort.clear()  # like llama.cpp's flag, lowered when a pass starts
         if self.config.decode_delay:
+            self.in_pass = True
             self._abort.wait(self.config.decode_delay)
+            self.in_pass = False
         if self._abort.is_set():
             self._abort.clear()
             raise DecodeAbortedError(2, "aborted")

@@ -48,7 +48,8 @@ class Finishing(LoopState):
                 r.seq_id = None  # the sequence now belongs to the session
             elif self.residents.enabled and reason != "cancelled":
                 self.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
-                                             adapter_key=opts.adapter_key))
+                                             adapter_key=opts.adapter_key,
+                                             transcript=r.prompt + tuple(r.generated)))
                 r.seq_id = None  # the slot keeps it until a request needs the slot
         self._release(r)
         r.sink.put(DoneEvent(

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import asdict
 from typing import Any
 
 from kvllama.backend.protocol import Backend
@@ -30,6 +31,7 @@ from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.runner import Runner
 from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.engine.settling import ReplySettler
 from kvllama.engine.speculation import Drafter, NgramDrafter
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
@@ -67,6 +69,7 @@ class ModelLoop(Admission, Runner, Finishing):
         markers: MarkerStrings | None = None,
         signing_key: bytes | None = None,
         burst_window: float = 0.0,
+        settle_replies: bool = True,
     ) -> None:
         self.backend = backend
         # Seconds an idle loop waits after a request arrives for others of its burst, so
@@ -88,6 +91,9 @@ class ModelLoop(Admission, Runner, Finishing):
         # Prompt chunks end on multiples of this (see scheduler.py for why).
         self.align = min(PREFILL_ALIGN, self.chunk_size)
         self.status = LoopStatus()
+        # Idle time recomputes kept replies as prompt chunks (engine/settling.py).
+        self.settler = ReplySettler(backend, self.residents, self.sessions, warm, self.chunk_size) \
+            if settle_replies else None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
@@ -108,6 +114,8 @@ class ModelLoop(Admission, Runner, Finishing):
                 raise EngineClosedError("this model has been unloaded")
             self._submitted += len(requests)
             self._inbox.put(requests[0] if len(requests) == 1 else list(requests))
+        if self.settler is not None and self.settler.running:
+            self.backend.abort()  # a settle pass never delays a request; it is redone later
 
     def cancel(self, request: Request) -> None:
         """Idempotent; takes effect before the next tick.
@@ -158,10 +166,14 @@ class ModelLoop(Admission, Runner, Finishing):
         try:
             while True:
                 idle = not (self._running or self._waiting)
-                if not self._drain_inbox(block=idle):
+                settle = idle and self.settler is not None and self.settler.pending() is not None
+                if not self._drain_inbox(block=idle and not settle):
                     break
                 if idle and self._waiting and not self._gather_burst():
                     break
+                if settle and not (self._running or self._waiting):
+                    self._settle()
+                    continue
                 try:
                     self._step()
                 except Exception as exc:
@@ -194,6 +206,15 @@ class ModelLoop(Admission, Runner, Finishing):
             self._compact()
         elif self._waiting:
             time.sleep(0.002)  # only deferred requests: their prefix row is being published
+
+    def _settle(self) -> None:
+        """One idle settle pass; a failure costs the settling, never the loop."""
+        assert self.settler is not None
+        try:
+            self.settler.step()
+        except Exception:
+            log.exception("settling a kept reply failed; settling is turned off for this model")
+            self.settler = None
 
     def _recover(self, exc: Exception) -> None:
         """After an unexpected failure: fail the running requests, then check the context."""
@@ -312,6 +333,10 @@ class ModelLoop(Admission, Runner, Finishing):
 
         return bool(self.call(end).result())
 
+
+    def settled(self) -> dict[str, int]:
+        """What idle-time reply settling did (any thread; plain counters)."""
+        return asdict(self.settler.stats) if self.settler is not None else {}
 
     def _publish_status(self) -> None:
         st = self.status

@@ -34,6 +34,9 @@ class Resident:
     cache_salt: str | None
     last_used: float = field(default_factory=time.monotonic)
     adapter_key: tuple[tuple[str, float], ...] = ()
+    # The finished request's prompt and reply: the reply's KV (decode-computed) was cut off,
+    # and idle time recomputes it as prompt chunks (engine/settling.py).
+    transcript: tuple[int, ...] = ()
 
 
 class ResidentPool:

@@ -169,8 +169,8 @@ def _chunk_end(prompt: SeqProgress, rows: int, align: int, min_rows: int = MIN_C
     return end if end - start >= min_rows else None
 
 
-def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int,
-                  seq_ids: dict[int, int] | None = None, per_pass_kernels: bool = False) -> list[tuple[Slice, ...]]:
+def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int, seq_ids: dict[int, int] | None = None,
+                  per_pass_kernels: bool = False) -> list[tuple[Slice, ...]]:
     """Split a tick into forward passes of at most ``max_decode_rows`` decode rows.
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows

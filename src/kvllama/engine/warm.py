@@ -314,6 +314,21 @@ class WarmStart:
             for tenant, toks in self._unpublished.values()
         )
 
+    def save_held(self, seq_id: int, tokens: tuple[int, ...],
+                  tenant: tuple[str | None, tuple[tuple[str, float], ...]]) -> bytes | None:
+        """A held sequence whose reply was settled (engine/settling.py): saved like a finish row.
+
+        Only on the resume grid (a row off it could not be restored exactly); at
+        hand in memory until the writer has stored it, like every finish row.
+        """
+        if not tokens or resume_point(len(tokens), self.backend.shape.swa_window) != len(tokens):
+            return None
+        blob = self.backend.sequence_state(seq_id)
+        key = self.cache.save(self.root(*tenant), tokens, blob, SaveReason.FINISH)
+        if key is not None:
+            self.fresh.add(FreshRow(key, tenant, tokens, blob))
+        return key
+
     def after_prefill_step(self, r: Request) -> None:
         c = r.cache
         if c.cold_point is not None and r.n_computed == c.cold_point:

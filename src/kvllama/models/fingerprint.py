@@ -56,6 +56,7 @@ NOT_IN_ROOT = {
     "decode_timeout": "aborts a pass; never changes what a finished pass computed",
     "keep_finished": "keeps a finished sequence in its slot; rows are saved as without it",
     "burst_window_ms": "when requests are admitted, not how their rows are computed",
+    "settle_replies": "settled replies are computed as prompt chunks, like every row's tokens",
     "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
     "speculative_draft": "accepted drafts are the tokens decoding computes, row for row",
     "draft_model": "the target verifies every draft token: drafts change speed, never tokens or rows",

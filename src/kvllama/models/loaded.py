@@ -43,6 +43,9 @@ class ModelInfo:
     residents: int = 0
     # Prompt tokens reused, by source (LoopStatus.prompt_reuse): sessions, slots, memory, cache.
     prompt_reuse: dict[str, Any] = field(default_factory=dict)
+    # Replies recomputed as prompt chunks in idle time (engine/settling.py): tokens, fully
+    # settled sequences, passes aborted for an arriving request, rows saved.
+    settled: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -90,6 +93,10 @@ class LoadedModel:
                 "kv_unified": opts.kv_unified,
                 "n_threads": opts.n_threads,
                 "n_gpu_layers": opts.n_gpu_layers,
+                # Decode rows per pass (0: no cap) and whether decode-only passes take the vector
+                # kernels at any size (the patched build, native/kernels.py).
+                "max_decode_rows": shape.max_decode_rows,
+                "per_pass_kernels": shape.per_pass_kernels,
             },
             loaded_at=self.loaded_at,
             memory_estimate_bytes=d.size_bytes + shape.kv_bytes_estimate,
@@ -103,4 +110,5 @@ class LoadedModel:
             healthy=self.loop.healthy,
             sessions=len(self.loop.sessions.parked),
             residents=len(self.loop.residents),
+            settled=self.loop.settled(),
         )

@@ -98,7 +98,8 @@ def build_tag() -> str:
     try:
         from importlib.metadata import distribution
 
-        marker = pathlib.Path(str(distribution("llama_cpp_python").locate_file("llama_cpp"))) / ".kvllama-build"
+        package = pathlib.Path(str(distribution("llama_cpp_python").locate_file("llama_cpp")))
+        marker = package / ".kvllama-build"
         return marker.read_text().strip() if marker.exists() else ""
     except Exception:  # pragma: no cover - no llama-cpp-python (stub runs)
         return ""
