@@ -68,7 +68,8 @@ class ModelOptions:
     # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (README "Exactness").
     canonical_decode: bool = False
     # Speculative decoding by prompt lookup: up to this many draft tokens per step (0: off);
-    # needs canonical_decode, which makes it exact (engine/speculation.py).
+    # needs verify passes computed as decode steps are: kvllama's patched llama.cpp build
+    # (decode passes in one kernel class) or canonical_decode (engine/speculation.py).
     speculative_draft: int = 0
     # A second GGUF with the same vocabulary whose greedy guesses are the drafts (instead of
     # prompt lookup); needs speculative_draft >= 1 (backend/draft_model.py).
@@ -123,9 +124,6 @@ class ModelOptions:
         if draft is not None and (not isinstance(draft, str) or not draft or not self.speculative_draft):
             raise InvalidOptionError("draft_model", self.draft_model,
                                      "a GGUF path, with speculative_draft >= 1 (the most tokens it drafts)")
-        if self.speculative_draft and not self.canonical_decode:
-            raise InvalidOptionError("speculative_draft", self.speculative_draft,
-                                     "0 unless canonical_decode is on (it keeps speculation exact)")
 
     def _validate_times(self) -> None:
         if (isinstance(self.decode_timeout, bool) or not isinstance(self.decode_timeout, int | float)

@@ -12,6 +12,7 @@ resume, greedy output diverged from the cold run at about the 8th token.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def _kept_live(n_prompt: int, window: int) -> tuple[int, int]:
     return live, grid
 
 
+def _settled_after(engine: kvllama.Engine, before: int) -> None:
+    """Wait until the idle loop has settled one more reply (engine/settling.py), with a bound."""
+    deadline = time.monotonic() + 120
+    while engine.model_info(M).settled["sequences"] <= before:
+        assert time.monotonic() < deadline, engine.model_info(M).settled
+        time.sleep(0.01)
+
+
 def _hold(engine: kvllama.Engine) -> threading.Event:
     """Block the model's loop until the returned event is set, so submissions arrive together."""
     gate = threading.Event()
@@ -87,6 +96,7 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
     params = {"max_tokens": 16, **sampling}
     prompt = _text(words, seed=words)
     sid = f"conv-{words}-{sampling['temperature']}"
+    settled = warm.model_info(M).settled["sequences"]
     turn1 = warm.complete(M, prompt, max_tokens=12, session_id=sid, **sampling)
     n_prompt1 = len(turn1.context_tokens) - len(turn1.generated_tokens)
     assert len(turn1.generated_tokens) == 12 and turn1.finish_key is not None
@@ -94,11 +104,13 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
     expected = cold.complete(M, p2, **params).generated_tokens
     assert len(expected) == 16
 
+    # The idle loop recomputes the parked reply as prompt chunks: the next turn reuses the
+    # whole transcript (all but the prompt's last 8 tokens at most), and still equals a cold run.
+    _settled_after(warm, settled)
     sticky = warm.complete(M, p2, session_id=sid, **params)
-    # A live sequence resumes anywhere; restored rows above the sliding window sit on the
-    # 64-token grid (README "Exactness").
-    live, kept = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
-    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read == live
+    _live, kept = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
+    assert sticky.cache_hit_kind == "sticky"
+    assert sticky.cache_delta.read == min(len(turn1.context_tokens), len(p2) - 8)
     assert sticky.generated_tokens == expected
 
     by_parent = warm.complete(M, p2, parent_key=turn1.finish_key, **params)
@@ -126,16 +138,31 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
         assert other.result().finish_reason in ("length", "stop")
 
 
-def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold):
-    # 600 generated tokens (decode rows) are cut off the parked session and prefilled again
-    # by turn 2 as part of its prompt: still equal to a cold run of the same tokens.
+@pytest.mark.parametrize("settle", [False, True], ids=["prefilled-on-resume", "settled-while-idle"])
+def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold, settle):
+    # 600 generated tokens (decode rows) are cut off the parked session. Without settling they
+    # are prefilled by turn 2 as part of its prompt; with it (the default) the idle loop has
+    # recomputed them as prompt chunks and turn 2 reuses them. Either way turn 2 equals a
+    # cold run of the same tokens.
     prompt = _text(200, seed=5)
-    turn1 = warm.complete(M, prompt, max_tokens=600, temperature=0, stop_at_eog=False, session_id="long")
-    assert len(turn1.generated_tokens) == 600
-    p2 = _turn2(warm, turn1, " Next.")
-    resumed = warm.complete(M, p2, max_tokens=12, temperature=0, session_id="long")
+    engine = warm
+    if not settle:
+        engine = kvllama.Engine(cache=None)
+        engine.load_model(M, settle_replies=False, **OPTIONS)
+    try:
+        settled = warm.model_info(M).settled["sequences"]
+        turn1 = engine.complete(M, prompt, max_tokens=600, temperature=0, stop_at_eog=False,
+                                session_id="long")
+        assert len(turn1.generated_tokens) == 600
+        if settle:
+            _settled_after(warm, settled)
+        p2 = _turn2(engine, turn1, " Next.")
+        resumed = engine.complete(M, p2, max_tokens=12, temperature=0, session_id="long")
+    finally:
+        if engine is not warm:
+            engine.close()
     n_prompt1 = len(turn1.context_tokens) - 600
     live, _grid = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
-    assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == live
+    read = min(len(turn1.context_tokens), len(p2) - 8) if settle else live
+    assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == read
     assert resumed.generated_tokens == cold.complete(M, p2, max_tokens=12, temperature=0).generated_tokens
-    warm.end_session("long")

@@ -44,12 +44,30 @@ def test_speculative_drafts_never_change_the_tokens(stub_engine):
     assert seeded.stats.drafted_tokens == 0  # only plain greedy requests speculate
 
 
-def test_speculation_needs_canonical_decoding(stub_engine):
+def test_speculation_needs_verify_passes_computed_as_decode_steps(stub_engine):
     import pytest
 
     from kvllama.errors import InvalidOptionError
-    with pytest.raises(InvalidOptionError, match="canonical_decode"):
+    # A stock build without canonical decoding: a verify pass is not a decode step's class.
+    with pytest.raises(InvalidOptionError, match=r"speculative_draft.*patched llama\.cpp"):
         stub_engine(load={"speculative_draft": 4})
+
+
+def test_speculation_on_the_patched_build_verifies_in_decode_passes(stub_engine):
+    # Per-pass kernels: speculation runs on the default engine (no canonical decoding); its
+    # verify passes are decode passes (the conftest check: every row of one wants logits).
+    engine, _backend = stub_engine(n_ctx_seq=512, per_pass_kernels=True)
+    spec, spec_backend = stub_engine(n_ctx_seq=512, per_pass_kernels=True, load={"speculative_draft": 4})
+    prompt = "abcabcabcabcabcabcabc"
+    plain = engine.complete("s", prompt, max_tokens=24, temperature=0)
+    fast = spec.complete("s", prompt, max_tokens=24, temperature=0)
+    assert fast.generated_tokens == plain.generated_tokens
+    assert fast.stats.drafted_tokens > 0
+    # Verify passes: several rows of one sequence, every one sampled (a prompt chunk or a
+    # settle pass samples at most its last row).
+    verify = [only for only, rows in zip(spec_backend.decode_only_log, spec_backend.decode_log, strict=True)
+              if len(rows) > 1 and len({r[2] for r in rows}) == 1 and all(r[3] for r in rows)]
+    assert verify and all(verify)
 
 
 def test_draft_tokens_and_verify_primitives(stub_engine):
@@ -61,3 +79,27 @@ def test_draft_tokens_and_verify_primitives(stub_engine):
     assert engine.verify("s", prompt, list(greedy[:3])) == (3, greedy[3])
     wrong = [greedy[0], (greedy[1] + 1) % 200 + 32, greedy[2]]
     assert engine.verify("s", prompt, wrong) == (1, greedy[1])
+
+
+def test_verify_on_the_patched_build_is_one_decode_pass_on_the_kept_prefix(stub_engine):
+    engine, backend = stub_engine(n_ctx_seq=512, per_pass_kernels=True)
+    prompt = engine.tokenize("s", "verify me in one pass, please")
+    greedy = engine.complete("s", prompt, max_tokens=9, temperature=0).generated_tokens
+    draft = list(greedy[:8])
+    # The first call computes the prefix once (a one-token completion leaves it in its slot)...
+    assert engine.verify("s", prompt, draft) == (8, greedy[8])
+    # ...later calls take one decode pass over the draft, nothing else.
+    passes = len(backend.decode_log)
+    assert engine.verify("s", prompt, draft) == (8, greedy[8])
+    assert len(backend.decode_log) == passes + 1 and backend.decode_only_log[-1]
+    assert [r[0] for r in backend.decode_log[-1]] == draft
+    wrong = [greedy[0], (greedy[1] + 1) % 200 + 32, *greedy[2:5]]
+    assert engine.verify("s", prompt, wrong) == (1, greedy[1])
+    # A first token that differs needs no pass at all.
+    passes = len(backend.decode_log)
+    other = (greedy[0] + 1) % 200 + 32
+    assert engine.verify("s", prompt, [other]) == (0, greedy[0])
+    assert len(backend.decode_log) == passes
+    # The slot still holds exactly the prefix: a completion of it reuses it.
+    again = engine.complete("s", prompt, max_tokens=9, temperature=0)
+    assert again.generated_tokens == greedy and again.cache_delta.read == len(prompt) - 8

@@ -443,7 +443,7 @@ def test_a_request_arriving_during_a_settle_pass_aborts_it_and_the_reply_is_sett
 
 
 def test_settling_can_be_turned_off(stub_engine):
-    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"settle_replies": False})
+    engine, _backend = stub_engine(n_seq_max=4, n_batch=256, load={"settle_replies": False})
     first = engine.complete("s", "q" * 40, max_tokens=30, temperature=0)
     follow = (*first.context_tokens, *b"and then?")
     second = engine.complete("s", list(follow), max_tokens=3, temperature=0)

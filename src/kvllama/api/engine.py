@@ -38,6 +38,7 @@ from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import SavePolicy, WarmStart
 from kvllama.errors import (
     EngineClosedError,
+    InvalidOptionError,
     InvalidRequestError,
     ModelBusyError,
     ModelExistsError,
@@ -122,6 +123,12 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
             if model_id in self._models:
                 raise ModelExistsError(model_id)
         backend = self._factory(os.fspath(path) if path is not None else None, opts)
+        if opts.speculative_draft and not backend.shape.exact_verify:
+            backend.close()
+            raise InvalidOptionError(
+                "speculative_draft", opts.speculative_draft,
+                "0 on this build and model: speculation needs verify passes computed as decode steps "
+                "are (kvllama's patched llama.cpp on the CPU, see docs/kernel-patch.md, or canonical_decode)")
         try:
             _, source = resolve_template(None, backend.description.chat_template, opts.chat_template)
             warm = None

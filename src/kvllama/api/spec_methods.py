@@ -3,10 +3,14 @@
 erllama offers them so that a caller can run its own speculation loop. Here
 ``draft_tokens`` is the engine's prompt-lookup drafter (engine/speculation.py)
 and ``verify`` answers with what greedy decoding of ``tokens`` produces next:
-the longest prefix of ``draft`` it agrees with, and the token after that. The
-answer is the model's own greedy continuation, so it is exact whatever the
-kernels; loaded with ``speculative_draft``, the engine speculates while it
-computes it.
+the longest prefix of ``draft`` it agrees with, and the token after that.
+
+On kvllama's patched llama.cpp build the answer takes one decode-class forward
+pass over the draft, on the kept slot that holds ``tokens`` (engine/verify.py;
+the first call for a prefix computes it with a one-token completion, which
+leaves it there). Elsewhere, or without kept slots, it is a greedy completion
+of ``len(draft) + 1`` tokens. Either way the answer is the engine's own greedy
+continuation, exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from kvllama.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from kvllama.results import CompletionResult
+
+# Longest draft ``verify`` takes (its rows are one forward pass).
+MAX_VERIFY = 64
 
 
 class SpecMethods:
@@ -33,6 +40,22 @@ class SpecMethods:
 
     def verify(self, model_id: str, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int | None]:
         """(how many draft tokens greedy decoding accepts, the token after them; None at the end)."""
+        tokens, draft = list(tokens), list(draft)
+        if len(draft) > MAX_VERIFY:
+            raise InvalidRequestError(f"draft has {len(draft)} tokens; verify takes at most {MAX_VERIFY}")
+        self.prompt_tokens(model_id, [*tokens, *draft])  # type: ignore[attr-defined]  # checks the ids
+        loop = self._model(model_id).loop  # type: ignore[attr-defined]
+        n_ctx_seq = self._model(model_id).backend.shape.n_ctx_seq  # type: ignore[attr-defined]
+        if len(tokens) + len(draft) < n_ctx_seq:
+            for attempt in range(2):
+                answer = loop.call(lambda: loop.verify_held(tokens, draft)).result()
+                if answer is not None:
+                    return answer
+                if attempt == 0 and loop.backend.shape.per_pass_kernels:
+                    # Compute the prefix once; its kept slot then answers in one pass.
+                    self.complete(model_id, tokens, max_tokens=1, temperature=0.0)  # type: ignore[attr-defined]
+                else:
+                    break
         result: CompletionResult = self.complete(  # type: ignore[attr-defined]
             model_id, list(tokens), max_tokens=len(draft) + 1, temperature=0.0)
         out = result.generated_tokens

@@ -56,19 +56,19 @@ def on_cpu(n_gpu_layers: int, n_layer: int) -> bool:
 
 
 def uses_pass_kernels(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> bool:
-    """Decode-only passes on the vector kernels, prompt passes on the stock choice.
+    """Decode passes in the decode class, prompt passes on the stock choice.
 
-    Needs the patched build (native/kernels.py) and stock settings; worth it only
-    where the kernel switch reaches this model's matmuls.
+    Needs the patched build (native/kernels.py), stock settings and the model on
+    the CPU. Every such model uses it, K-quant weights or not: the one-row sgemm
+    is what makes a speculative verify pass compute rows as decode steps do.
     """
-    return (pass_kernels().available and cpu_kernel_mode() == STOCK and on_cpu(n_gpu_layers, n_layer)
-            and has_tiled_weights(gguf))
+    return pass_kernels().available and cpu_kernel_mode() == STOCK and on_cpu(n_gpu_layers, n_layer)
 
 
 def default_max_decode_rows(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> int:
     """7 where the CPU kernel switch can reach this model's matmuls, else 0 (no limit)."""
     if uses_pass_kernels(gguf, n_gpu_layers, n_layer):
-        return 0  # decode-only passes take the vector kernels whatever their size
+        return 0  # decode passes take the vector kernels whatever their size
     if cpu_kernel_mode() != STOCK:
         return 0  # tiled kernels for every batch size, or for none
     if not on_cpu(n_gpu_layers, n_layer):

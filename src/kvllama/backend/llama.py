@@ -15,7 +15,7 @@ from kvllama.errors import ContextOverflowError, InvalidOptionError
 from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
-from kvllama.native.kernels import STOCK, THREAD_DEFAULT, THREAD_OFF, cpu_kernel_mode
+from kvllama.native.kernels import DECODE_CLASS, STOCK, THREAD_DEFAULT, cpu_kernel_mode
 from kvllama.native.model import NativeModel
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
@@ -82,7 +82,7 @@ class LlamaBackend:
             n_swa=facts["n_swa"],
         )
         self.shape = self._shape(facts)
-        self._decode_kernels = THREAD_OFF if self.shape.per_pass_kernels else THREAD_DEFAULT
+        self._decode_kernels = DECODE_CLASS if self.shape.per_pass_kernels else THREAD_DEFAULT
 
     def _shape(self, facts: dict[str, Any]) -> ContextShape:
         options = self.options
@@ -102,6 +102,7 @@ class LlamaBackend:
             swa_window=facts["n_swa"],
             min_chunk_rows=2 if options.canonical_decode else 8,
             canonical_decode=options.canonical_decode,
+            exact_verify=options.canonical_decode or per_pass,
         )
 
     def _check_canonical(self, n_layer: int) -> None:

@@ -60,6 +60,10 @@ class ContextShape:
     # 2 with canonical decoding, where decode steps are 2-row chunks too: README "Exactness").
     min_chunk_rows: int = 8
     canonical_decode: bool = False
+    # A verify pass (a decode row plus draft rows of one sequence) computes each row exactly as
+    # a one-row decode step would: canonical decoding, or the patched build's decode class.
+    # Speculative decoding needs it (engine/speculation.py).
+    exact_verify: bool = False
 
 
 class Sampler(Protocol):

@@ -94,6 +94,7 @@ class StubBackend:
             n_ubatch=c.n_batch, n_seq_max=c.n_seq_max, kv_bytes_estimate=0,
             max_decode_rows=c.max_decode_rows, per_pass_kernels=c.per_pass_kernels,
             min_chunk_rows=2 if c.canonical_decode else 8, canonical_decode=c.canonical_decode,
+            exact_verify=c.canonical_decode or c.per_pass_kernels,
         )
         self.seqs: dict[int, _SeqState] = {}
         # Every decode call's rows, in order (tests read this).
@@ -293,11 +294,12 @@ def _kernel_mismatch(rows: Sequence[BatchRow], decode_only: bool, shape: Context
     """Would a row of this pass be computed in another kernel class than its kind's?
 
     With per-pass kernels (the patched build), a pass flagged decode-only takes the
-    vector kernels for every matmul, so a prompt row in it would not be computed
-    as prompt rows are; an unflagged pass takes the stock choice, under which a
-    ubatch of 8+ decode rows would take the tiled kernels. Without per-pass
-    kernels ``max_decode_rows`` caps decode passes instead. A decode row is a
-    sequence's only row in the pass (canonical 2-row steps are prompt-class).
+    decode class for every matmul, so a prompt row in it would not be computed
+    as prompt rows are (every decode and draft row wants logits; a prompt chunk's
+    rows but its last do not); an unflagged pass takes the stock choice, under
+    which a ubatch of 8+ decode rows would take the tiled kernels. Without
+    per-pass kernels ``max_decode_rows`` caps decode passes instead. A decode row
+    is a sequence's only row in the pass (canonical 2-row steps are prompt-class).
     """
     per_seq: dict[int, int] = {}
     for _tok, _pos, seq, _want in rows:
@@ -307,7 +309,7 @@ def _kernel_mismatch(rows: Sequence[BatchRow], decode_only: bool, shape: Context
         cap = shape.max_decode_rows
         return bool(cap) and decode_rows > cap
     if decode_only:
-        return decode_rows != len(rows)
+        return not all(want for _tok, _pos, _seq, want in rows)
     return decode_rows >= 8
 
 

@@ -73,8 +73,14 @@ class _Entry:
     value: Any  # a scalar, a string (bytes), or for an array its item count
 
 
-def write_tiny_model(path: str | Path, *, source: str | Path | None = None, seed: int = 0) -> Path:
-    """Write the tiny model to ``path`` (source None: the embedded default model)."""
+def write_tiny_model(path: str | Path, *, source: str | Path | None = None, seed: int = 0,
+                     hparams: dict[str, int] | None = None, name: str = "tiny random Gemma 3") -> Path:
+    """Write the tiny model to ``path`` (source None: the embedded default model).
+
+    ``hparams`` replaces :data:`HPARAMS` (the same keys): the benchmarks' bigger
+    random-weight model is this recipe at another size (bench/kquant_model.py).
+    """
+    shape = dict(hparams or HPARAMS)
     if source is None:
         from kvllama.models.default import default_model_path
 
@@ -87,7 +93,7 @@ def write_tiny_model(path: str | Path, *, source: str | Path | None = None, seed
         raise ValueError(f"source model {source} has no tokenizer.ggml.tokens")
     n_vocab = entries["tokenizer.ggml.tokens"].value
     out = Path(path)
-    _write_gguf(out, _metadata(entries, seed), list(_tensors(n_vocab, seed)))
+    _write_gguf(out, _metadata(entries, seed, shape, name), list(_tensors(n_vocab, seed, shape)))
     return out
 
 
@@ -158,14 +164,15 @@ def _read_value(buf: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int]:
 # --- the tiny model --------------------------------------------------------------
 
 
-def _metadata(source: dict[str, _Entry], seed: int) -> list[tuple[str, bytes]]:
-    """general.* for the tiny model, then the source's gemma3.* (scaled) and tokenizer.*."""
+def _metadata(source: dict[str, _Entry], seed: int, hparams: dict[str, int],
+              name: str) -> list[tuple[str, bytes]]:
+    """general.* for the model, then the source's gemma3.* (scaled) and tokenizer.*."""
     out = [
         ("general.architecture", _string_raw(ARCH)),
-        ("general.name", _string_raw(f"tiny random Gemma 3 (seed {seed})")),
+        ("general.name", _string_raw(f"{name} (seed {seed})")),
         ("general.file_type", _scalar_raw(_VT.UINT32, gguf.LlamaFileType.MOSTLY_F16)),
     ]
-    overrides = {f"{ARCH}.{key}": value for key, value in HPARAMS.items()}
+    overrides = {f"{ARCH}.{key}": value for key, value in hparams.items()}
     for key, entry in source.items():
         if key in overrides:
             vtype = entry.vtype if entry.vtype in _SCALAR_FORMATS else _VT.UINT32
@@ -176,12 +183,12 @@ def _metadata(source: dict[str, _Entry], seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _tensors(n_vocab: int, seed: int) -> Iterator[tuple[str, np.ndarray]]:
+def _tensors(n_vocab: int, seed: int, hparams: dict[str, int]) -> Iterator[tuple[str, np.ndarray]]:
     """Every tensor in a fixed order, as numpy arrays (shape: GGUF's ne reversed)."""
-    n_embd, n_ff = HPARAMS["embedding_length"], HPARAMS["feed_forward_length"]
-    head_dim = HPARAMS["attention.key_length"]
-    q_dim = HPARAMS["attention.head_count"] * head_dim
-    kv_dim = HPARAMS["attention.head_count_kv"] * head_dim
+    n_embd, n_ff = hparams["embedding_length"], hparams["feed_forward_length"]
+    head_dim = hparams["attention.key_length"]
+    q_dim = hparams["attention.head_count"] * head_dim
+    kv_dim = hparams["attention.head_count_kv"] * head_dim
     rng = np.random.default_rng(seed)
 
     def weight(rows: int, cols: int) -> np.ndarray:
@@ -192,7 +199,7 @@ def _tensors(n_vocab: int, seed: int) -> Iterator[tuple[str, np.ndarray]]:
 
     yield "token_embd.weight", weight(n_vocab, n_embd)
     yield "output_norm.weight", norm(n_embd)
-    for b in range(HPARAMS["block_count"]):
+    for b in range(hparams["block_count"]):
         p = f"blk.{b}."
         for name in _BLOCK_NORMS:
             yield f"{p}{name}.weight", norm(n_embd)

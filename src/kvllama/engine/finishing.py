@@ -9,6 +9,7 @@ from kvllama.engine.loop_state import LoopState, typed_error
 from kvllama.engine.request import Request, Status, resume_point
 from kvllama.engine.residents import Resident
 from kvllama.engine.sessions import Session
+from kvllama.engine.speculation import eligible
 from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stats
 
 log = logging.getLogger("kvllama.engine")
@@ -47,9 +48,12 @@ class Finishing(LoopState):
                                            transcript=transcript, adapter_key=opts.adapter_key))
                 r.seq_id = None  # the sequence now belongs to the session
             elif self.residents.enabled and reason != "cancelled":
+                greedy_next = r.generated[0] if r.generated and len(context) == len(r.prompt) \
+                    and eligible(r) and not r.drafted else None
                 self.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
                                              adapter_key=opts.adapter_key,
-                                             transcript=r.prompt + tuple(r.generated)))
+                                             transcript=r.prompt + tuple(r.generated),
+                                             greedy_next=greedy_next))
                 r.seq_id = None  # the slot keeps it until a request needs the slot
         self._release(r)
         r.sink.put(DoneEvent(

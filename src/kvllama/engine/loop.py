@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
@@ -34,6 +34,7 @@ from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
 from kvllama.engine.settling import ReplySettler
 from kvllama.engine.speculation import Drafter, NgramDrafter
 from kvllama.engine.tool_memory import ToolCallMemory
+from kvllama.engine.verify import held_prefix, verify_on_slot
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import (
     ContextLostError,
@@ -44,6 +45,7 @@ from kvllama.errors import (
     UnknownSessionError,
 )
 from kvllama.kvcache import SaveReason
+from kvllama.sampling import SamplingParams
 
 __all__ = ["PREFILL_ALIGN", "LoopStatus", "ModelLoop"]
 
@@ -333,6 +335,22 @@ class ModelLoop(Admission, Runner, Finishing):
 
         return bool(self.call(end).result())
 
+
+    def verify_held(self, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int] | None:
+        """Loop thread (through :meth:`call`): verify ``draft`` on a kept slot holding exactly
+        ``tokens`` in one decode-class pass (engine/verify.py); None if no slot can answer."""
+        if not self.backend.shape.per_pass_kernels:
+            return None
+        resident = held_prefix(self.residents, tokens)
+        if resident is None:
+            return None
+        greedy = self.backend.new_sampler(SamplingParams(max_tokens=1, temperature=0.0))
+        try:
+            answer = verify_on_slot(self.backend, resident, draft, greedy)
+        finally:
+            greedy.close()
+        resident.last_used = time.monotonic()
+        return answer
 
     def settled(self) -> dict[str, int]:
         """What idle-time reply settling did (any thread; plain counters)."""

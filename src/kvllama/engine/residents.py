@@ -37,6 +37,9 @@ class Resident:
     # The finished request's prompt and reply: the reply's KV (decode-computed) was cut off,
     # and idle time recomputes it as prompt chunks (engine/settling.py).
     transcript: tuple[int, ...] = ()
+    # The token greedy decoding puts after ``tokens`` (a plain-greedy request's first token, from
+    # the prompt's last row), while the slot holds exactly its prompt: verify uses it (verify.py).
+    greedy_next: int | None = None
 
 
 class ResidentPool:

@@ -80,8 +80,9 @@ class Runner(LoopState):
         started = time.perf_counter()
         self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
         try:
-            self.backend.decode(rows, self._tick_adapters,
-                                decode_only=all(s.decoding and s.count == 1 for s in slices))
+            # Decode rows (with any drafts to verify) in the decode class; canonical steps are chunks.
+            decode_only = not self.backend.shape.canonical_decode and all(s.decoding for s in slices)
+            self.backend.decode(rows, self._tick_adapters, decode_only=decode_only)
         except KvllamaError as exc:
             # An abort asked for by cancel() costs the others of the pass nothing: they
             # made no progress and are planned again next tick. A timeout is an error.
@@ -147,7 +148,7 @@ class Runner(LoopState):
             seq = r.seq_id
             assert seq is not None
             if s.decoding:
-                if s.count == 2:  # canonical: recompute the token before, as a 2-row chunk
+                if s.count == 2 and self.backend.shape.canonical_decode:  # recompute the token before
                     self.backend.clear_sequence(seq, s.start)
                     before = s.start - len(r.prompt)
                     token = r.prompt[s.start] if before < 0 else r.generated[before]

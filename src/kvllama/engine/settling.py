@@ -97,6 +97,8 @@ class ReplySettler:
         finally:
             self.running = False
         held.tokens = held.transcript[:end]
+        if isinstance(held, Resident):
+            held.greedy_next = None  # it was the token after the prompt, which the slot now outgrew
         self.stats.tokens += end - start
         if end == stop:
             self._save(held)

@@ -10,9 +10,12 @@ whether decode passes need a row cap (``kvllama.backend.decode_rows``).
 A build with kvllama's ggml patch (``scripts/patches/``, docs/kernel-patch.md)
 also takes the choice per forward pass: the mode of the thread that calls
 ``llama_decode`` is fixed into that graph's plan. kvllama runs prompt passes
-with the stock choice (tiled from 8 rows: full prefill speed) and decode-only
-passes with the vector kernels whatever their row count, so a decode row is
-computed the same way alone or beside any number of others, in one pass.
+with the stock choice (tiled from 8 rows: full prefill speed) and decode
+passes in the decode class: the vector kernels for weights whatever the row
+count, and llamafile's sgemm for single-row matmuls too (a sequence's one
+query row attends as several rows of it do). A decode row is then computed
+the same way alone, beside any number of others, or as one of several rows
+of its sequence (a speculative verify pass).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ FORCED = "forced"  # tiled kernels for every batch size
 # The patch's per-thread modes (ggml-cpu.h: enum ggml_cpu_tiled_mm_mode).
 THREAD_DEFAULT = 0  # follow the environment, as stock ggml does
 THREAD_OFF = 1  # vector-dot kernels for every batch size
+SGEMM_ONE_ROW = 4  # flag: llamafile's sgemm takes single-row matmuls too
+# Decode passes: one kernel class for a decode row however many rows share the pass.
+DECODE_CLASS = THREAD_OFF | SGEMM_ONE_ROW
 
-_SETTER = "ggml_cpu_set_thread_tiled_mm"
+_SETTER = "ggml_cpu_set_thread_kernel_mode"
 
 
 def cpu_kernel_mode() -> str:
@@ -48,7 +54,7 @@ def _atoi(text: str | None) -> int:
 
 
 class PassKernels:
-    """The patched build's per-thread kernel switch; ``available`` is False on a stock build."""
+    """The patched build's per-thread kernel mode; ``available`` is False on a stock build."""
 
     def __init__(self, setter: object | None) -> None:
         self._setter = setter
