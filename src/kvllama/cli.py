@@ -107,6 +107,9 @@ def _add_bench_parsers(sub: Any) -> None:
     tput.add_argument("--prompt-tokens", type=int, default=200, help="tokens per prompt")
     tput.add_argument("--max-tokens", type=int, default=64, help="tokens generated per stream")
     tput.add_argument("--repeat", type=int, default=3, help="alternating runs per level (medians)")
+    tput.add_argument("--separate", action="store_true",
+                      help="one infer() call per stream from its own thread, as N clients arrive (default: "
+                           "infer_many, admitted together)")
     tput.add_argument("--json", dest="json_file", default=None, help="also write the figures here")
     tput.add_argument("--plot", metavar="FILE.png", type=plot_path, default=None,
                       help="also draw the figures into this image (needs: pip install 'kvllama[plot]')")
@@ -333,8 +336,7 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
     rows = run_throughput(_bench_model_path(args.model), pick(args, MODEL_FLAGS), _streams(args.streams),
-                          args.prompt_tokens,
-                          args.max_tokens, repeat=args.repeat)
+                          args.prompt_tokens, args.max_tokens, repeat=args.repeat, separate=args.separate)
     print(format_table(rows))
     report = {"benchmark": "throughput", "rows": as_json(rows)}
     if args.json_file:

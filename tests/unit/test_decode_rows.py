@@ -60,8 +60,9 @@ def test_the_patched_build_lifts_the_cap_where_the_switch_reaches_the_model(monk
     patched_build(monkeypatch)
     assert uses_pass_kernels(info(Q4_K), n_gpu_layers=0, n_layer=18)
     assert default_max_decode_rows(info(Q8_0, Q4_K, Q6_K), n_gpu_layers=0, n_layer=18) == 0
-    # No tiled weights, or no CPU layers: nothing to switch.
-    assert not uses_pass_kernels(info(F16, Q8_0), n_gpu_layers=0, n_layer=18)
+    # Without tiled weights too: the decode class also keeps attention one way for verify passes.
+    assert uses_pass_kernels(info(F16, Q8_0), n_gpu_layers=0, n_layer=18)
+    # No CPU layers: nothing to switch.
     assert not uses_pass_kernels(info(Q4_K), n_gpu_layers=-1, n_layer=18)
     # One kernel for every size from the process start: the switch is not used either.
     monkeypatch.setenv("GGML_CPU_TILED_MM", "0")

@@ -58,16 +58,25 @@ def make_prompts(engine: Engine, n: int, tokens: int) -> list[list[int]]:
     return [engine.tokenize(MODEL_ID, prompt_text(i, tokens))[:tokens] for i in range(n)]
 
 
-def _engine_run(engine: Engine, prompts: Sequence[list[int]], params: dict) -> tuple[float, int, list[float]]:
-    """All streams at once (admitted together, as the floor prefills them), one consumer thread
-    each so token times are arrival times."""
+def _engine_run(engine: Engine, prompts: Sequence[list[int]], params: dict,
+                separate: bool = False) -> tuple[float, int, list[float]]:
+    """All streams at once, one consumer thread each so token times are arrival times.
+
+    Admitted together (``infer_many``, as the floor prefills them), or with
+    ``separate`` one ``infer`` call per thread, released together, as N HTTP
+    clients arrive: the engine's burst window must gather them.
+    """
     started = time.perf_counter()
-    streams = engine.infer_many(MODEL_ID, prompts, **params)
+    streams: list[Any] = [None] * len(prompts) if separate else engine.infer_many(MODEL_ID, prompts, **params)
     gaps: list[list[float]] = [[] for _ in streams]
     counts = [0] * len(streams)
     errors: list[BaseException] = []
+    go = threading.Barrier(len(prompts))
 
     def consume(i: int) -> None:
+        if separate:
+            go.wait()
+            streams[i] = engine.infer(MODEL_ID, prompts[i], **params)
         last = None
         for event in streams[i]:
             now = time.perf_counter()
@@ -111,6 +120,7 @@ def run_throughput(
     prompt_tokens: int = 200,
     max_tokens: int = 64,
     repeat: int = 3,
+    separate: bool = False,
 ) -> list[ThroughputRow]:
     """Engine and floor side by side for each concurrency in ``streams``.
 
@@ -140,7 +150,7 @@ def run_throughput(
                 # Alternate engine and floor, then take medians: the drift spreads over both.
                 for _ in range(repeat):
                     bar.set_postfix(streams=n)
-                    seconds, tokens, run_gaps = _engine_run(engine, prompts, params)
+                    seconds, tokens, run_gaps = _engine_run(engine, prompts, params, separate)
                     gaps.extend(run_gaps)
                     engine_runs.append(tokens / seconds)
                     floor_seconds, floor_tokens, _ = floor.run(prompts, max_tokens)

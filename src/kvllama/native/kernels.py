@@ -12,10 +12,10 @@ also takes the choice per forward pass: the mode of the thread that calls
 ``llama_decode`` is fixed into that graph's plan. kvllama runs prompt passes
 with the stock choice (tiled from 8 rows: full prefill speed) and decode
 passes in the decode class: the vector kernels for weights whatever the row
-count, and llamafile's sgemm for single-row matmuls too (a sequence's one
-query row attends as several rows of it do). A decode row is then computed
-the same way alone, beside any number of others, or as one of several rows
-of its sequence (a speculative verify pass).
+count, and ggml's vec_dot for attention whatever the number of query rows of
+a sequence (stock llama.cpp hands 2+ rows to llamafile's sgemm). A decode row
+is then computed the same way alone, beside any number of others, or as one
+of several rows of its sequence (a speculative verify pass).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ FORCED = "forced"  # tiled kernels for every batch size
 # The patch's per-thread modes (ggml-cpu.h: enum ggml_cpu_tiled_mm_mode).
 THREAD_DEFAULT = 0  # follow the environment, as stock ggml does
 THREAD_OFF = 1  # vector-dot kernels for every batch size
-SGEMM_ONE_ROW = 4  # flag: llamafile's sgemm takes single-row matmuls too
+SGEMM_NO_FLOAT = 4  # flag: float matrices (attention) go to vec_dot at any row count
 # Decode passes: one kernel class for a decode row however many rows share the pass.
-DECODE_CLASS = THREAD_OFF | SGEMM_ONE_ROW
+DECODE_CLASS = THREAD_OFF | SGEMM_NO_FLOAT
 
 _SETTER = "ggml_cpu_set_thread_kernel_mode"
 
