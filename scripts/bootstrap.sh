@@ -14,6 +14,11 @@
 # names the flags and a hash of the patches; it is the wheelhouse folder's name
 # and the install marker's content, so a patched build replaces a stock one and
 # the reverse. KVLLAMA_GGML_PATCHES=0 builds the stock sources.
+#
+# CUDA: built in when nvcc is on the PATH, or when KVLLAMA_CUDA=1 (KVLLAMA_CUDA=0
+# never); the tag then ends in "-cuda", so a CUDA build and a CPU-only one never
+# stand in for each other either. Not verified on a GPU from this project's
+# machines (README "GPU").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +33,11 @@ fi
 BUILD_TAG=noamx
 if [ ${#PATCHES[@]} -gt 0 ]; then
     BUILD_TAG="noamx-p$(cat "${PATCHES[@]}" | sha256sum | cut -c1-10)"
+fi
+CMAKE_EXTRA=""
+if [ "${KVLLAMA_CUDA:-}" = "1" ] || { [ -z "${KVLLAMA_CUDA:-}" ] && command -v nvcc >/dev/null 2>&1; }; then
+    BUILD_TAG="$BUILD_TAG-cuda"
+    CMAKE_EXTRA="-DGGML_CUDA=on"
 fi
 WHEELHOUSE=${KVLLAMA_WHEELHOUSE:-$HOME/.cache/kvllama/wheelhouse/llama-cpp-python-$LLAMA_VERSION-$BUILD_TAG}
 EXTRAS=${KVLLAMA_EXTRAS:-tiny,test,ray}
@@ -62,7 +72,8 @@ if [ "$installed" != "$LLAMA_VERSION" ]; then
             echo "==> applying $p"
             patch --quiet -p1 -d "$src/llama_cpp_python-$LLAMA_VERSION" < "$p"
         done
-        CFLAGS="$NO_AMX" CXXFLAGS="$NO_AMX" "${PIP[@]}" wheel --quiet --no-cache-dir --no-deps \
+        CMAKE_ARGS="${CMAKE_ARGS:-} $CMAKE_EXTRA" CFLAGS="$NO_AMX" CXXFLAGS="$NO_AMX" \
+            "${PIP[@]}" wheel --quiet --no-cache-dir --no-deps \
             "$src/llama_cpp_python-$LLAMA_VERSION" -w "$WHEELHOUSE"
         rm -rf "$src"
         wheel=$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)

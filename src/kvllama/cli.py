@@ -144,6 +144,9 @@ def _add_bench_serve_parser(bench_sub: Any) -> None:
                         help="user u starts u*SECONDS after the bench starts (0 = all at once)")
     bserve.add_argument("--question-words", type=int, default=0, metavar="N",
                         help="N user-specific words per question, so users share only the system prompt")
+    bserve.add_argument("--raw", action="store_true",
+                        help="plain-transcript /v1/completions instead of chat (EOG tokens banned: every "
+                             "answer has --max-tokens tokens)")
     bserve.add_argument("--repeat-words", default="", metavar="W1,W2",
                         help="also time one W-word prompt cold, then again warm (/v1/completions)")
     bserve.add_argument("--throughput", default="", metavar="N1,N2",
@@ -284,7 +287,8 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     repeat_words = parse_word_counts(args.repeat_words)
     report = run_bench_serve(args.url, args.served_model_name, users=args.users, rounds=args.rounds,
                              system_tokens=args.system_tokens, max_tokens=args.max_tokens,
-                             api_key=args.api_key, stagger=args.stagger, question_words=args.question_words)
+                             api_key=args.api_key, stagger=args.stagger, question_words=args.question_words,
+                             raw=args.raw)
     print_report(report)
     if repeat_words:
         report["repeat"] = run_repeat(args.url, args.served_model_name, repeat_words, api_key=args.api_key)

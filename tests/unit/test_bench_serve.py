@@ -44,6 +44,25 @@ def test_bench_serve_reports_per_round_and_overall(stub_engine):
     assert "ttft mean ms" in text and "tok/s aggregate" in text and text.count("\n") >= 5
 
 
+def test_bench_serve_raw_sends_growing_transcripts_to_completions(stub_engine):
+    # The stub's vocabulary is bytes: ban nothing it could need, and every answer is 4 tokens.
+    engine, _ = stub_engine(n_seq_max=2, n_ctx_seq=4096)
+    with ServerThread(create_app(engine, ServerConfig())) as url:
+        report = run_bench_serve(url, "s", users=2, rounds=3, system_tokens=30, max_tokens=4, raw=True)
+    assert report["errors"] == []
+    assert report["generated_tokens"] == 2 * 3 * 4
+    rounds = report["per_round"]
+    assert rounds[0]["prompt_tokens_mean"] < rounds[1]["prompt_tokens_mean"] < rounds[2]["prompt_tokens_mean"]
+
+
+def test_transcript_puts_each_answer_after_its_question():
+    from kvllama.bench.serve import _transcript
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "q1?"},
+                {"role": "assistant", "content": " a1"}, {"role": "user", "content": "q2?"}]
+    assert _transcript(messages) == "S\nUser: q1?\nAssistant: a1\nUser: q2?\nAssistant:"
+
+
 def test_bench_serve_reports_errors_instead_of_crashing(stub_engine):
     engine, _ = stub_engine()
     with ServerThread(create_app(engine, ServerConfig(api_key="k"))) as url:

@@ -19,6 +19,13 @@ ratios: ``staggered_ratio`` (slowest of users 2..n / user 1, the first-turn
 cost of a prompt whose prefix an earlier user already sent) and
 ``at_once_ratio`` (slowest first turn / the lone cold prefill).
 
+With ``raw`` the conversations go to ``/v1/completions`` as plain transcripts
+(``<system>\nUser: <question>\nAssistant:``, each later turn appending the
+answer and the next question), what many agent frameworks and benchmark
+harnesses send: the server sees no message boundaries. The end-of-generation
+tokens of Gemma 3 (ids 1 and 106) are banned with ``logit_bias`` so every answer
+has exactly ``max_tokens`` tokens on every server.
+
 Plain httpx (a kvllama dependency) rather than the openai SDK, so the bench
 runs without the test extras; only standard OpenAI fields are sent or read,
 so it runs against llama-server or any OpenAI-compatible server.
@@ -107,6 +114,7 @@ def run_bench_serve(
     timeout: float = 600.0,
     stagger: float = 0.0,
     question_words: int = 0,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Run the workload and return the report (see :func:`print_report`)."""
     if users < 1 or rounds < 1 or max_tokens < 1:
@@ -115,7 +123,7 @@ def run_bench_serve(
         raise ValueError("stagger and question_words must not be negative")
     settings = {"base_url": base_url, "model": model, "users": users, "rounds": rounds,
                 "system_tokens": system_tokens, "max_tokens": max_tokens, "stagger": stagger,
-                "question_words": question_words}
+                "question_words": question_words, "raw": raw}
     return asyncio.run(_bench(settings, api_key, timeout))
 
 
@@ -129,8 +137,12 @@ async def _bench(settings: dict[str, Any], api_key: str | None, timeout: float) 
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
         cold_messages = [{"role": "system", "content": f"{nonce_word()} {system}"},
                          {"role": "user", "content": question_text(0, 0, words)}]
-        cold = await stream_request(client, "/v1/chat/completions",
-                                    _chat_body(model, cold_messages, max_tokens))
+        if settings.get("raw"):
+            cold = await stream_request(client, "/v1/completions",
+                                        _raw_body(model, _transcript(cold_messages), max_tokens))
+        else:
+            cold = await stream_request(client, "/v1/chat/completions",
+                                        _chat_body(model, cold_messages, max_tokens))
         if "error" in cold:  # a lone request failed: the workload would measure nothing
             return build_report(settings, [{"error": f"cold single: {cold['error']}"}], 0.0, None)
         started = time.perf_counter()
@@ -151,13 +163,39 @@ async def _conversation(
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     for r in range(settings["rounds"]):
         messages.append({"role": "user", "content": question_text(user, r, settings["question_words"])})
-        body = _chat_body(settings["model"], messages, settings["max_tokens"])
-        record = await stream_request(client, "/v1/chat/completions", body)
+        if settings.get("raw"):
+            body = _raw_body(settings["model"], _transcript(messages), settings["max_tokens"])
+            record = await stream_request(client, "/v1/completions", body)
+        else:
+            body = _chat_body(settings["model"], messages, settings["max_tokens"])
+            record = await stream_request(client, "/v1/chat/completions", body)
         record.update(user=user, round=r + 1)
         records.append(record)
         if "error" in record:
             return  # a broken conversation cannot continue meaningfully
         messages.append({"role": "assistant", "content": record["text"]})
+
+
+def _transcript(messages: list[dict[str, str]]) -> str:
+    """A raw-completion prompt: the system text, then User/Assistant turns, open for the answer."""
+    lines = []
+    for m in messages:
+        if m["role"] == "system":
+            lines.append(m["content"])
+        elif m["role"] == "user":
+            lines.append(f"User: {m['content']}\nAssistant:")
+        else:
+            lines[-1] += m["content"]
+    return "\n".join(lines)
+
+
+# Gemma 3's end-of-generation tokens (<eos>, <end_of_turn>): banned so answers have max_tokens tokens.
+_EOG_BIAS = {"1": -100, "106": -100}
+
+
+def _raw_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "seed": 1,
+            "stream": True, "stream_options": {"include_usage": True}, "logit_bias": dict(_EOG_BIAS)}
 
 
 def _chat_body(model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:

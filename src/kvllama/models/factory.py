@@ -28,5 +28,7 @@ def draft_model_for(backend: Backend, options: ModelOptions) -> Drafter | None:
     if target is None:  # a test backend has no llama.cpp model to compare vocabularies with
         raise InvalidOptionError("draft_model", options.draft_model, "a model loaded by llama.cpp")
     from kvllama.backend.draft_model import DraftModel
+    from kvllama.native.gguf import read_gguf
 
+    read_gguf(options.draft_model)  # typed errors (missing, not a GGUF) before llama.cpp sees the file
     return DraftModel(options.draft_model, options, backend.shape.n_ctx_seq, target)
