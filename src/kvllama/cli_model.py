@@ -63,7 +63,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "llama.cpp switches kernels at 8 rows, else no limit; 0 = no limit)")
     g.add_argument("--burst-window-ms", type=float, default=None, metavar="MS",
                    help="an idle server waits this long after a request for the rest of its burst, "
-                        "so requests sent together prefill together (default 5; 0 = off)")
+                        "so requests sent together prefill together (default 15; 0 = off)")
     g.add_argument("--prefill-chunk-size", type=int, default=None,
                    help="prompt rows per request per tick while others decode (default max(64, n_batch/4))")
     g.add_argument("--n-threads-batch", type=int, default=None,

@@ -76,10 +76,11 @@ class ModelOptions:
     draft_model: str | None = None
     # Rows of prompt per request per tick while other requests are decoding.
     prefill_chunk_size: int | None = None
-    # Milliseconds an idle loop waits, once a request arrives, for the rest of its burst:
-    # requests sent together by separate clients then prefill together (engine/loop.py).
-    # A lone request's first token comes at most this much later; 0 turns it off.
-    burst_window_ms: float = 5.0
+    # Milliseconds an idle loop waits, once a request arrives, for the next one of its burst
+    # (again after each, at most 20 windows in all): requests sent together by separate
+    # clients then prefill together (engine/loop.py). A lone request's first token comes
+    # this much later; 0 turns it off.
+    burst_window_ms: float = 15.0
     # A Jinja chat template to use when the GGUF carries none.
     chat_template: str | None = None
     use_mmap: bool = True

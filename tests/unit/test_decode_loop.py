@@ -384,12 +384,25 @@ def test_requests_submitted_separately_within_the_burst_window_prefill_together(
     # Two clients' requests reach an idle loop one after the other (separate infer calls, as
     # two HTTP requests do): the loop waits the burst window for the second, so both prompts
     # go into the first forward pass instead of the first prefilling alone.
-    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"burst_window_ms": 1000})
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"burst_window_ms": 500})
     first = engine.infer("s", "a" * 40, max_tokens=2, temperature=0)
     time.sleep(0.05)  # the second client is 50 ms behind: the loop has taken the first by then
     second = engine.infer("s", "b" * 40, max_tokens=2, temperature=0)
     first.result(), second.result()
     assert {seq for _t, _p, seq, _w in backend.decode_log[0]} == {0, 1}
+
+
+def test_a_burst_is_gathered_while_its_requests_keep_arriving_within_the_window(stub_engine):
+    # Three clients 60 ms apart with a 200 ms window: 120 ms in all, more than one window after
+    # the first arrival would be were it fixed at 100 ms; all three prefill in the first pass.
+    engine, backend = stub_engine(n_seq_max=4, n_batch=256, load={"burst_window_ms": 200})
+    streams = []
+    for letter in "abc":
+        streams.append(engine.infer("s", letter * 40, max_tokens=2, temperature=0))
+        time.sleep(0.06)
+    for s in streams:
+        s.result()
+    assert {seq for _t, _p, seq, _w in backend.decode_log[0]} == {0, 1, 2}
 
 
 def test_burst_window_is_validated():
