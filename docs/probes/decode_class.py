@@ -1,7 +1,8 @@
 """Probe: the decode class of the patched build (docs/kernel-patch.md).
 
-``.venv/bin/python docs/probes/decode_class.py [MODE ...]`` (modes: 1 = vector kernels,
-5 = vector kernels + one-row sgemm; default both). For each mode:
+``.venv/bin/python docs/probes/decode_class.py [MODE ...] [--model=PATH]`` (modes, ggml-cpu.h:
+1 = vector kernels, 5 = the decode class (vector kernels, attention on vec_dot at any row
+count), 7 = tiled kernels at every size + vec_dot attention; default 1 and 5). For each mode:
 
 * per k = 1, 2, 4, 8, 16 decode rows in one pass: median ms of 20 passes, and the
   max |delta logit| of sequence 0's rows over 12 greedy steps against k = 1;
@@ -21,8 +22,9 @@ from kvllama.models.default import default_model_path
 from kvllama.options import ModelOptions
 
 N = 16
-modes = [int(m) for m in sys.argv[1:]] or [1, 5]
-b = LlamaBackend(default_model_path(), ModelOptions.from_kwargs(n_seq_max=N, n_ctx=N * 512, n_threads=2))
+modes = [int(m) for m in sys.argv[1:] if not m.startswith("--")] or [1, 5]
+path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--model=")), default_model_path())
+b = LlamaBackend(path, ModelOptions.from_kwargs(n_seq_max=N, n_ctx=N * 512, n_threads=2))
 lib, V = b.ctx._lib, b.description.n_vocab
 prompts = [b.tokenize(f"Entry {i}: the river was long and the town was small, and the people who lived there")[:16] for i in range(N)]
 

@@ -55,6 +55,22 @@ def on_cpu(n_gpu_layers: int, n_layer: int) -> bool:
     return not (n_gpu_layers < 0 or (n_layer and n_gpu_layers > n_layer))
 
 
+# ggml_type ids of float weight matrices (F16, BF16): llamafile's sgemm takes them from 2 rows.
+_FLOAT_WEIGHT_TYPES = frozenset({1, 30})
+
+
+def has_float_weights(gguf: GgufInfo) -> bool:
+    """F16/BF16 weight matrices: the decode class's attention switch would reach them too.
+
+    ``GGML_CPU_SGEMM_NO_FLOAT`` sends every float matrix to vec_dot, weights included:
+    on an F16 model (the tiny test model) 4- and 8-stream decode fell to about 0.3 of
+    the floor. Such models keep the vector kernels for K-quants only (no attention
+    switch), so their verify passes are not decode steps' class (no speculation
+    without canonical decoding there).
+    """
+    return bool(gguf.tensor_types & _FLOAT_WEIGHT_TYPES)
+
+
 def uses_pass_kernels(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> bool:
     """Decode passes in the decode class, prompt passes on the stock choice.
 

@@ -9,13 +9,19 @@ from dataclasses import replace
 from typing import Any
 
 from kvllama.backend.adapters import AdapterRegistry, AdapterSet
-from kvllama.backend.decode_rows import default_max_decode_rows, has_tiled_weights, on_cpu, uses_pass_kernels
+from kvllama.backend.decode_rows import (
+    default_max_decode_rows,
+    has_float_weights,
+    has_tiled_weights,
+    on_cpu,
+    uses_pass_kernels,
+)
 from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError, InvalidOptionError
 from kvllama.native.batch import BatchRow, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
-from kvllama.native.kernels import DECODE_CLASS, STOCK, THREAD_DEFAULT, cpu_kernel_mode
+from kvllama.native.kernels import DECODE_CLASS, STOCK, THREAD_DEFAULT, THREAD_OFF, cpu_kernel_mode
 from kvllama.native.model import NativeModel
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
@@ -82,7 +88,9 @@ class LlamaBackend:
             n_swa=facts["n_swa"],
         )
         self.shape = self._shape(facts)
-        self._decode_kernels = DECODE_CLASS if self.shape.per_pass_kernels else THREAD_DEFAULT
+        # The decode class; on F16/BF16-weight models without the attention switch (decode_rows.py).
+        self._decode_kernels = THREAD_DEFAULT if not self.shape.per_pass_kernels else (
+            THREAD_OFF if has_float_weights(self.gguf) else DECODE_CLASS)
 
     def _shape(self, facts: dict[str, Any]) -> ContextShape:
         options = self.options
@@ -102,7 +110,7 @@ class LlamaBackend:
             swa_window=facts["n_swa"],
             min_chunk_rows=2 if options.canonical_decode else 8,
             canonical_decode=options.canonical_decode,
-            exact_verify=options.canonical_decode or per_pass,
+            exact_verify=options.canonical_decode or (per_pass and not has_float_weights(self.gguf)),
         )
 
     def _check_canonical(self, n_layer: int) -> None:

@@ -173,7 +173,9 @@ class ModelLoop(Admission, Runner, Finishing):
                 settle = idle and self.settler is not None and self.settler.pending() is not None
                 if not self._drain_inbox(block=idle and not settle):
                     break
-                if idle and self._waiting and not self._gather_burst():
+                # A burst submitted as one item (infer_many, n choices) is whole already.
+                lone = len(self._waiting) == 1
+                if idle and lone and not self._gather_burst():
                     break
                 if settle and not (self._running or self._waiting):
                     self._settle()
