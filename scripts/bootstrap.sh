@@ -15,10 +15,12 @@
 # and the install marker's content, so a patched build replaces a stock one and
 # the reverse. KVLLAMA_GGML_PATCHES=0 builds the stock sources.
 #
-# CUDA: built in when nvcc is on the PATH, or when KVLLAMA_CUDA=1 (KVLLAMA_CUDA=0
-# never); the tag then ends in "-cuda", so a CUDA build and a CPU-only one never
-# stand in for each other either. Not verified on a GPU from this project's
-# machines (README "GPU").
+# CUDA: built in when the machine has a GPU to use it on (nvcc on the PATH and
+# nvidia-smi lists a device), or when KVLLAMA_CUDA=1 (KVLLAMA_CUDA=0 never); the
+# tag then ends in "-cuda", so a CUDA build and a CPU-only one never stand in for
+# each other either. nvcc alone is not enough: this project's CPU machines ship a
+# CUDA toolkit without a driver, where a CUDA build fails. Not verified on a GPU
+# from this project's machines (README "GPU").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,7 +37,8 @@ if [ ${#PATCHES[@]} -gt 0 ]; then
     BUILD_TAG="noamx-p$(cat "${PATCHES[@]}" | sha256sum | cut -c1-10)"
 fi
 CMAKE_EXTRA=""
-if [ "${KVLLAMA_CUDA:-}" = "1" ] || { [ -z "${KVLLAMA_CUDA:-}" ] && command -v nvcc >/dev/null 2>&1; }; then
+if [ "${KVLLAMA_CUDA:-}" = "1" ] || { [ -z "${KVLLAMA_CUDA:-}" ] && command -v nvcc >/dev/null 2>&1 \
+        && nvidia-smi -L >/dev/null 2>&1; }; then
     BUILD_TAG="$BUILD_TAG-cuda"
     CMAKE_EXTRA="-DGGML_CUDA=on"
 fi
