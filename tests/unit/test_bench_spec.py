@@ -28,3 +28,27 @@ def test_the_workloads_copy_and_continue_a_pattern():
     text = prompt.split("Text: ")[1].split("\nCopy: ")[0]
     assert prompt.endswith(text[:80])  # the copy has begun: drafts come from the text
     assert PATTERN.endswith("4\n5\n")
+
+
+def test_cached_models_are_written_once_and_never_left_half_written(tmp_path, monkeypatch):
+    import pytest
+
+    from kvllama.bench.tiny_model import cached_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def write(out):
+        calls.append(out)
+        out.write_bytes(b"gguf")
+
+    first = cached_model("m.gguf", write)
+    assert cached_model("m.gguf", write) == first and len(calls) == 1 and first.read_bytes() == b"gguf"
+
+    def broken(out):
+        out.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        cached_model("other.gguf", broken)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["m.gguf"]

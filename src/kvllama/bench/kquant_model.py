@@ -15,10 +15,9 @@ is real.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from kvllama.bench.tiny_model import write_tiny_model
+from kvllama.bench.tiny_model import cached_model, write_tiny_model
 
 RECIPE_VERSION = "v1"
 HPARAMS: dict[str, int] = {
@@ -35,18 +34,16 @@ _FTYPE_Q4_K_M = 15
 
 def kquant_model_path() -> Path:
     """The cached Q4_K_M model, written and quantized once if missing."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    target = Path(base) / "kvllama" / f"kquant-gemma3-2048x16-q4_k_m-{RECIPE_VERSION}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        f16 = Path(tmp) / "f16.gguf"
+    return cached_model(f"kquant-gemma3-2048x16-q4_k_m-{RECIPE_VERSION}.gguf", _write)
+
+
+def _write(out: Path) -> None:
+    f16 = out.with_suffix(".f16.gguf")
+    try:
         write_tiny_model(f16, hparams=HPARAMS, name="random Gemma 3 2048x16")
-        out = Path(tmp) / "q4_k_m.gguf"
         quantize(f16, out, _FTYPE_Q4_K_M)
-        os.replace(out, target)
-    return target
+    finally:
+        f16.unlink(missing_ok=True)
 
 
 def quantize(source: Path, target: Path, ftype: int) -> None:

@@ -26,7 +26,7 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,19 +99,24 @@ def write_tiny_model(path: str | Path, *, source: str | Path | None = None, seed
 
 def tiny_model_path() -> Path:
     """The cached tiny model (seed 0) under the user cache dir, written once if missing."""
+    return cached_model(f"tiny-gemma3-{RECIPE_VERSION}.gguf", write_tiny_model)
+
+
+def cached_model(name: str, write: Callable[[Path], object]) -> Path:
+    """``name`` under the user cache dir (~/.cache/kvllama), written by ``write`` once if missing.
+
+    Written to a temporary file beside it and renamed, so a crash never leaves a
+    truncated model under the final name.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    target = Path(base) / "kvllama" / f"tiny-gemma3-{RECIPE_VERSION}.gguf"
+    target = Path(base) / "kvllama" / name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write_tiny_model(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / name
+        write(out)
+        os.replace(out, target)
     return target
 
 
