@@ -73,7 +73,11 @@ if [ "$installed" != "$LLAMA_VERSION" ]; then
         tar xzf "$src"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$src"
         for p in "${PATCHES[@]}"; do
             echo "==> applying $p"
-            patch --quiet -p1 -d "$src/llama_cpp_python-$LLAMA_VERSION" < "$p"
+            if command -v patch >/dev/null 2>&1; then
+                patch --quiet -p1 -d "$src/llama_cpp_python-$LLAMA_VERSION" < "$p"
+            else  # git apply works outside a repository too
+                git -C "$src/llama_cpp_python-$LLAMA_VERSION" apply -p1 "$PWD/$p"
+            fi
         done
         CMAKE_ARGS="${CMAKE_ARGS:-} $CMAKE_EXTRA" CFLAGS="$NO_AMX" CXXFLAGS="$NO_AMX" \
             "${PIP[@]}" wheel --quiet --no-cache-dir --no-deps \
