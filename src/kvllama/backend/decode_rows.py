@@ -75,8 +75,9 @@ def uses_pass_kernels(gguf: GgufInfo, n_gpu_layers: int, n_layer: int) -> bool:
     """Decode passes in the decode class, prompt passes on the stock choice.
 
     Needs the patched build (native/kernels.py), stock settings and the model on
-    the CPU. Every such model uses it, K-quant weights or not: the one-row sgemm
-    is what makes a speculative verify pass compute rows as decode steps do.
+    the CPU. Every such model uses it, K-quant weights or not: attention kept on
+    vec_dot for any number of a sequence's rows is what makes a speculative verify
+    pass compute rows as decode steps do.
     """
     return pass_kernels().available and cpu_kernel_mode() == STOCK and on_cpu(n_gpu_layers, n_layer)
 
