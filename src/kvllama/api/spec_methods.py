@@ -45,17 +45,14 @@ class SpecMethods:
             raise InvalidRequestError(f"draft has {len(draft)} tokens; verify takes at most {MAX_VERIFY}")
         self.prompt_tokens(model_id, [*tokens, *draft])  # type: ignore[attr-defined]  # checks the ids
         loop = self._model(model_id).loop  # type: ignore[attr-defined]
-        n_ctx_seq = self._model(model_id).backend.shape.n_ctx_seq  # type: ignore[attr-defined]
-        if len(tokens) + len(draft) < n_ctx_seq:
+        shape = loop.backend.shape
+        if shape.per_pass_kernels and len(tokens) + len(draft) < shape.n_ctx_seq:
             for attempt in range(2):
                 answer = loop.call(lambda: loop.verify_held(tokens, draft)).result()
                 if answer is not None:
                     return answer
-                if attempt == 0 and loop.backend.shape.per_pass_kernels:
-                    # Compute the prefix once; its kept slot then answers in one pass.
+                if attempt == 0:  # compute the prefix once; its kept slot then answers in one pass
                     self.complete(model_id, tokens, max_tokens=1, temperature=0.0)  # type: ignore[attr-defined]
-                else:
-                    break
         result: CompletionResult = self.complete(  # type: ignore[attr-defined]
             model_id, list(tokens), max_tokens=len(draft) + 1, temperature=0.0)
         out = result.generated_tokens

@@ -88,13 +88,13 @@ class LlamaBackend:
             n_swa=facts["n_swa"],
         )
         self.shape = self._shape(facts)
-        # The decode class; on F16/BF16-weight models without the attention switch (decode_rows.py).
-        self._decode_kernels = THREAD_DEFAULT if not self.shape.per_pass_kernels else (
-            THREAD_OFF if has_float_weights(self.gguf) else DECODE_CLASS)
 
     def _shape(self, facts: dict[str, Any]) -> ContextShape:
         options = self.options
         per_pass = uses_pass_kernels(self.gguf, options.n_gpu_layers, facts["n_layer"])
+        # The decode class; on F16/BF16-weight models without the attention switch (decode_rows.py).
+        self._decode_kernels = THREAD_DEFAULT if not per_pass else (
+            THREAD_OFF if has_float_weights(self.gguf) else DECODE_CLASS)
         return ContextShape(
             n_ctx=self.ctx.n_ctx_seq * options.n_seq_max,
             n_ctx_seq=self.ctx.n_ctx_seq,
@@ -110,7 +110,7 @@ class LlamaBackend:
             swa_window=facts["n_swa"],
             min_chunk_rows=2 if options.canonical_decode else 8,
             canonical_decode=options.canonical_decode,
-            exact_verify=options.canonical_decode or (per_pass and not has_float_weights(self.gguf)),
+            exact_verify=options.canonical_decode or self._decode_kernels == DECODE_CLASS,
         )
 
     def _check_canonical(self, n_layer: int) -> None:

@@ -92,7 +92,8 @@ class Backend(Protocol):
     def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = (),
                decode_only: bool = False) -> None:
         """One forward pass with these LoRA adapters (id, scale) applied to all its rows;
-        ``decode_only``: every row is a sequence's one decode row (picks the kernels)."""
+        ``decode_only``: every row is a decode row (a sequence's next token, or its draft tokens
+        to verify), so the pass takes the decode kernel class (native/kernels.py)."""
     def load_adapter(self, adapter_id: str, path: str) -> str:
         """Load a LoRA adapter (decode thread); its file's sha256."""
     def unload_adapter(self, adapter_id: str) -> None: ...

@@ -349,9 +349,7 @@ class ModelLoop(Admission, Runner, Finishing):
     def verify_held(self, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int] | None:
         """Loop thread (through :meth:`call`): verify ``draft`` on a kept slot holding exactly
         ``tokens`` in one decode-class pass (engine/verify.py); None if no slot can answer."""
-        if not self.backend.shape.per_pass_kernels:
-            return None
-        resident = held_prefix(self.residents, tokens)
+        resident = held_prefix(self.residents, tokens) if self.backend.shape.per_pass_kernels else None
         if resident is None:
             return None
         greedy = self.backend.new_sampler(SamplingParams(max_tokens=1, temperature=0.0))
