@@ -179,8 +179,11 @@ def test_prompt_reuse_is_counted_by_source(stub_engine):
     engine.complete("s", "u" * 300 + "!", max_tokens=2, temperature=0)                 # slot
     engine.complete("s", "v" * 300, max_tokens=2, temperature=0, session_id="k")       # none
     engine.complete("s", "v" * 300 + "?", max_tokens=2, temperature=0, session_id="k") # session
+    engine.complete("s", "v" * 200 + "w" * 100, max_tokens=2, temperature=0)          # live
     reuse = engine.model_info("s").prompt_reuse
-    assert reuse["requests"] == {"session": 1, "slot": 1, "memory": 0, "cache": 0, "none": 2}
+    assert reuse["requests"] == {"session": 1, "slot": 1, "live": 1, "memory": 0, "cache": 0, "none": 2}
     assert reuse["tokens"]["slot"] == 302 - 8 and reuse["tokens"]["session"] == 302 - 8
-    assert reuse["prompt_tokens"] == 301 + 302 + 301 + 302
-    assert reuse["reused_fraction"] == pytest.approx(2 * 294 / 1206)
+    # The 201 tokens it shares with the session (BOS too), cut to the grid to be saved as a row.
+    assert reuse["tokens"]["live"] == 192
+    assert reuse["prompt_tokens"] == 301 + 302 + 301 + 302 + 301
+    assert reuse["reused_fraction"] == pytest.approx((2 * 294 + 192) / 1507)

@@ -130,11 +130,14 @@ def test_random_salts_do_not_grow_the_roots_past_their_bound():
 
 
 def test_a_conversation_whose_slot_was_taken_restores_its_own_row_not_a_neighbours_slot(cached):
-    engine, _backend = cached(n_ctx_seq=1024, n_batch=512, n_seq_max=2)
+    engine, _backend = cached(n_ctx_seq=1024, n_batch=512, n_seq_max=3)
     system = "s" * 300
     a1 = engine.complete("s", system + " user A asks", max_tokens=4, temperature=0)
     engine.complete("s", "z" * 50, max_tokens=2, temperature=0)
-    b1 = engine.complete("s", system + " user B asks", max_tokens=4, temperature=0)  # takes A's slot
+    b1 = engine.complete("s", system + " user B asks", max_tokens=4, temperature=0)
+    # B copies the system prompt from A's kept slot into a free one: A's slot stays as it was...
+    assert engine.model_info("s").last_cache_hit["source"] == "live" and b1.cache_delta.read > 300
+    engine.complete("s", "y" * 50, max_tokens=2, temperature=0)  # ...until it is the oldest to give way
     wait_saves(engine)
     a1_prompt = len(a1.context_tokens) - len(a1.generated_tokens)
     a2 = engine.complete("s", [*a1.context_tokens, *b" and more"], max_tokens=2, temperature=0)

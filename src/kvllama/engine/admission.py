@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 from kvllama.engine.channels import Channels
+from kvllama.engine.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, best_live_source
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
 from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
@@ -59,9 +61,9 @@ class Admission(LoopState):
             self._start(r)
         self._waiting.extendleft(reversed(deferred))
 
-    def _free_seq_id(self) -> int:
+    def _free_seq_id(self, spare: object = None) -> int:
         """The id the compact layout gives the next running request, else the lowest free one, else a
-        resident's.
+        resident's (never ``spare``'s: a live source about to be copied).
 
         Never a count: right after sessions are released the ids in use have
         holes, and ``len(running) + len(parked)`` can name a held sequence.
@@ -75,7 +77,7 @@ class Admission(LoopState):
         used = running | {*self.sessions.seq_ids(), *self.residents.seq_ids()}
         free = next((i for i in range(self.backend.shape.n_seq_max) if i not in used), None)
         if free is None:
-            oldest = self.residents.take_oldest()
+            oldest = self.residents.take_oldest(spare=spare)
             assert oldest is not None, "admission only runs while a slot is free or held by a resident"
             self.backend.clear_sequence(oldest.seq_id)
             free = oldest.seq_id
@@ -86,22 +88,59 @@ class Admission(LoopState):
             return target
         return free
 
-    def _best_resident(self, r: Request) -> Resident | None:
-        """The kept slot that spares the most of the prompt, unless the cache restores more.
+    def _live_source(self, r: Request) -> LiveSource | None:
+        """The live sequence that spares the most of the prompt, unless the cache restores as much.
 
         Another conversation's slot that shares only a system prompt must not
         win over this conversation's own row in the cache (its slot was given
-        up while the turn's reply was read): taking it would restore less here
-        and cut that conversation's row back, so its next turn would fall back
-        to the cache in turn.
+        up while the turn's reply was read): copying it would restore less.
+        Kept slots come first among equals: one the prompt continues whole is
+        taken over, with no copy at all.
         """
-        if not self.residents:
-            return None  # no look ahead into the cache when no slot could win
-        opts = r.options
+        if not (self._running or self.sessions.parked or self.residents):
+            return None  # no look ahead into the cache when nothing could win
         restorable = self.warm.restorable(r) if self.warm is not None else 0
-        return self.residents.take_best(
-            r.prompt, opts.cache_salt, len(r.prompt) - self.backend.shape.min_chunk_rows,
-            max(MIN_RESIDENT_SHARE, restorable), opts.adapter_key)
+        source = best_live_source(
+            r.prompt, r.options.kv_tenant, len(r.prompt) - self.backend.shape.min_chunk_rows,
+            max(MIN_RESIDENT_SHARE, restorable), self._live_candidates(r))
+        if source is None or (isinstance(source.holder, Resident) and source.whole):
+            return source
+        return source if source.shared >= max(MIN_LIVE_SHARE, restorable + 1) else None
+
+    def _live_candidates(self, r: Request) -> Iterator[tuple[object, tuple[int, ...], Tenant]]:
+        """Every sequence in the context with the canonical tokens it holds (engine/live_sources.py)."""
+        for x in sorted(self.residents.by_seq.values(), key=lambda x: -x.last_used):
+            yield x, x.tokens, (x.cache_salt, x.adapter_key)
+        for s in self.sessions.parked.values():
+            yield s, s.tokens, (s.cache_salt, s.adapter_key)
+        for q in self._running:
+            if q is not r and q.seq_id is not None and q.exact_len > 0:
+                yield q, (q.prompt + tuple(q.generated))[: q.exact_len], q.options.kv_tenant
+
+    def _slot_besides(self, resident: Resident) -> bool:
+        """Could a request get a slot without ending ``resident``?"""
+        held = len(self._running) + len(self.sessions.parked) + len(self.residents)
+        return held < self.backend.shape.n_seq_max or len(self.residents) > 1
+
+    def _copy_live(self, r: Request, source: LiveSource) -> None:
+        """Start ``r`` from a copy of the source's shared cells; the source goes on as it was."""
+        assert r.seq_id is not None
+        src = source.holder.seq_id  # type: ignore[attr-defined]
+        if src is None or src == r.seq_id:
+            return
+        self.backend.copy_sequence(src, r.seq_id)
+        if not self.backend.truncate_sequence(r.seq_id, source.shared):
+            self.backend.clear_sequence(r.seq_id)  # a restored source holds only its window
+            return
+        r.n_computed = r.exact_len = r.cache.read = source.shared
+        r.cache.source = "live"
+        whole = source.shared >= len(r.prompt) - self.backend.shape.min_chunk_rows
+        r.cache.hit_kind = CacheHitKind.EXACT if whole else CacheHitKind.PARTIAL
+        if self.warm is not None:
+            try:
+                self.warm.save_live_prefix(r)
+            except Exception:  # costs only a row for later users, never the request
+                log.exception("saving the prefix request %s copied failed", r.id)
 
     def _move_idle(self, src: int, dst: int) -> None:
         """Move a parked session or a resident to the free id ``dst``."""
@@ -128,8 +167,12 @@ class Admission(LoopState):
         opts = r.options
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.sessions.take(key) if key is not None else None
-        held: Session | Resident | None = session or self._best_resident(r)
-        r.seq_id = held.seq_id if held else self._free_seq_id()
+        source = self._live_source(r) if session is None else None
+        held: Session | Resident | None = session
+        if source is not None and isinstance(source.holder, Resident) and (
+                source.whole or not self._slot_besides(source.holder)):
+            held, source = self.residents.by_seq.pop(source.holder.seq_id), None
+        r.seq_id = held.seq_id if held else self._free_seq_id(spare=source.holder if source else None)
         r.timing.admitted_at = time.perf_counter()
         self.status.admitted += 1
         try:
@@ -137,6 +180,8 @@ class Admission(LoopState):
                 if session is not None:
                     self._save_session(session, SaveReason.EVICT)  # the new turn diverged: keep the old one
                 self.backend.clear_sequence(r.seq_id)
+                if source is not None:
+                    self._copy_live(r, source)
         except Exception as exc:
             self._fail(r, exc)
             return

@@ -71,7 +71,7 @@ class LoopStatus:
                 "reused_fraction": reused / self.prompt_tokens if self.prompt_tokens else 0.0}
 
 
-REUSE_SOURCES = ("session", "slot", "memory", "cache", "none")
+REUSE_SOURCES = ("session", "slot", "live", "memory", "cache", "none")
 
 
 def typed_error(exc: Exception) -> Exception:

@@ -180,8 +180,9 @@ class CacheAccount:
     # The row restored into the sequence, while the sequence still holds exactly it.
     restored_key: bytes | None = None
     # Where the reused prompt tokens (``read``) came from: "session" (a parked sticky
-    # session), "slot" (a finished request kept in its slot), "memory" (a row saved moments
-    # ago, still in memory), "cache" (a row of the KV cache), or "none".
+    # session), "slot" (a finished request kept in its slot, taken over), "live" (copied from
+    # another live sequence, which goes on: engine/live_sources.py), "memory" (a row saved
+    # moments ago, still in memory), "cache" (a row of the KV cache), or "none".
     source: str = "none"
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None

@@ -11,19 +11,17 @@ may fall anywhere (a live sequence keeps its cells where a cold run put
 them), so only the prompt's last ``MIN_CHUNK_ROWS`` tokens are prefilled.
 
 Residents cost nothing but the slot: llama.cpp's KV is allocated for every
-slot up front. Any request that needs a slot takes one: the resident that
-shares the most with its prompt, else a free id, else the least recently
-used resident. Their rows are already in the cache (at finish), so a
-resident is dropped without a save. Loop thread only.
+slot up front. A request whose prompt continues a resident whole takes its
+slot over; one that shares only a part copies it (engine/live_sources.py)
+into a free id, else into the least recently used other resident's slot.
+Their rows are already in the cache (at finish), so a resident is dropped
+without a save. Loop thread only.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from kvllama.engine.sessions import SessionTable
 
 
 @dataclass
@@ -56,27 +54,12 @@ class ResidentPool:
     def seq_ids(self) -> list[int]:
         return list(self.by_seq)
 
-    def take_best(
-        self, prompt: Sequence[int], salt: str | None, limit: int, min_shared: int,
-        adapter_key: tuple[tuple[str, float], ...] = (),
-    ) -> Resident | None:
-        """The resident of this tenant that spares the most of ``prompt`` (at most ``limit`` tokens,
-        at least ``min_shared``), most recent first among equals."""
-        best, best_n = None, min_shared - 1
-        for resident in sorted(self.by_seq.values(), key=lambda x: -x.last_used):
-            if resident.cache_salt != salt or resident.adapter_key != adapter_key:
-                continue
-            n = min(SessionTable.reusable_prefix(resident.tokens, prompt), limit)
-            if n > best_n:
-                best, best_n = resident, n
-        if best is not None:
-            del self.by_seq[best.seq_id]
-        return best
-
-    def take_oldest(self) -> Resident | None:
-        if not self.by_seq:
+    def take_oldest(self, spare: object = None) -> Resident | None:
+        """The least recently used resident other than ``spare`` (a source about to be copied)."""
+        others = [x for x in self.by_seq.values() if x is not spare]
+        if not others:
             return None
-        oldest = min(self.by_seq.values(), key=lambda x: x.last_used)
+        oldest = min(others, key=lambda x: x.last_used)
         return self.by_seq.pop(oldest.seq_id)
 
     def clear(self) -> None:

@@ -329,6 +329,28 @@ class WarmStart:
             self.fresh.add(FreshRow(key, tenant, tokens, blob))
         return key
 
+    def save_live_prefix(self, r: Request) -> None:
+        """A prefix copied from a live sequence (engine/live_sources.py), saved as a row once.
+
+        The copy leaves no row behind, and on a sliding-window model the
+        source's own rows (the whole prompt) cannot be cut back to the shared
+        part, so once the sources end (evicted, a restart) the next user of
+        this prompt would prefill it again. The row sits on the save grid: the
+        copy is cut back to it first, which leaves less than a block more to
+        prefill.
+        """
+        point = self.grid_point(r.n_computed)
+        if point < self.policy.min_tokens or r.seq_id is None:
+            return
+        tenant = r.options.kv_tenant
+        if self.fresh.covers(r.prompt, tenant, point) or self.cache.find_row(self.root(*tenant),
+                                                                             r.prompt[:point]) is not None:
+            return
+        if point < r.n_computed and not self.backend.truncate_sequence(r.seq_id, point):
+            return
+        r.n_computed = r.exact_len = r.cache.read = point
+        self.save(r, SaveReason.PREFIX)
+
     def after_prefill_step(self, r: Request) -> None:
         c = r.cache
         if c.cold_point is not None and r.n_computed == c.cold_point:
