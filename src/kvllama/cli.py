@@ -318,7 +318,8 @@ def _bench_serve_throughput(args: argparse.Namespace) -> int:
 
 def _bench_model_path(model: str | None) -> str:
     """``tiny``: the random-weight fixture (the engine's own cost per token); ``kquant``: a 2048-wide
-16-block random Gemma 3 in Q4_K_M (bench/kquant_model.py); None: the default."""
+16-block random Gemma 3 in Q4_K_M (bench/kquant_model.py); ``smollm2``: SmolLM2-135M-Instruct
+(models/smollm2.py); None: the default."""
     if model == "tiny":
         from kvllama.bench.tiny_model import tiny_model_path
 
@@ -327,6 +328,10 @@ def _bench_model_path(model: str | None) -> str:
         from kvllama.bench.kquant_model import kquant_model_path
 
         return str(kquant_model_path())
+    if model == "smollm2":
+        from kvllama.models.smollm2 import smollm2_model_path
+
+        return smollm2_model_path()
     from kvllama.models.default import default_model_path
 
     return model or default_model_path()

@@ -20,7 +20,8 @@ MODEL_ID = "default"
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None, help="GGUF path (default: embedded Gemma 3 270M)")
+    g.add_argument("--model", "-m", default=None,
+                   help="GGUF path (default: embedded Gemma 3 270M; benches also take tiny, kquant, smollm2)")
     g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
     g.add_argument("--n-batch", type=int, default=None)
     g.add_argument("--n-ubatch", type=int, default=None)

@@ -90,6 +90,7 @@ def test_first_turn_figures_give_per_user_ttft_and_both_ratios():
     assert figures["first_turn_ttft"] == [0.5, 0.2, 1.5, None]  # round 2 and the error ignored
     assert figures["cold_single_ttft"] == 0.6
     assert figures["staggered_ratio"] == pytest.approx(1.5 / 0.5)
+    assert figures["staggered_mean_ratio"] == pytest.approx((0.2 + 1.5) / 2 / 0.5)
     assert figures["at_once_ratio"] == pytest.approx(1.5 / 0.6)
 
 

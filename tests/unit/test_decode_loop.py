@@ -463,3 +463,15 @@ def test_settling_can_be_turned_off(stub_engine):
     # The reply was prefilled again: only the prompt came from the slot.
     assert second.cache_delta.read == len(first.context_tokens) - len(first.generated_tokens)
     assert engine.model_info("s").settled == {}
+
+
+def test_a_warm_request_does_not_wait_out_the_burst_window(stub_engine):
+    # A repeat of a prompt still in its slot has a few tokens to prefill: waiting a window for
+    # a burst would be most of its time to first token. A cold one still waits (the test above).
+    engine, _ = stub_engine(n_seq_max=4, n_batch=256, load={"burst_window_ms": 1000})
+    prompt = "w" * 200
+    cold = engine.complete("s", prompt, max_tokens=2, temperature=0)
+    assert cold.stats.queue_seconds >= 1.0  # cold: it waited the window out
+    again = engine.complete("s", prompt + "!", max_tokens=2, temperature=0)
+    assert again.cache_delta.read > 150
+    assert again.stats.queue_seconds < 0.5  # the window is a second long

@@ -91,9 +91,12 @@ def test_a_waiting_follower_asks_the_leader_to_save_where_they_part(stub_engine)
     streams = [engine.infer("s", p, max_tokens=3, temperature=0) for p in prompts]
     gate.set()
     results = [s.result() for s in streams]
-    assert sorted(r.cache_delta.read for r in results) == [0, 192, 192, 192]
-    prefix_rows = sum(1 for rows in backend.decode_log for _t, pos, _s, _w in rows if pos < 192)
-    assert prefix_rows == 192  # the shared part was computed once
+    # The leader saves a row at 192 for later users; the waiting followers copy all 251 shared
+    # tokens from its live sequence once its next chunk has computed them.
+    assert sorted(r.cache_delta.read for r in results) == [0, 251, 251, 251]
+    prefix_rows = sum(1 for rows in backend.decode_log for _t, pos, _s, _w in rows if pos < 251)
+    assert prefix_rows == 251  # the shared part was computed once
+    assert engine.cache_metrics()["saves"]["prefix"] == 1
 
 
 def test_the_second_prompt_that_starts_alike_saves_a_row_for_the_third(stub_engine):

@@ -39,12 +39,14 @@ def test_repeat_prompt_restores_and_prefills_only_the_tail(cached):
 def test_agents_sharing_an_uncached_prefix_prefill_it_once(cached):
     engine, backend = cached(n_ctx_seq=1024, n_batch=512, n_seq_max=4, decode_delay=0.001)
     system = "s" * 300
-    streams = [engine.infer("s", system + f" agent {i} asks", max_tokens=4, temperature=0)
+    streams = [engine.infer("s", system + f" agent {i} asks about the weather", max_tokens=4, temperature=0)
                for i in range(4)]
     results = [s.result() for s in streams]
-    prefix_rows = sum(1 for rows in backend.decode_log for _t, pos, _s, _w in rows if pos < 256)
-    assert prefix_rows == 256  # computed by one request, restored by the other three
-    assert sorted(r.cache_delta.read for r in results) == [0, 256, 256, 256]
+    shared = 1 + len(system) + len(" agent ")
+    prefix_rows = sum(1 for rows in backend.decode_log for _t, pos, _s, _w in rows if pos < shared)
+    assert prefix_rows == shared  # computed by one request, copied by the other three
+    assert sorted(r.cache_delta.read for r in results) == [0, shared, shared, shared]
+    assert engine.cache_metrics()["saves"]["prefix"] == 1  # and saved as a row at 256 for later ones
 
 
 def test_finish_key_resumes_the_conversation(cached):

@@ -272,7 +272,8 @@ def first_turn_figures(
 ) -> dict[str, Any]:
     """Per-user first-turn TTFT (index = user - 1) and the staggered and at-once ratios.
 
-    ``staggered_ratio``: slowest first turn of users 2..n / user 1's first turn.
+    ``staggered_ratio``: slowest first turn of users 2..n / user 1's first turn;
+    ``staggered_mean_ratio``: their mean / user 1's.
     ``at_once_ratio``: slowest first turn of any user / the lone cold prefill.
     Either is None when a figure it needs is missing or zero.
     """
@@ -287,6 +288,7 @@ def first_turn_figures(
         "cold_single_ttft": cold_single_ttft,
         "first_turn_ttft": first_turn,
         "staggered_ratio": max(later) / user1 if later and user1 else None,
+        "staggered_mean_ratio": sum(later) / len(later) / user1 if later and user1 else None,
         "at_once_ratio": max(seen) / cold_single_ttft if seen and cold_single_ttft else None,
     }
 
@@ -347,6 +349,7 @@ def _print_first_turns(report: dict[str, Any], out: TextIO) -> None:
     print(f"first-turn ttft ms per user: {per_user}", file=out)
     note = "" if report.get("stagger") else "  (users start together: use --stagger)"
     print(f"staggered ratio (slowest first turn of users 2..n / user 1's): "
-          f"{_ratio(report['staggered_ratio'])}{note}", file=out)
+          f"{_ratio(report['staggered_ratio'])}, their mean / user 1's: "
+          f"{_ratio(report.get('staggered_mean_ratio'))}{note}", file=out)
     print(f"at-once ratio (slowest first turn / cold single prefill): {_ratio(report['at_once_ratio'])}",
           file=out)

@@ -54,6 +54,8 @@ log = logging.getLogger("kvllama.engine")
 _STOP = object()
 # The longest burst an idle loop gathers, in burst windows (see ModelLoop._gather_burst).
 BURST_WINDOWS = 20
+# A lone warm request gathers a burst only when it has more prompt tokens than this left to prefill.
+BURST_MIN_PREFILL = 64
 PREFILL_ALIGN = 64
 
 
@@ -175,7 +177,7 @@ class ModelLoop(Admission, Runner, Finishing):
                     break
                 # A burst submitted as one item (infer_many, n choices) is whole already.
                 lone = len(self._waiting) == 1
-                if idle and lone and not self._gather_burst():
+                if idle and lone and self._worth_gathering(self._waiting[0]) and not self._gather_burst():
                     break
                 if settle and not (self._running or self._waiting):
                     self._settle()
@@ -255,6 +257,25 @@ class ModelLoop(Admission, Runner, Finishing):
         self.backend.rebuild()
         st.context_rebuilds += 1
         st.healthy = True
+
+    def _worth_gathering(self, r: Request) -> bool:
+        """Is ``r``'s prefill long enough that others of its burst should share its passes?
+
+        A warm request (a conversation's next turn in its own session, a repeat, a
+        prompt a live sequence or the cache holds all but a few tokens of) prefills
+        in a pass or two of milliseconds: the burst window would be most of its time
+        to first token, and a burst of such requests gains little from one pass.
+        """
+        if self.burst_window <= 0:
+            return False
+        opts = r.options
+        if opts.session_id is not None and (opts.cache_salt, opts.session_id) in self.sessions.parked:
+            return False
+        source = self._live_source(r)
+        reused = source.shared if source is not None else 0
+        if self.warm is not None:
+            reused = max(reused, self.warm.restorable(r))
+        return reused == 0 or len(r.prompt) - reused > BURST_MIN_PREFILL
 
     def _gather_burst(self) -> bool:
         """An idle loop woken by a request: take the rest of its burst before the first tick.

@@ -277,7 +277,7 @@ class WarmStart:
                 and p >= r.n_computed + self.policy.min_tail and p != r.cache.cold_point)
 
     def should_wait(self, r: Request, running: list[Request]) -> bool:
-        """True while another request prefills (or is still saving) a prefix ``r`` could restore.
+        """True while another request prefills (or is still saving) a prefix ``r`` could restore or copy.
 
         Agents that start together on one long system prompt then pay for one
         prefill, not one each: the first computes and saves the shared prefix,
@@ -290,8 +290,15 @@ class WarmStart:
         for q in running:
             if q.options.kv_tenant != r.options.kv_tenant or q.n_computed >= len(q.prompt):
                 continue
-            point = self.grid_point(min(shared_prefix(r.prompt, q.prompt), usable))
-            if point < self.policy.min_tokens or q.n_computed >= point:
+            shared = min(shared_prefix(r.prompt, q.prompt), usable)
+            point = self.grid_point(shared)
+            if point < self.policy.min_tokens:
+                continue
+            if q.n_computed >= point:
+                # Past its row, the leader's live cells will hold the rest of the shared part after
+                # its next chunk; copying them then (engine/live_sources.py) beats prefilling it here.
+                if q.n_computed < shared:
+                    return True
                 continue
             if point in (q.cache.cold_point, *q.cache.prefix_points):
                 return True
