@@ -32,6 +32,7 @@ class Page:
     state: str | None = None
     models: list[str] = field(default_factory=list)
     requests: list[dict[str, str]] = field(default_factory=list)
+    reuse: list[dict[str, str]] = field(default_factory=list)
     problem: str = ""
     html: str = ""
 
@@ -50,6 +51,8 @@ class _Reader(HTMLParser):
             self.page.models.append(a.get("data-model", ""))
         elif tag == "tr" and a.get("class") == "req":
             self.page.requests.append(a)
+        elif tag == "tr" and a.get("class") == "reuse":
+            self.page.reuse.append(a)
         self._in_problem = a.get("id") == "problem"
 
     def handle_data(self, data: str) -> None:
@@ -97,6 +100,25 @@ def test_page_shows_the_models_then_a_new_request(served, profile):
     shown = [row for row in page.requests if row.get("data-n") == str(newest["n"])]
     assert shown and shown[0]["data-model"] == MODEL, page.requests
     assert page.requests[0].get("data-n") == str(newest["n"])  # newest first
+
+
+def test_page_shows_prompt_reuse_by_source(served, profile):
+    # Two prompts that share a long start: the second copies it from the first's kept slot.
+    shared = "Reuse panel. " + " ".join(f"note {i}" for i in range(120))
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        for ask in (" First?", " Second, another question?"):
+            r = http.post("/v1/completions", json={"model": MODEL, "prompt": shared + ask, "max_tokens": 2})
+            assert r.status_code == 200, r.text
+        model = next(m for m in http.get("/status").json()["models"] if m["name"] == MODEL)
+    reuse = model["prompt_reuse"]
+    assert reuse["requests"]["live"] + reuse["requests"]["slot"] >= 1
+    page = render(f"{served.url}/", profile)
+    assert page.state == "ok", page.problem
+    shown = {row["data-source"]: row for row in page.reuse if row["data-model"] == MODEL}
+    assert set(shown) == set(reuse["requests"]), page.reuse
+    for source, n in reuse["requests"].items():  # nothing else ran on this model in between
+        assert shown[source]["data-requests"] == str(n)
+        assert shown[source]["data-tokens"] == str(reuse["tokens"][source])
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,15 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
     </tr></thead><tbody></tbody></table></div>
   </section>
   <section>
+    <h2>Prompt reuse</h2>
+    <p class="muted">Prompt tokens each model did not prefill, by where they came from: its own parked
+      session, a kept slot taken over, a copy of another live sequence, a row just saved, the KV cache.</p>
+    <div class="scroll"><table id="reuse"><thead><tr>
+      <th>model</th><th>source</th><th class="num">requests</th><th class="num">tokens</th>
+      <th class="num">share of prompt tokens</th>
+    </tr></thead><tbody></tbody></table></div>
+  </section>
+  <section>
     <h2>Memory</h2>
     <div class="kv" id="memory"></div>
   </section>
@@ -168,6 +177,23 @@ function renderModels(models) {
   }));
 }
 
+function renderReuse(models) {
+  const rows = [];
+  for (const m of models) {
+    const reuse = m.prompt_reuse;
+    if (!reuse || !reuse.requests) continue;
+    for (const [source, n] of Object.entries(reuse.requests)) {
+      const tokens = reuse.tokens[source] || 0;
+      const share = reuse.prompt_tokens ? (100 * tokens / reuse.prompt_tokens).toFixed(1) + " %" : "-";
+      rows.push(el("tr", {class: "reuse", "data-model": m.name, "data-source": source,
+                          "data-requests": n, "data-tokens": tokens},
+        el("td", null, m.name), el("td", null, source), num(n), num(tokens),
+        num(source === "none" ? "-" : share)));
+    }
+  }
+  fill("reuse", rows);
+}
+
 function renderMemory(mem) {
   const pairs = [["process RSS", bytes(mem.process_rss_bytes)],
                  ["system available", bytes(mem.system_available_bytes)],
@@ -204,6 +230,7 @@ function render(s) {
   document.getElementById("version").textContent = "v" + s.version;
   document.getElementById("uptime").textContent = duration(s.uptime_seconds);
   renderModels(s.models);
+  renderReuse(s.models);
   renderMemory(s.memory);
   renderCache(s.cache);
   renderRequests(s.recent_requests, s.requests_finished);
