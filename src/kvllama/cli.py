@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvllama.bench.named_models import bench_model_path
 from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
 from kvllama.cache_cli import add_cache_flags
 from kvllama.cache_cli import register as register_cache_command
@@ -306,7 +307,7 @@ def _bench_serve_throughput(args: argparse.Namespace) -> int:
 
     from kvllama.bench.serve_throughput import format_rows, run_http_throughput
 
-    rows = run_http_throughput(args.url, args.served_model_name, _bench_model_path(args.model),
+    rows = run_http_throughput(args.url, args.served_model_name, bench_model_path(args.model),
                                pick(args, MODEL_FLAGS), _streams(args.throughput), args.prompt_tokens,
                                args.max_tokens or 64, repeat=args.repeat, api_key=args.api_key)
     print(format_rows(rows))
@@ -316,27 +317,6 @@ def _bench_serve_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_model_path(model: str | None) -> str:
-    """``tiny``: the random-weight fixture (the engine's own cost per token); ``kquant``: a 2048-wide
-16-block random Gemma 3 in Q4_K_M (bench/kquant_model.py); ``smollm2``: SmolLM2-135M-Instruct
-(models/smollm2.py); None: the default."""
-    if model == "tiny":
-        from kvllama.bench.tiny_model import tiny_model_path
-
-        return str(tiny_model_path())
-    if model == "kquant":
-        from kvllama.bench.kquant_model import kquant_model_path
-
-        return str(kquant_model_path())
-    if model == "smollm2":
-        from kvllama.models.smollm2 import smollm2_model_path
-
-        return smollm2_model_path()
-    from kvllama.models.default import default_model_path
-
-    return model or default_model_path()
-
-
 def _streams(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -344,7 +324,7 @@ def _streams(text: str) -> list[int]:
 def _cmd_bench_throughput(args: argparse.Namespace) -> int:
     from kvllama.bench.throughput import as_json, format_table, run_throughput
 
-    rows = run_throughput(_bench_model_path(args.model), pick(args, MODEL_FLAGS), _streams(args.streams),
+    rows = run_throughput(bench_model_path(args.model), pick(args, MODEL_FLAGS), _streams(args.streams),
                           args.prompt_tokens, args.max_tokens, repeat=args.repeat, separate=args.separate)
     print(format_table(rows))
     report = {"benchmark": "throughput", "rows": as_json(rows)}
@@ -368,7 +348,7 @@ def _cmd_bench_spec(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in pick(args, MODEL_FLAGS).items()
                if k not in ("canonical_decode", "n_seq_max", "speculative_draft", "draft_model")}
-    draft_model = _bench_model_path(args.draft_model) if args.draft_model else None
+    draft_model = bench_model_path(args.draft_model) if args.draft_model else None
     report = run_spec(args.model, options, _streams(args.streams), args.max_tokens, args.draft, args.repeat,
                       draft_model, canonical=canonical)
     print(format_spec(report))

@@ -95,3 +95,24 @@ def test_followers_copy_a_kept_slot(warm, cold, words):
     s = system(words, f"slot-{words}")
     warm.complete(M, s + question(1), **LEADER)
     _check_followers(warm, cold, s, _followers(warm, s), 0)
+
+
+def test_on_smollm2_followers_copy_a_kept_slot(cold_smollm2):
+    # Another architecture (llama, no sliding window, Q4_1 weights), so no cut rule of Gemma's applies.
+    from kvllama.models.smollm2 import smollm2_model_path
+
+    path = smollm2_model_path()
+    with kvllama.Engine(cache=CacheConfig(shm_dir=None, disk_dir=None)) as eng:
+        eng.load_model(M, path, **OPTIONS)
+        s = system(150, "smollm2")
+        eng.complete(M, s + question(1), **LEADER)
+        _check_followers(eng, cold_smollm2, s, _followers(eng, s), 0)
+
+
+@pytest.fixture(scope="module")
+def cold_smollm2() -> Iterator[kvllama.Engine]:
+    from kvllama.models.smollm2 import smollm2_model_path
+
+    with kvllama.Engine(cache=None) as eng:
+        eng.load_model(M, smollm2_model_path(), **OPTIONS)
+        yield eng
