@@ -9,8 +9,10 @@ seeded, while the leader's own tokens do not change either.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,22 +20,18 @@ import kvllama
 from kvllama.events import TokenEvent
 from kvllama.kvcache import CacheConfig
 
+# Helper modules import by name: pytest's importlib mode does not put test folders on sys.path.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from shared_prompts import question, system
+
 pytestmark = pytest.mark.slow
 
 M = "live"
 OPTIONS = {"n_seq_max": 4, "n_ctx": 4 * 2048, "n_threads": 2}
 LEADER = {"max_tokens": 24, "temperature": 0.0}
 FOLLOWERS = ({"max_tokens": 10, "temperature": 0.0}, {"max_tokens": 10, "temperature": 0.8, "seed": 5})
-WORDS = ("meadow", "copper", "violet", "granite", "falcon", "ember", "tundra", "cobalt")
-
-
-def system(words: int, tag: str) -> str:
-    body = " ".join(f"{WORDS[i % len(WORDS)]} {i}" for i in range(words // 2))
-    return f"System ({tag}): remember this inventory. {body}\n\n"
-
-
-def question(i: int) -> str:
-    return f"User {i} asks: " + " ".join(f"where is item {i * 41 + k} kept?" for k in range(8))
 
 
 @pytest.fixture(scope="module")

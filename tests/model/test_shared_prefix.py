@@ -8,8 +8,10 @@ slot) and produce exactly the tokens of a cache-less cold run of its prompt.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,22 +19,17 @@ import kvllama
 from kvllama.engine.request import resume_point
 from kvllama.kvcache import CacheConfig
 
+# Helper modules import by name: pytest's importlib mode does not put test folders on sys.path.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from shared_prompts import question, system
+
 pytestmark = pytest.mark.slow
 
 M = "shared"
 OPTIONS = {"n_seq_max": 4, "n_ctx": 4 * 2048, "n_threads": 2}
 GREEDY = {"max_tokens": 12, "temperature": 0.0}
-WORDS = ("archive", "ledger", "harbor", "compass", "lantern", "orchard", "quartz", "signal")
-
-
-def system(words: int, tag: str) -> str:
-    body = " ".join(f"{WORDS[i % len(WORDS)]} {i}" for i in range(words // 2))
-    return f"System ({tag}): keep these notes. {body}\n\n"
-
-
-def question(i: int) -> str:
-    """About 100 tokens, so a prompt's own rows (64-token grid, 8-token tail) end past the system prompt."""
-    return f"User {i} asks: " + " ".join(f"what of item {i * 37 + k} in city {i}?" for k in range(12))
 
 
 @pytest.fixture(scope="module")
