@@ -14,6 +14,11 @@ import pytest
 
 import kvllama
 
+# Helper modules beside the tests (shared_prompts.py) import by name: pytest's importlib mode
+# does not put test folders on sys.path, and conftest.py is loaded before the tests are.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
 MODEL = "gemma"
 
 

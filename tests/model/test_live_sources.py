@@ -9,22 +9,15 @@ seeded, while the leader's own tokens do not change either.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from shared_prompts import question, system  # a helper beside this file (conftest.py)
 
 import kvllama
 from kvllama.events import TokenEvent
 from kvllama.kvcache import CacheConfig
-
-# Helper modules import by name: pytest's importlib mode does not put test folders on sys.path.
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
-
-from shared_prompts import question, system
 
 pytestmark = pytest.mark.slow
 

@@ -8,22 +8,15 @@ slot) and produce exactly the tokens of a cache-less cold run of its prompt.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from shared_prompts import question, system  # a helper beside this file (conftest.py)
 
 import kvllama
 from kvllama.engine.request import resume_point
 from kvllama.kvcache import CacheConfig
-
-# Helper modules import by name: pytest's importlib mode does not put test folders on sys.path.
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
-
-from shared_prompts import question, system
 
 pytestmark = pytest.mark.slow
 
