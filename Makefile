@@ -7,7 +7,7 @@ PROMPT ?= The capital of France is
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup serve run test test-quick lint
+.PHONY: setup serve run test test-quick lint docs
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -29,3 +29,7 @@ test-quick: setup
 
 lint:
 	$(VENV)/bin/ruff check src tests
+
+# The documentation site (docs/ + mkdocs.yml) into site/; strict: a broken link fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict

@@ -20,7 +20,7 @@
 # tag then ends in "-cuda", so a CUDA build and a CPU-only one never stand in for
 # each other either. nvcc alone is not enough: this project's CPU machines ship a
 # CUDA toolkit without a driver, where a CUDA build fails. Not verified on a GPU
-# from this project's machines (README "GPU").
+# from this project's machines (docs/kernel-patch.md ("GPU")).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -84,7 +84,7 @@ def _add_serve_parser(sub: Any) -> None:
                    help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
     g.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
-    r = srv.add_argument_group("scale-out (Ray Serve; README \"Scaling out\")")
+    r = srv.add_argument_group("scale-out (Ray Serve; docs/guide/scaling-out.md)")
     r.add_argument("--replicas", type=int, default=0, metavar="N",
                    help="run N engine replicas on a local Ray cluster behind a cache-affinity router")
     r.add_argument("--router", choices=["affinity", "pow2"], default="affinity",

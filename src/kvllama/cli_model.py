@@ -42,7 +42,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="load a LoRA adapter (repeatable; its file name is its id; scale 1 by default)")
     g.add_argument("--canonical-decode", action="store_true", default=None,
                    help="decode steps as 2-row chunks: replies are reused on resume, restores leave 2 "
-                        "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see README)")
+                        "tokens (sets GGML_CPU_TILED_MM=0; costs decode and prefill speed, see "
+                        "docs/measured/exactness.md)")
     g.add_argument("--speculative-draft", type=int, default=None, metavar="N",
                    help="prompt-lookup speculation with up to N draft tokens (needs --canonical-decode)")
     g.add_argument("--draft-model", default=None, metavar="PATH",

@@ -54,7 +54,7 @@ class ModelOptions:
     # A full-size sliding-window cache (llama.cpp's own default). Off, each sequence's
     # window layers keep a ring of n_swa + n_ubatch cells, and once a sequence wraps it
     # a resumed turn places its rows in other cells than a cold run of the same tokens
-    # (measured: README "Exactness"); the cost is KV memory for those layers.
+    # (measured: docs/measured/exactness.md); the cost is KV memory for those layers.
     swa_full: bool = True
     kv_unified: bool = False
     # Leave a finished request's prompt KV in its slot until the slot is needed, so a
@@ -65,7 +65,7 @@ class ModelOptions:
     settle_replies: bool = True
     # Decode each step as a 2-row chunk of its sequence (the previous token recomputed), so a
     # reply's KV is computed exactly like a prompt's: resumes keep it, restores leave 2 tokens.
-    # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (README "Exactness").
+    # Needs GGML_CPU_TILED_MM=0 from the process start on CPU K-quant models (docs/measured/exactness.md).
     canonical_decode: bool = False
     # Speculative decoding by prompt lookup: up to this many draft tokens per step (0: off);
     # needs verify passes computed as decode steps are: kvllama's patched llama.cpp build

@@ -162,7 +162,7 @@ def test_alone_equals_beside_others_greedy_and_seeded(engine):
 @pytest.mark.slow
 def test_alone_equals_beside_others_for_every_stream_count(engine):
     # Every stream count from 1 to n_seq_max: passes of 1..7 rows, and (at 8) the decode-row
-    # cap that keeps a K-quant model's rows in one CPU kernel class (README "Exactness").
+    # cap that keeps a K-quant model's rows in one CPU kernel class (docs/measured/exactness.md).
     n_seq_max = engine.model_info(MODEL).context["n_seq_max"]
     prompts = [f"Entry {i}: the {('river', 'harbor', 'orchard')[i % 3]} was" for i in range(n_seq_max)]
     params = [{"max_tokens": 12, "temperature": 0} if i % 2 == 0 else

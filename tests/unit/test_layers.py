@@ -1,4 +1,4 @@
-"""The folder layout is the architecture: these rules keep it so (README "Architecture").
+"""The folder layout is the architecture: these rules keep it so (docs/architecture.md).
 
 Lower layers never import higher ones, no package reaches into another's
 private names, and every module and function stays small enough to read

@@ -65,7 +65,7 @@ DEFAULT_CACHE = _DefaultCache()
 # model computes its output layer for every token (llama.cpp cannot prune it),
 # measured with the default model on one thread at 55-200 ms per short text and
 # 7-17 ms per token (the machine's speed varies 2x from day to day), so these
-# bounds keep one call under ~35 s (README "Reliability").
+# bounds keep one call under ~35 s (docs/measured/reliability.md).
 MAX_EMBED_INPUTS = 128
 MAX_EMBED_TOKENS = 2048
 

@@ -29,7 +29,7 @@ class EngineSpec:
 
     def build(self) -> Engine:
         if self.options.get("canonical_decode"):
-            # Before llama.cpp's first matmul, when ggml reads it (README "Exactness").
+            # Before llama.cpp's first matmul, when ggml reads it (docs/measured/exactness.md).
             os.environ.setdefault("GGML_CPU_TILED_MM", "0")
         engine = Engine(cache=self.cache, thinking_key=self.thinking_key)
         try:

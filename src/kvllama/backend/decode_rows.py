@@ -16,7 +16,7 @@ or a model fully on a GPU needs none, and then 8+ streams run as one pass.
 Nor does the patched build (scripts/patches/, docs/kernel-patch.md), which
 picks the kernels per forward pass: decode-only passes take the vector kernels
 at any size, prompt passes the stock choice (``uses_pass_kernels``).
-Measured: README "Exactness" and "Performance".
+Measured: docs/measured/exactness.md and "Performance".
 """
 
 from __future__ import annotations

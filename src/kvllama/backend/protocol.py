@@ -57,7 +57,7 @@ class ContextShape:
     # blob (swa_full or not; 0: no sliding window): past it, resumes sit on a grid.
     swa_window: int = 0
     # Rows a prompt chunk needs to be computed like every larger one (8 on stock CPU kernels;
-    # 2 with canonical decoding, where decode steps are 2-row chunks too: README "Exactness").
+    # 2 with canonical decoding, where decode steps are 2-row chunks too: docs/measured/exactness.md).
     min_chunk_rows: int = 8
     canonical_decode: bool = False
     # A verify pass (a decode row plus draft rows of one sequence) computes each row exactly as

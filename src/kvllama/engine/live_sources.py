@@ -10,7 +10,7 @@ user of a shared prompt skips its prefill even while the first one is still
 decoding its reply, and one user's kept slot serves another without being
 ended.
 
-Exact for the same reason a kept slot's reuse is (README "Exactness"): the
+Exact for the same reason a kept slot's reuse is (docs/measured/exactness.md): the
 copied cells were computed by prompt chunks of 8+ rows, which a cold prefill
 computes bit for bit the same, the copy keeps their cell layout, and at least
 ``min_chunk_rows`` prompt tokens are left to prefill. On a sliding-window

@@ -215,7 +215,7 @@ class Request:
     n_computed: int = 0
     # Leading tokens whose KV came from prompt chunks of MIN_CHUNK_ROWS+ rows (or a cache
     # row or session made of those): the part a cold run of the same tokens computes the
-    # same way. Decode rows never count (README "Exactness"), so only this part is reused.
+    # same way. Decode rows never count (docs/measured/exactness.md), so only this part is reused.
     exact_len: int = 0
     generated: list[int] = field(default_factory=list)
     # Sampled but not yet decoded: the next tick's row for this request.
@@ -266,7 +266,7 @@ def resume_point(n: int, swa_window: int) -> int:
     sums over cells in vector lanes by cell index, so the shift must be a
     multiple of the lane grouping: measured, a 1,019-token row restored and
     continued differs from a cold run (max |delta logit| 0.29), 900 and 1,000
-    too, while 768, 960 and 1,024 are bit-exact (README "Exactness").
+    too, while 768, 960 and 1,024 are bit-exact (docs/measured/exactness.md).
     """
     if swa_window and n > swa_window:
         return n // RESUME_GRID * RESUME_GRID

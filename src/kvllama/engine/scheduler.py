@@ -11,7 +11,7 @@ unit-tested without a model. The policy:
   (chunked prefill), and when nobody is decoding the whole budget.
 
 Two rules keep outputs exact (measured on this project's CPUs, see
-README "Exactness"): llama.cpp computes a sequence's rows slightly
+docs/measured/exactness.md): llama.cpp computes a sequence's rows slightly
 differently depending on how many of its tokens share a ubatch, so
 
 * a prompt chunk has at least ``MIN_CHUNK_ROWS`` rows, and so does a
@@ -174,7 +174,7 @@ def decode_groups(slices: tuple[Slice, ...], max_decode_rows: int, seq_ids: dict
     """Split a tick into forward passes of at most ``max_decode_rows`` decode rows.
 
     llama.cpp computes a decode row the same way for ubatches of 1 to 7 rows
-    but differently from 8 rows on (measured; see README "Exactness"), so a
+    but differently from 8 rows on (measured; see docs/measured/exactness.md), so a
     tick with more decoders than that runs as several passes of as even a
     size as possible: the CPU's vector kernels take rows four at a time, so a
     pass of 5-7 rows costs much more than one of 4 (Gemma 3 270M, 2 cores:

@@ -1,7 +1,7 @@
 """Idle time makes finished replies reusable: a reply's KV is recomputed as prompt chunks.
 
 A reply's KV comes from decode rows, which llama.cpp computes unlike a
-prompt chunk (README "Exactness"), so a finished request keeps only its
+prompt chunk (docs/measured/exactness.md), so a finished request keeps only its
 prompt's KV (``Finishing._cut_to_exact``) and the next turn of the
 conversation would prefill the reply again before its own message. When the
 decode loop has nothing else to do, the settler prefills a kept slot's (or a

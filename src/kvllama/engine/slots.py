@@ -1,7 +1,7 @@
 """Keeping sequence ids compact: decoding sequences on ids 0..d-1, prompts after them.
 
-Why this exists (measured on this project's machines, see the README's
-architecture notes): with ``kv_unified=False`` llama.cpp splits a batch into
+Why this exists (measured on this project's machines, see
+docs/architecture.md): with ``kv_unified=False`` llama.cpp splits a batch into
 ubatches of *consecutive* sequence ids with equal token counts. Decode rows
 of sequences {0,1,2,3} run as one ubatch; rows of {0,2,4,6} run as four,
 which cut aggregate decode throughput from 94 to 18 tokens/s. So whenever a
@@ -13,7 +13,7 @@ A cycle of moves (every destination held) goes through a free id. There is
 no hidden spare sequence for it: a context of ``n_seq_max + 1`` streams made
 llama.cpp lay out its compute buffer so that the logits tensor sat 32 bytes
 off a cache line, and the two threads writing logits then shared lines (a
-decode step 35 % slower on a fast-forward model; README "Performance"). When
+decode step 35 % slower on a fast-forward model; docs/measured/performance.md). When
 every id is held, the caller frees one (a finished request kept in its slot
 gives way) or leaves the layout as it is until one frees.
 

@@ -7,7 +7,7 @@ is what followed the latest earlier occurrence of the context's last n tokens
 computes the pending token and the draft in one chunk, and the longest prefix
 of the draft that greedy decoding would have produced is accepted, plus the
 token after it. With canonical decoding every row of that chunk is computed
-exactly as a 2-row decode step computes it (README "Exactness"), so the tokens
+exactly as a 2-row decode step computes it (docs/measured/exactness.md), so the tokens
 are the same with speculation on and off; the rejected rows are cut from the
 sequence before any token is emitted.
 

@@ -4,7 +4,7 @@ This is the only engine module that knows about :mod:`kvllama.kvcache`. It
 runs on the loop thread (the state blob must be read and written there);
 the cache's writer pool does the file work off the decode path.
 
-Exactness rules (README "Exactness"): the cache holds canonical KV only,
+Exactness rules (docs/measured/exactness.md): the cache holds canonical KV only,
 the leading tokens a request computed in prompt chunks of 8+ rows
 (``Request.exact_len``), never a reply's decode rows; and a restore always
 leaves at least ``min_tail`` prompt tokens to prefill (a longer row is cut
@@ -160,7 +160,7 @@ class WarmStart:
         """Can a restored row of ``row_len`` tokens be cut to ``n_keep``?
 
         A state blob holds only the sliding-window layers' last ``n_swa``
-        positions (README "Exactness"), and the token after the cut attends
+        positions (docs/measured/exactness.md), and the token after the cut attends
         to the ``n_swa`` positions before it: all must be in the blob.
         """
         n_swa = self.backend.description.n_swa

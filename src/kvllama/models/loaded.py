@@ -14,7 +14,7 @@ from kvllama.options import ModelOptions
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A snapshot of one model (README "Python API"); cheap to build, safe from any thread."""
+    """A snapshot of one model (docs/guide/python-api.md); cheap to build, safe from any thread."""
 
     id: str
     path: str

@@ -13,5 +13,5 @@ each request where its prompt's prefix is cached:
 - ``deployment``: the Serve application (``build_app``, ``app_builder`` for ``serve run``)
 - ``local``: ``kvllama serve --replicas N`` on a local Ray cluster
 
-README "Scaling out" has the commands and measured figures.
+docs/guide/scaling-out.md has the commands and measured figures.
 """

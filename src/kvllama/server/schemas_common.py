@@ -51,7 +51,7 @@ def _check_session(value: str) -> str:
     return value
 
 
-# Pins a conversation to one sequence slot (sticky sessions, README "Agents").
+# Pins a conversation to one sequence slot (sticky sessions, docs/guide/agents.md).
 SessionId = Annotated[str, AfterValidator(_check_session)]
 
 

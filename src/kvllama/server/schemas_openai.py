@@ -117,7 +117,7 @@ class CompletionRequest(_Sampling):
     def _echo_without_logprobs(self) -> CompletionRequest:
         if self.echo and self.logprobs is not None:
             # Prompt log-probabilities need logits for every prompt row, which changes how
-            # llama.cpp batches the output layer and so the reply (README "Exactness").
+            # llama.cpp batches the output layer and so the reply (docs/measured/exactness.md).
             raise ValueError("echo with logprobs is not supported (prompt log-probabilities)")
         return self
 
