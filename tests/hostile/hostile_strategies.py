@@ -20,8 +20,8 @@ from typing import Any
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
-from kvllama.server.schemas_openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
+from kvllama.server.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 VOCAB = 262_144
 

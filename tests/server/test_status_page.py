@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kvllama.server import ServerConfig, ServerThread, create_app, status_page
+from kvllama.server import ServerConfig, ServerThread, create_app
+from kvllama.server.admin import status_page
 
 MODEL = "gemma"  # the served name (tests/server/conftest.py)
 KEY = "page-test-key"
@@ -148,7 +149,7 @@ def test_a_wrong_key_is_refused(keyed_url, profile):
 
 def test_a_broken_script_is_caught(served, profile, monkeypatch):
     """The harness itself: a page whose script throws draws no model rows, and the checks see it."""
-    from kvllama.server import admin_routes
+    from kvllama.server.admin import routes as admin_routes
 
     broken = status_page.STATUS_PAGE.replace("function renderModels(models) {",
                                              "function renderModels(models) { null.boom();")

@@ -9,15 +9,16 @@
     engine.load_model("gemma")
     serve(engine, ServerConfig(api_key=None), host="127.0.0.1", port=8000)
 
-Module map: ``app`` (factory, handlers, health), ``openapi`` (request bodies in
-the published document), ``middleware`` (auth, body limit, request metrics),
-``openai_routes`` / ``anthropic_routes`` (handlers), ``schemas_*`` (request
-bodies), ``openai_format`` / ``anthropic_format`` (renderers of the reply
-reducer's deltas, :mod:`kvllama.replies`: SSE frames or one JSON body),
-``agent_params`` (sessions, thinking, signature checks), ``generation``
-(driving one engine request, disconnect -> cancel), ``chat_prompt``,
-``grammar`` (JSON schema -> GBNF), ``metrics``, ``errors``, ``sse``, ``runner``
-(uvicorn).
+Layout: a folder per API family, each split the same way (``schemas``,
+``routes``, ``rendering``): ``openai/``, ``anthropic/``, ``ollama/``, and
+``admin/`` for the server's own endpoints (tokenize, cache lookup, sessions,
+LoRA adapters, status and its page). Shared plumbing stays here: ``app``
+(factory, health), ``config``, ``state``, ``middleware`` (auth, body limit,
+request metrics), ``metrics`` (Prometheus), ``errors``, ``openapi`` (request
+bodies in the published document), ``schemas_common`` (fields every family
+shares), ``generation`` (driving one engine request, disconnect -> cancel),
+``chat_prompt``, ``agent_params`` (sessions, thinking, signature checks),
+``grammar`` (JSON schema -> GBNF), ``sse``, ``runner`` (uvicorn).
 """
 
 from kvllama.server.app import create_app

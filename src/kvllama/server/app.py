@@ -18,10 +18,14 @@ from starlette.responses import JSONResponse, Response
 import kvllama
 from kvllama.api.engine import Engine
 from kvllama.errors import KvllamaError
-from kvllama.server import admin_routes, anthropic_routes, lora, ollama_routes, openai_routes
+from kvllama.server.admin import lora
+from kvllama.server.admin import routes as admin_routes
+from kvllama.server.anthropic import routes as anthropic_routes
 from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError, ClientDisconnected, error_response, family_of
 from kvllama.server.middleware import GuardMiddleware, MetricsMiddleware
+from kvllama.server.ollama import routes as ollama_routes
+from kvllama.server.openai import routes as openai_routes
 from kvllama.server.openapi import publish_request_bodies
 from kvllama.server.state import ServerState, state_of
 

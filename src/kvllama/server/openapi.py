@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
-from kvllama.server.schemas_openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
+from kvllama.server.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,

@@ -15,9 +15,9 @@ from kvllama.events import CacheDelta, Stats
 from kvllama.kvcache import CacheConfig
 from kvllama.results import CompletionResult
 from kvllama.server import ServerConfig
+from kvllama.server.admin.status import cache_status, meminfo, process_rss, slots
 from kvllama.server.metrics import RECENT_REQUESTS, RecentRequests
 from kvllama.server.runner import client_url, listening_banner
-from kvllama.server.status import cache_status, meminfo, process_rss, slots
 
 BOS = 256
 

@@ -23,7 +23,7 @@ from kvllama.events import (
 from kvllama.replies import Reducer
 from kvllama.server import ServerConfig
 from kvllama.server.agent_params import thinking_key
-from kvllama.server.anthropic_format import content
+from kvllama.server.anthropic.rendering import content
 from kvllama.server.sse import decode_frames
 from kvllama.signing import sign_thinking
 

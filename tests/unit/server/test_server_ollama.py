@@ -24,7 +24,7 @@ from kvllama.events import (
 )
 from kvllama.server import ServerConfig, ServerThread, create_app
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR
-from kvllama.server.ollama_format import human_number
+from kvllama.server.ollama.rendering import human_number
 
 TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
            "eval_duration")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from kvllama.errors import DecodeError
 from kvllama.events import CacheDelta, DoneEvent, Event, Stats, TextEvent, TokenEvent
 from kvllama.results import ResultBuilder
-from kvllama.server.anthropic_format import AnthropicStreamWriter, stop_of
-from kvllama.server.openai_format import OpenAIStreamWriter
+from kvllama.server.anthropic.rendering import AnthropicStreamWriter, stop_of
+from kvllama.server.openai.rendering import OpenAIStreamWriter
 from kvllama.server.sse import decode_frames
 
 

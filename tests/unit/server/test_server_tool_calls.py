@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kvllama.replies.tool_calls import ToolCall, parse_tool_calls
-from kvllama.server.anthropic_format import tool_use_id as anthropic_id
-from kvllama.server.openai_format import call_id as openai_id
+from kvllama.server.anthropic.rendering import tool_use_id as anthropic_id
+from kvllama.server.openai.rendering import call_id as openai_id
 
 WEATHER = ToolCall("get_weather", {"city": "Paris"})
 

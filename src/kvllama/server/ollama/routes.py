@@ -1,7 +1,7 @@
 """Ollama-compatible routes: generate, chat, embed, tags, show, ps, version.
 
 Request and response shapes are Ollama's (docs/api.md), rendered by
-:mod:`kvllama.server.ollama_format`; generation goes through the same
+:mod:`kvllama.server.ollama.rendering`; generation goes through the same
 :func:`~kvllama.server.generation.start` / ``first_event`` / ``complete`` and
 chat prompts through the same :func:`chat_prompt.render` (default stops,
 save points) as the OpenAI and Anthropic routes. Streams (Ollama's default)
@@ -31,11 +31,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import kvllama
 from kvllama.errors import KvllamaError
-from kvllama.server import chat_prompt, ollama_format
+from kvllama.server import chat_prompt
 from kvllama.server.agent_params import session_params
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
-from kvllama.server.ollama_format import (
+from kvllama.server.ollama import rendering as ollama_rendering
+from kvllama.server.ollama.rendering import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -60,7 +61,7 @@ def resolve(state: ServerState, name: str | None) -> tuple[str, str, str]:
     if name and name not in served and name.endswith(LATEST) and name.removesuffix(LATEST) in served:
         lookup = name.removesuffix(LATEST)
     served_name, model_id = state.resolve(lookup)
-    return name or ollama_format.display_name(served_name), served_name, model_id
+    return name or ollama_rendering.display_name(served_name), served_name, model_id
 
 
 @router.post("/api/generate", openapi_extra=body_schema(GenerateRequest))
@@ -70,7 +71,7 @@ async def generate(request: Request) -> Response:
     body = validate(GenerateRequest, await read_json(request))
     model = resolve(state, body.model)
     if not body.prompt:
-        return JSONResponse(ollama_format.loaded(model[0], "generate"))
+        return JSONResponse(ollama_rendering.loaded(model[0], "generate"))
     prompt, stops, points = await run_in_threadpool(_generate_prompt, state, model[2], body)
     params = _params(state, body, stops)
     params["save_points"] = list(points) or None
@@ -101,7 +102,7 @@ async def chat(request: Request) -> Response:
     body = validate(ChatRequest, await read_json(request))
     model = resolve(state, body.model)
     if not body.messages:
-        return JSONResponse(ollama_format.loaded(model[0], "chat"))
+        return JSONResponse(ollama_rendering.loaded(model[0], "chat"))
     messages = [m.for_template() for m in body.messages]
     prompt = await run_in_threadpool(chat_prompt.render, state.engine, model[2], messages, tools=body.tools)
     params = _params(state, body, prompt.stops_with(body.stops()))
@@ -111,7 +112,7 @@ async def chat(request: Request) -> Response:
 
 
 def _params(state: ServerState, body: GenerateRequest | ChatRequest, stop: list[str]) -> dict[str, Any]:
-    o = body.options or ollama_format.Options()
+    o = body.options or ollama_rendering.Options()
     limit = state.config.max_tokens_limit
     # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
     max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
@@ -145,7 +146,7 @@ async def _generate(
         result = await complete(request, gen)
         return JSONResponse(writer.whole(result, gen.builder.reply))
     first = await first_event(request, gen)
-    return StreamingResponse(stream_frames(gen, first, writer), media_type=ollama_format.NDJSON,
+    return StreamingResponse(stream_frames(gen, first, writer), media_type=ollama_rendering.NDJSON,
                              headers=HEADERS)
 
 
@@ -164,8 +165,8 @@ async def embed(request: Request) -> Response:
         lambda: sum(len(state.engine.tokenize(model_id, t)) for t in texts)
     )
     return JSONResponse({
-        "model": shown, "embeddings": [ollama_format.normalized(v, body.dimensions) for v in vectors],
-        "total_duration": ollama_format.ns(time.perf_counter() - started), "load_duration": 0,
+        "model": shown, "embeddings": [ollama_rendering.normalized(v, body.dimensions) for v in vectors],
+        "total_duration": ollama_rendering.ns(time.perf_counter() - started), "load_duration": 0,
         "prompt_eval_count": n_tokens,
     })
 
@@ -184,13 +185,13 @@ async def embeddings(request: Request) -> Response:
 @router.get("/api/tags")
 async def tags(request: Request) -> Response:
     state = state_of(request)
-    return JSONResponse({"models": [ollama_format.tag(n, i) for n, i in _loaded(state)]})
+    return JSONResponse({"models": [ollama_rendering.tag(n, i) for n, i in _loaded(state)]})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> Response:
     state = state_of(request)
-    return JSONResponse({"models": [ollama_format.running(n, i) for n, i in _loaded(state)]})
+    return JSONResponse({"models": [ollama_rendering.running(n, i) for n, i in _loaded(state)]})
 
 
 def _loaded(state: ServerState) -> list[tuple[str, kvllama.ModelInfo]]:
@@ -209,9 +210,9 @@ async def show(request: Request) -> Response:
     body = validate(ShowRequest, await read_json(request))
     _, _, model_id = resolve(state, body.model or body.name)
     info = await run_in_threadpool(state.engine.model_info, model_id)
-    return JSONResponse(ollama_format.show(info))
+    return JSONResponse(ollama_rendering.show(info))
 
 
 @router.get("/api/version")
 async def version() -> Response:
-    return JSONResponse({"version": ollama_format.API_VERSION, "kvllama": kvllama.__version__})
+    return JSONResponse({"version": ollama_rendering.API_VERSION, "kvllama": kvllama.__version__})

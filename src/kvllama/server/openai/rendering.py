@@ -26,7 +26,7 @@ from kvllama.replies.tool_calls import ToolCall
 from kvllama.results import CompletionResult
 from kvllama.server import sse
 from kvllama.server.errors import error_body, from_exception
-from kvllama.server.openai_logprobs import chat_logprobs, completion_logprobs
+from kvllama.server.openai.logprobs import chat_logprobs, completion_logprobs
 
 Kind = Literal["chat", "completion"]
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -120,7 +120,7 @@ class OpenAIStreamWriter:
                  closes: bool = True, logprobs: bool = False, echo: str = "") -> None:
         self.kind = kind
         # Several choices share one stream: each writer renders its own ``index``, and only
-        # the stream (server/openai_choices.py) sends the usage chunk and [DONE].
+        # the stream (server/openai/choices.py) sends the usage chunk and [DONE].
         self._index, self._closes = index, closes
         self._logprobs, self._echo, self._sent = logprobs, echo, len(echo)
         self._pending: list[TokenLogprob] = []

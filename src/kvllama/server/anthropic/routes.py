@@ -10,12 +10,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kvllama.chat import prefix_points
-from kvllama.server import anthropic_format, chat_prompt
+from kvllama.server import chat_prompt
+from kvllama.server.admin.lora import request_adapters
 from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
-from kvllama.server.anthropic_format import AnthropicStreamWriter
+from kvllama.server.anthropic import rendering as anthropic_rendering
+from kvllama.server.anthropic.rendering import AnthropicStreamWriter
+from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
 from kvllama.server.generation import complete, first_event, start, stream_frames
-from kvllama.server.lora import request_adapters
-from kvllama.server.schemas_anthropic import CountTokensRequest, MessagesRequest
 from kvllama.server.schemas_common import read_json, sampling, validate
 from kvllama.server.sse import sse_response
 from kvllama.server.state import state_of
@@ -51,11 +52,11 @@ async def messages(request: Request) -> Response:
     if body.thinking is not None:
         params.update(body.thinking.engine_params())
     gen = await start(state, name, model_id, prompt.text, params, started)
-    mid = anthropic_format.new_id()
+    mid = anthropic_rendering.new_id()
     if not body.stream:
         result = await complete(request, gen)
         reply = gen.builder.reply
-        return JSONResponse(anthropic_format.response(mid, name, result, client_stops, max_tokens, reply))
+        return JSONResponse(anthropic_rendering.response(mid, name, result, client_stops, max_tokens, reply))
     first = await first_event(request, gen)
     writer = AnthropicStreamWriter(mid, name, gen.prompt_tokens, client_stops, max_tokens)
     return sse_response(stream_frames(gen, first, writer))

@@ -23,7 +23,7 @@ from kvllama.events import Event
 from kvllama.results import CompletionResult
 from kvllama.server.errors import ApiError
 from kvllama.server.generation import Generation, first_event, start, stream_frames, until_disconnect
-from kvllama.server.openai_format import OpenAIStreamWriter
+from kvllama.server.openai.rendering import OpenAIStreamWriter
 from kvllama.server.state import ServerState
 
 _SEED_MOD = 2**32 - 1

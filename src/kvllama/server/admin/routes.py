@@ -24,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from kvllama.errors import InvalidRequestError
-from kvllama.server import status
+from kvllama.server.admin import status
+from kvllama.server.admin.status_page import STATUS_PAGE
 from kvllama.server.errors import ApiError
 from kvllama.server.metrics import RECENT_REQUESTS
+from kvllama.server.openai.schemas import ChatMessage
 from kvllama.server.openapi import body_schema
 from kvllama.server.schemas_common import CacheSalt, SessionId, parse_body, read_json, validate
-from kvllama.server.schemas_openai import ChatMessage
 from kvllama.server.state import ServerState, state_of
-from kvllama.server.status_page import STATUS_PAGE
 
 router = APIRouter()
 

@@ -13,21 +13,22 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kvllama.server import chat_prompt, openai_format
+from kvllama.server import chat_prompt
+from kvllama.server.admin.lora import request_adapters
 from kvllama.server.agent_params import session_params
 from kvllama.server.errors import ApiError
 from kvllama.server.generation import stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
-from kvllama.server.lora import request_adapters
-from kvllama.server.openai_choices import complete_choices, first_events, merged_frames, start_choices
-from kvllama.server.openai_format import Kind, OpenAIStreamWriter
-from kvllama.server.schemas_common import read_json, sampling, stops, validate
-from kvllama.server.schemas_openai import (
+from kvllama.server.openai import rendering as openai_rendering
+from kvllama.server.openai.choices import complete_choices, first_events, merged_frames, start_choices
+from kvllama.server.openai.rendering import Kind, OpenAIStreamWriter
+from kvllama.server.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponseFormat,
 )
+from kvllama.server.schemas_common import read_json, sampling, stops, validate
 from kvllama.server.sse import sse_response
 from kvllama.server.state import ServerState, state_of
 
@@ -118,11 +119,11 @@ async def _generate(
             state.engine.detokenize, model_id, prompt)
     logprobs = given.get("logprobs") is not None
     gens = await start_choices(state, name, model_id, prompt, given, body.n, started)
-    rid = openai_format.new_id(kind)
+    rid = openai_rendering.new_id(kind)
     if not body.stream:
         results = await complete_choices(request, gens)
         choices = [(result, gen.builder.reply) for result, gen in zip(results, gens, strict=True)]
-        return JSONResponse(openai_format.response(kind, rid, name, choices, logprobs=logprobs, echo=echo))
+        return JSONResponse(openai_rendering.response(kind, rid, name, choices, logprobs=logprobs, echo=echo))
     firsts = await first_events(request, gens)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     writers = [OpenAIStreamWriter(kind, rid, name, include_usage, index=i, closes=len(gens) == 1,
