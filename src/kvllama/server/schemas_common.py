@@ -84,6 +84,13 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
+def refuse_suffix(value: str | None) -> str | None:
+    """``suffix`` (fill-in-the-middle), which the OpenAI and Ollama bodies both carry: not supported."""
+    if value:
+        raise ValueError("suffix (fill-in-the-middle) is not supported")
+    return value
+
+
 def parse_body(body: bytes) -> Any:
     """Parse and check a request body; every failure is a 400 saying what is wrong."""
     try:

@@ -29,6 +29,7 @@ from kvllama.models.loaded import ModelInfo
 from kvllama.replies import Block, BlockStart, Delta, Reply, TextDelta, ThinkingDelta
 from kvllama.results import CompletionResult
 from kvllama.server.errors import error_body, from_exception
+from kvllama.server.schemas_common import refuse_suffix
 from kvllama.server.sse import dumps
 
 Kind = Literal["generate", "chat"]
@@ -104,9 +105,7 @@ class GenerateRequest(_Generation):
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        return value
+        return refuse_suffix(value)
 
     @field_validator("images")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId
+from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId, refuse_suffix
 
 MAX_CHOICES = 16
 
@@ -124,9 +124,7 @@ class CompletionRequest(_Sampling):
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        return value
+        return refuse_suffix(value)
 
     @field_validator("best_of")
     @classmethod
