@@ -245,22 +245,29 @@ def test_model_registry_errors(stub_engine):
 def test_many_async_consumers_share_one_loop(stub_engine):
     engine, _ = stub_engine(n_seq_max=4, decode_delay=0.001)
 
+    finished: list[int] = []
+    others_done = asyncio.Event()
+
     async def one(i: int) -> tuple[int, int]:
         n = 0
         async for event in engine.ainfer("s", f"async {i}", max_tokens=10, temperature=0):
             if isinstance(event, TokenEvent):
                 n += 1
-            if i == 0:
-                await asyncio.sleep(0.01)  # a slow consumer must not stall the others
+            if i == 0 and n == 1:
+                # A consumer that stops reading must not stall the others (bounded only so that a
+                # stall fails the test instead of hanging it).
+                await asyncio.wait_for(others_done.wait(), 60)
+        finished.append(i)
+        if len(finished) == 7 and 0 not in finished:
+            others_done.set()
         return i, n
 
     async def main():
         return await asyncio.gather(*(one(i) for i in range(8)))
 
-    started = time.perf_counter()
     results = asyncio.run(main())
     assert sorted(results) == [(i, 10) for i in range(8)]
-    assert time.perf_counter() - started < 5
+    assert finished[-1] == 0  # the other seven ended while consumer 0 was not reading
 
 
 def test_abandoning_an_async_stream_cancels_its_request(stub_engine):

@@ -38,10 +38,9 @@ def wait_idle(engine, timeout: float = 5.0) -> None:
 
 
 def assert_next_request_is_served(url: str, backend) -> None:
-    started = time.monotonic()
     r = httpx.post(f"{url}/v1/chat/completions", json=chat(4, stream=False), timeout=10)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
-    assert time.monotonic() - started < 5
+    # Counted, not timed: the abandoned request decoded far fewer rows than it asked for.
     assert sum(len(rows) for rows in backend.decode_log) < LONG // 2
 
 
