@@ -1,6 +1,7 @@
 """Ollama-compatible routes: generate, chat, embed, tags, show, ps, version.
 
-Request and response shapes are Ollama's (docs/api.md), rendered by
+Request and response shapes are Ollama's (its API reference): bodies in
+:mod:`kvllama.server.ollama.schemas`, replies rendered by
 :mod:`kvllama.server.ollama.rendering`; generation goes through the same
 :func:`~kvllama.server.generation.start` / ``first_event`` / ``complete`` and
 chat prompts through the same :func:`chat_prompt.render` (default stops,
@@ -36,13 +37,13 @@ from kvllama.server.agent_params import session_params
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from kvllama.server.ollama import rendering as ollama_rendering
-from kvllama.server.ollama.rendering import (
+from kvllama.server.ollama.rendering import Kind, OllamaStreamWriter
+from kvllama.server.ollama.schemas import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
-    Kind,
-    OllamaStreamWriter,
+    Options,
     ShowRequest,
 )
 from kvllama.server.openapi import body_schema
@@ -112,7 +113,7 @@ async def chat(request: Request) -> Response:
 
 
 def _params(state: ServerState, body: GenerateRequest | ChatRequest, stop: list[str]) -> dict[str, Any]:
-    o = body.options or ollama_rendering.Options()
+    o = body.options or Options()
     limit = state.config.max_tokens_limit
     # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
     max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
