@@ -16,7 +16,7 @@ from kvllama.engine.channels import Channels
 from kvllama.engine.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, best_live_source
 from kvllama.engine.loop_state import LoopState
 from kvllama.engine.markers import MarkerRouter
-from kvllama.engine.request import AsyncioSink, CacheAccount, CacheHitKind, Request, Status
+from kvllama.engine.request import AsyncioSink, CacheAccount, Request, Status
 from kvllama.engine.residents import Resident
 from kvllama.engine.sessions import Session, SessionKey
 from kvllama.engine.slots import plan_moves
@@ -135,7 +135,7 @@ class Admission(LoopState):
         r.n_computed = r.exact_len = r.cache.read = source.shared
         r.cache.source = "live"
         whole = source.shared >= len(r.prompt) - self.backend.shape.min_chunk_rows
-        r.cache.hit_kind = CacheHitKind.EXACT if whole else CacheHitKind.PARTIAL
+        r.cache.hit_kind = "exact" if whole else "partial"
         if self.warm is not None:
             try:
                 self.warm.save_live_prefix(r)
@@ -192,7 +192,7 @@ class Admission(LoopState):
                 self.warm.plan_save_points(r)
             except Exception:  # costs only this prompt's rows, never the request
                 log.exception("planning cache save points for request %s failed", r.id)
-        self.status.last_cache_hit = {"kind": r.cache.hit_kind.value, "prefix_len": r.cache.read,
+        self.status.last_cache_hit = {"kind": r.cache.hit_kind, "prefix_len": r.cache.read,
                                       "source": r.cache.source}
         self.status.count_reuse(r.cache.source, len(r.prompt), r.cache.read)
         r.status = Status.PREFILLING
@@ -257,10 +257,10 @@ class Admission(LoopState):
         r.n_computed = r.exact_len = r.cache.read = keep
         r.cache.source = "session" if isinstance(held, Session) else "slot"
         if isinstance(held, Session):
-            r.cache.hit_kind = CacheHitKind.STICKY
+            r.cache.hit_kind = "sticky"
         else:
             whole = keep == len(r.prompt) - tail
-            r.cache.hit_kind = CacheHitKind.EXACT if whole else CacheHitKind.PARTIAL
+            r.cache.hit_kind = "exact" if whole else "partial"
         return True
 
     def _release_session(self, session: Session, reason: SaveReason) -> None:

@@ -63,7 +63,7 @@ class Finishing(LoopState):
             stop_sequence=stop,
             committed_tokens=committed,
             finish_key=r.cache.finish_key,
-            cache_hit_kind=r.cache.hit_kind.value,  # type: ignore[arg-type]
+            cache_hit_kind=r.cache.hit_kind,
             cache_delta=CacheDelta(read=r.cache.read, created=r.cache.created),
             seed=r.params.seed,
         ))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from kvllama.engine.spec_governor import SpeculationGovernor
-from kvllama.events import Event
+from kvllama.events import CacheHitKind, Event
 
 if TYPE_CHECKING:
     from kvllama.backend.protocol import Sampler
@@ -112,15 +112,6 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-class CacheHitKind(enum.StrEnum):
-    """How a request's prompt was found: what ``CompletionResult.cache_hit_kind`` reports."""
-
-    COLD = "cold"
-    EXACT = "exact"
-    PARTIAL = "partial"
-    STICKY = "sticky"
-
-
 @dataclass(frozen=True)
 class RequestOptions:
     """What a request asks of the engine besides sampling; validated once, where it is built."""
@@ -172,7 +163,7 @@ class Timing:
 class CacheAccount:
     """What the KV cache did for this request (engine/warm.py fills it)."""
 
-    hit_kind: CacheHitKind = CacheHitKind.COLD
+    hit_kind: CacheHitKind = "cold"
     # Prompt tokens restored, and the most tokens this request added to the cache.
     read: int = 0
     created: int = 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from kvllama.backend.protocol import Backend
 from kvllama.engine.fresh_rows import FreshRow, FreshRows
 from kvllama.engine.recent_prefixes import RecentPrefixes
-from kvllama.engine.request import CacheHitKind, Request, resume_point
+from kvllama.engine.request import Request, resume_point
 from kvllama.engine.scheduler import MIN_CHUNK_ROWS
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 from kvllama.tokens import shared_prefix
@@ -100,19 +100,19 @@ class WarmStart:
         best = min(hit.n_tokens, limit) if hit is not None else 0
         fresh = self.fresh.longest(r.prompt, r.options.kv_tenant, limit)
         if fresh is not None and len(fresh.tokens) > best and self._load_fresh(r, fresh):
-            r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
+            r.cache.hit_kind = "exact" if r.n_computed >= limit else "partial"
             r.cache.source = "memory"
             return
         shared = self._shared_hit(root, r, limit, better_than=best)
         if shared is not None and self._load(r, shared[0]) and self._cut(r, shared[1]):
-            r.cache.hit_kind = CacheHitKind.PARTIAL
+            r.cache.hit_kind = "partial"
             return
         if hit is None or best < self.policy.min_restore or not self._load(r, hit):
             return
         if r.n_computed > limit and not self._cut(r, limit):
             return
         # "exact": nothing more of this prompt could have been restored under the rules above.
-        r.cache.hit_kind = CacheHitKind.EXACT if r.n_computed >= limit else CacheHitKind.PARTIAL
+        r.cache.hit_kind = "exact" if r.n_computed >= limit else "partial"
 
     def restorable(self, r: Request) -> int:
         """Prompt tokens a restore would give ``r`` from its own rows (prefix or fresh), nothing loaded."""
