@@ -88,18 +88,20 @@ class Admission(LoopState):
             return target
         return free
 
-    def _live_source(self, r: Request) -> LiveSource | None:
+    def _live_source(self, r: Request, restorable: int | None = None) -> LiveSource | None:
         """The live sequence that spares the most of the prompt, unless the cache restores as much.
 
         Another conversation's slot that shares only a system prompt must not
         win over this conversation's own row in the cache (its slot was given
         up while the turn's reply was read): copying it would restore less.
         Kept slots come first among equals: one the prompt continues whole is
-        taken over, with no copy at all.
+        taken over, with no copy at all. ``restorable``: the cache's answer, when
+        the caller has it already.
         """
         if not (self._running or self.sessions.parked or self.residents):
             return None  # no look ahead into the cache when nothing could win
-        restorable = self.warm.restorable(r) if self.warm is not None else 0
+        if restorable is None:
+            restorable = self.warm.restorable(r) if self.warm is not None else 0
         source = best_live_source(
             r.prompt, r.options.kv_tenant, len(r.prompt) - self.backend.shape.min_chunk_rows,
             max(MIN_RESIDENT_SHARE, restorable), self._live_candidates(r))

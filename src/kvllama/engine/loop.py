@@ -271,10 +271,9 @@ class ModelLoop(Admission, Runner, Finishing):
         opts = r.options
         if opts.session_id is not None and (opts.cache_salt, opts.session_id) in self.sessions.parked:
             return False
-        source = self._live_source(r)
-        reused = source.shared if source is not None else 0
-        if self.warm is not None:
-            reused = max(reused, self.warm.restorable(r))
+        restorable = self.warm.restorable(r) if self.warm is not None else 0
+        source = self._live_source(r, restorable)
+        reused = max(restorable, source.shared if source is not None else 0)
         return reused == 0 or len(r.prompt) - reused > BURST_MIN_PREFILL
 
     def _gather_burst(self) -> bool:
