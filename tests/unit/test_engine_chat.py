@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from kvllama.kvcache import CacheConfig
+from kvllama.request import ChatInput, GenerationRequest
 
 MESSAGES = [{"role": "system", "content": "Be brief. " * 20}, {"role": "user", "content": "Hi there"}]
 
@@ -18,14 +19,18 @@ def test_chat_equals_complete_on_the_rendered_prompt_with_the_templates_stops(st
     assert chat.reply == plain.reply and chat.generated_tokens == plain.generated_tokens
 
 
+def _resolved(engine, template=None, **params):
+    chat = ChatInput.of(MESSAGES, template=template)
+    return engine.resolve_request("s", GenerationRequest.build(chat=chat, **params))
+
+
 def test_chat_keeps_the_callers_stops_first_and_a_named_template_has_none(stub_engine):
     engine, _ = stub_engine()
-    _text, params = engine._chat_prompt("s", MESSAGES, None, None, None, {"stop": "zz"})
-    assert params["stop"] == ["zz", "\nUser:", "\nAssistant:"]
-    _text, params = engine._chat_prompt("s", MESSAGES, None, None, None, {"stop": ["\nUser:"]})
-    assert params["stop"] == ["\nUser:", "\nAssistant:"]
-    text, params = engine._chat_prompt("s", MESSAGES, None, None, "chatml", {})
-    assert params["stop"] is None and text.startswith("<|im_start|>system")
+    assert _resolved(engine, stop="zz").sampling.stop == ("zz", "\nUser:", "\nAssistant:")
+    assert _resolved(engine, stop=["\nUser:"]).sampling.stop == ("\nUser:", "\nAssistant:")
+    chatml = _resolved(engine, "chatml")
+    assert chatml.sampling.stop == ()
+    assert engine.detokenize("s", chatml.prompt).startswith("<|im_start|>system")
 
 
 def test_chat_streams_and_async_forms_agree(stub_engine):

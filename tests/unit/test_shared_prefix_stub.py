@@ -10,7 +10,8 @@ from kvllama.engine.fresh_rows import FreshRow, FreshRows
 from kvllama.engine.recent_prefixes import RecentPrefixes
 from kvllama.errors import InvalidRequestError
 from kvllama.kvcache import CacheConfig, KeyRoot, KvCache
-from kvllama.server import chat_prompt
+from kvllama.request import ChatInput
+from kvllama.server.anthropic.schemas import tools_as_functions
 
 RAM_ONLY = CacheConfig(shm_dir=None, disk_dir=None)
 
@@ -156,8 +157,9 @@ def test_chat_save_points_mark_the_system_prompt_and_the_history(stub_engine):
     engine, _ = stub_engine(cache=RAM_ONLY)
     messages = [{"role": "system", "content": "Rules. " * 30}, {"role": "user", "content": "Hi."},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"}]
-    prompt = chat_prompt.render(engine, "s", messages)
-    tokens = engine.tokenize("s", prompt.text)
+    prompt = engine.chat_prompt("s", ChatInput.of(messages), find_save_points=True)
+    tokens = prompt.tokens
+    assert list(tokens) == engine.tokenize("s", prompt.text)
     text_at = [engine.detokenize("s", tokens[1:p]) for p in prompt.save_points]
     assert text_at == [prompt.text[: prompt.text.index("Hi.")], prompt.text[: prompt.text.index("Bye?")]]
 
@@ -167,12 +169,12 @@ def test_anthropic_cache_control_blocks_become_save_points(stub_engine):
     doc = {"type": "text", "text": "Doc. " * 40, "cache_control": {"type": "ephemeral"}}
     messages = [{"role": "user", "content": [doc, {"type": "text", "text": "Question?"}]}]
     from kvllama.chat import prefix_points
-    marks = prefix_points.anthropic_breakpoints(messages, None, None, chat_prompt.tools_as_functions)
-    prompt = chat_prompt.render(engine, "s", messages, breakpoints=marks)
-    tokens = engine.tokenize("s", prompt.text)
+    marks = prefix_points.anthropic_breakpoints(messages, None, None, tools_as_functions)
+    prompt = engine.chat_prompt("s", ChatInput.of(messages, breakpoints=marks), find_save_points=True)
     assert len(prompt.save_points) == 1
-    assert engine.detokenize("s", tokens[1 : prompt.save_points[0]]).endswith("Doc. Doc. ")
-    plain = chat_prompt.render(engine, "s", messages)  # no breakpoints, one turn: nothing to mark
+    assert engine.detokenize("s", prompt.tokens[1 : prompt.save_points[0]]).endswith("Doc. Doc. ")
+    # No breakpoints, one turn: nothing to mark.
+    plain = engine.chat_prompt("s", ChatInput.of(messages), find_save_points=True)
     assert plain.save_points == ()
 
 

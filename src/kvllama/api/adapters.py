@@ -11,10 +11,10 @@ request with another set (kvllama.kvcache.KeyRoot.adapters).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from kvllama.errors import InvalidRequestError
+from kvllama.request import check_adapter_scale
 
 if TYPE_CHECKING:
     from kvllama.models.loaded import LoadedModel
@@ -29,7 +29,7 @@ class AdapterMethods:
     def load_adapter(self, model_id: str, adapter_id: str, path: str, scale: float = 1.0) -> str:
         """Load a LoRA GGUF for ``model_id`` under ``adapter_id``; returns the file's sha256."""
         model = self._model(model_id)
-        _check_scale(scale)
+        check_adapter_scale(scale)
         if not isinstance(adapter_id, str) or not adapter_id:
             raise InvalidRequestError("adapter_id must be a non-empty string")
         sha = model.loop.call(lambda: model.backend.load_adapter(adapter_id, str(path))).result()
@@ -49,7 +49,7 @@ class AdapterMethods:
     def set_adapter_scale(self, model_id: str, adapter_id: str, scale: float) -> None:
         """The default scale for requests submitted from now on (0: left out)."""
         model = self._model(model_id)
-        _check_scale(scale)
+        check_adapter_scale(scale)
         if adapter_id not in model.adapters:
             raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for {model_id!r}")
         path, _ = model.adapters[adapter_id]
@@ -60,8 +60,3 @@ class AdapterMethods:
         return [{"id": i, "path": path, "scale": scale, "sha256": model.backend.adapter_sha256(i)}
                 for i, (path, scale) in model.adapters.items()]
 
-
-def _check_scale(scale: object) -> None:
-    ok = isinstance(scale, int | float) and not isinstance(scale, bool)
-    if not ok or not math.isfinite(scale) or not -100.0 <= scale <= 100.0:  # type: ignore[arg-type,operator]
-        raise InvalidRequestError(f"an adapter scale is a number in [-100, 100], got {scale!r}")

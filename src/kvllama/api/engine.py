@@ -18,19 +18,21 @@ from typing import Any
 
 from kvllama.api.adapters import AdapterMethods
 from kvllama.api.chat import ChatMethods
-from kvllama.api.probe_methods import ProbeMethods
-from kvllama.api.requests import (
-    Prompt,
-    build_request,
+from kvllama.api.preparation import (
+    chat_prompt,
     close_samplers,
+    loop_request,
     prompt_tokens,
+    resolve,
     tokenize_text,
 )
+from kvllama.api.probe_methods import ProbeMethods
 from kvllama.api.session_methods import SessionMethods
 from kvllama.api.spec_methods import SpecMethods
 from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.api.text_methods import TextMethods
-from kvllama.chat.templates import resolve_template
+from kvllama.chat.prompt import ChatInput, ChatPrompt
+from kvllama.chat.templates import resolve_template, template_stops
 from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
 from kvllama.engine.markers import markers_from_options
 from kvllama.engine.request import EventSink, QueueSink, Request
@@ -50,6 +52,7 @@ from kvllama.models.factory import BackendFactory, draft_model_for, llama_backen
 from kvllama.models.fingerprint import key_root
 from kvllama.models.loaded import LoadedModel, ModelInfo
 from kvllama.options import ModelOptions
+from kvllama.request import GenerationRequest, Prompt
 from kvllama.results import CompletionResult
 
 
@@ -206,8 +209,12 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
 
     def infer(self, model_id: str, prompt: Prompt, **params: Any) -> RequestStream:
         """Start a request; iterate the returned stream for its events."""
-        model, request = self._prepare(model_id, prompt, params, QueueSink())
-        stream = RequestStream(request, model.loop, model_id)
+        return self.start(model_id, GenerationRequest.build(prompt, **params))
+
+    def start(self, model_id: str, request: GenerationRequest) -> RequestStream:
+        """:meth:`infer` for a request built already (``GenerationRequest.build``, an HTTP edge)."""
+        model, loop_req = self._prepare(model_id, request, QueueSink())
+        stream = RequestStream(loop_req, model.loop, model_id)
         self._start(model, stream)
         return stream
 
@@ -218,8 +225,9 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
         streams: list[RequestStream] = []
         try:
             for prompt in prompts:
-                model, request = self._prepare(model_id, prompt, params, QueueSink())
-                streams.append(RequestStream(request, model.loop, model_id))
+                request = GenerationRequest.build(prompt, **params)
+                model, loop_req = self._prepare(model_id, request, QueueSink())
+                streams.append(RequestStream(loop_req, model.loop, model_id))
         except BaseException:
             for stream in streams:
                 self._release(stream.request)
@@ -230,20 +238,25 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
 
     def ainfer(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncRequestStream:
         """Like :meth:`infer`, for ``async for``; call it from a running event loop."""
-        model, request = self._prepare(model_id, prompt, params, asyncio_sink())
-        stream = AsyncRequestStream(request, model.loop, model_id)
+        return self.astart(model_id, GenerationRequest.build(prompt, **params))
+
+    def astart(self, model_id: str, request: GenerationRequest) -> AsyncRequestStream:
+        """:meth:`ainfer` for a built request (see :meth:`asubmit` to prepare it off the event loop)."""
+        model, loop_req = self._prepare(model_id, request, asyncio_sink())
+        stream = AsyncRequestStream(loop_req, model.loop, model_id)
         self._start(model, stream)
         return stream
 
-    async def asubmit(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncRequestStream:
-        """:meth:`ainfer` with the request's CPU work in a worker thread.
+    async def asubmit(self, model_id: str, request: GenerationRequest) -> AsyncRequestStream:
+        """Start a built request with its CPU work in a worker thread (what the HTTP server calls).
 
-        Tokenizing a long prompt and parsing a grammar can take a while; done on
-        the event loop they would stall every other stream an HTTP server feeds.
+        Rendering a chat, tokenizing a long prompt and parsing a grammar can take
+        a while; done on the event loop they would stall every other stream an
+        HTTP server feeds.
         """
         sink = asyncio_sink()
-        model, request = await asyncio.to_thread(self._prepare, model_id, prompt, params, sink)
-        stream = AsyncRequestStream(request, model.loop, model_id)
+        model, loop_req = await asyncio.to_thread(self._prepare, model_id, request, sink)
+        stream = AsyncRequestStream(loop_req, model.loop, model_id)
         self._start(model, stream)
         return stream
 
@@ -255,20 +268,43 @@ class Engine(TextMethods, ChatMethods, AdapterMethods, SpecMethods, ProbeMethods
         stream.cancel()
         return True
 
+    def resolve_request(self, model_id: str, request: GenerationRequest) -> GenerationRequest:
+        """The request with its prompt as this model's token ids: a conversation rendered (once),
+        its template's stops added and its shared prefixes found; ids checked against the vocabulary."""
+        model = self._model(model_id)
+
+        def build_chat(chat: ChatInput, find_save_points: bool) -> ChatPrompt:
+            return self.chat_prompt(model_id, chat,
+                                    find_save_points=find_save_points and self.saves_prompt_rows)
+
+        return resolve(model.backend, request, build_chat)
+
+    def chat_prompt(self, model_id: str, chat: ChatInput, *, find_save_points: bool = False) -> ChatPrompt:
+        """A conversation's prompt as a request queues it: text, tokens, the template's stops, save points."""
+        model = self._model(model_id)
+        stops = template_stops(chat.template or model.chat_template_source)
+
+        def render(messages: Any, system: Any, tools: Any) -> str:
+            return self.apply_chat_template(model_id, messages, system=system, tools=tools,
+                                            template=chat.template)
+
+        return chat_prompt(model.backend, chat, render, stops, find_save_points=find_save_points)
+
     def _prepare(
-        self, model_id: str, prompt: Prompt, params: dict[str, Any], sink: EventSink
+        self, model_id: str, request: GenerationRequest, sink: EventSink
     ) -> tuple[LoadedModel, Request]:
         model = self._model(model_id)
         defaults = {i: scale for i, (_path, scale) in model.adapters.items()}
-        request = build_request(model.backend, model.loop.markers, prompt, params, sink, defaults)
-        session_id = request.options.session_id
+        resolved = self.resolve_request(model_id, request)
+        loop_req = loop_request(model.backend, model.loop.markers, resolved, sink, defaults)
+        session_id = loop_req.options.session_id
         if session_id is not None:
             try:
-                self._claim_session(model_id, session_id, request)
+                self._claim_session(model_id, session_id, loop_req)
             except BaseException:
-                close_samplers(request)
+                close_samplers(loop_req)
                 raise
-        return model, request
+        return model, loop_req
 
     def _claim_session(self, model_id: str, session_id: str, request: Request) -> None:
         """Fail fast if the session is busy; free it again when the request ends.

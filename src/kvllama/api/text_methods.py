@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kvllama.api.requests import Prompt, prompt_tokens
+from kvllama.api.preparation import prompt_tokens
 from kvllama.chat.templates import render_chat, resolve_template
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.errors import InvalidRequestError
+from kvllama.request import Prompt
 
 if TYPE_CHECKING:
     from kvllama.models.loaded import LoadedModel

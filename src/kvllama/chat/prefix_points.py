@@ -53,10 +53,9 @@ class Variant:
     tools: Sequence[Mapping[str, Any]] | None
 
 
-def save_points(render: Render, tokenize: Tokenize, conv: Conversation, text: str,
+def save_points(render: Render, tokenize: Tokenize, conv: Conversation, text: str, tokens: Sequence[int],
                 breakpoints: Sequence[Variant] = ()) -> tuple[int, ...]:
-    """Token offsets into the prompt ``text`` (as ``tokenize`` gives it) where shared prefixes end."""
-    tokens = tokenize(text)
+    """Token offsets into the prompt ``text`` (``tokens``: ``tokenize(text)``) where shared prefixes end."""
     points: set[int] = set()
     for variant in [*breakpoints, *_structural(conv)][:MAX_POINTS]:
         other = render(variant.messages, variant.system, variant.tools)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kvllama.engine.spec_governor import SpeculationGovernor
 from kvllama.events import CacheHitKind, Event
+from kvllama.request.options import RequestOptions
 
 if TYPE_CHECKING:
     from kvllama.backend.protocol import Sampler
@@ -113,41 +114,13 @@ class Status(enum.Enum):
 
 
 @dataclass(frozen=True)
-class RequestOptions:
-    """What a request asks of the engine besides sampling; validated once, where it is built."""
-
-    # Tenant isolation: rows and sessions of another salt are invisible.
-    cache_salt: str | None = None
-    # Sticky session (engine/sessions.py): the conversation keeps its sequence between turns.
-    session_id: str | None = None
-    # A previous result's finish_key: resume exactly from that row.
-    parent_key: bytes | None = None
-    # Token offsets where this prompt's prefix is shared with others (the end of a system
-    # prompt, a cache_control breakpoint): the prefill saves a row there (engine/warm.py).
-    save_points: tuple[int, ...] = ()
-    # The prompt continues the session's transcript (its previous prompt and reply) instead
-    # of repeating it; optionally only if the transcript is this many tokens long.
-    continue_session: bool = False
-    expect_session_tokens: int | None = None
-    # LoRA adapters the request runs with: ((adapter id, scale), ...), sorted, no zero scales;
-    # and the same by file sha256, which names them in cache keys.
-    adapters: tuple[tuple[str, float], ...] = ()
-    adapter_key: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def kv_tenant(self) -> tuple[str | None, tuple[tuple[str, float], ...]]:
-        """Who may share KV with this request: the same cache salt and the same adapters."""
-        return (self.cache_salt, self.adapter_key)
-
-
-@dataclass(frozen=True)
 class RequestSpec:
     """The request as submitted: nothing here changes while it runs."""
 
     id: str
     prompt: tuple[int, ...]
     params: SamplingParams
-    options: RequestOptions = RequestOptions()
+    options: RequestOptions = field(default_factory=RequestOptions)
     submitted_at: float = field(default_factory=time.perf_counter)
 
 

@@ -17,6 +17,7 @@ from ``kvllama serve``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -26,13 +27,13 @@ from typing import Any
 
 from kvllama.api.engine import Engine
 from kvllama.api.engine_spec import EngineSpec
-from kvllama.api.requests import Prompt
 from kvllama.errors import InvalidRequestError
 from kvllama.events import Event
 from kvllama.models.loaded import ModelInfo
 from kvllama.ray.policy import RouteInfo
 from kvllama.ray.registry import ROUTERS
 from kvllama.ray.replica import Admitted, Refused
+from kvllama.request import GenerationRequest, Prompt
 
 # Set per HTTP request by the ingress middleware: the replica that served it (a response header).
 served_by: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
@@ -94,14 +95,18 @@ class ReplicatedEngine(Engine):
 
     # --- generation, on a replica ---------------------------------------------------
 
-    async def asubmit(self, model_id: str, prompt: Prompt, **params: Any) -> RemoteStream:  # type: ignore[override]
-        tokens = tuple(self.prompt_tokens(model_id, prompt))
+    async def asubmit(self, model_id: str, request: GenerationRequest) -> RemoteStream:  # type: ignore[override]
+        """Resolved here (a chat rendered, the prompt tokenized: the same files as the replicas'),
+        routed by its tokens, and run on the chosen replica as it is."""
+        resolved = await asyncio.to_thread(self.resolve_request, model_id, request)
+        assert isinstance(resolved.prompt, tuple)
+        tokens = resolved.prompt
         route = RouteInfo(
-            model_id=model_id, tokens=tokens, cache_salt=params.get("cache_salt"),
-            session_id=params.get("session_id"), own_adapters=params.get("adapters") is not None,
+            model_id=model_id, tokens=tokens, cache_salt=resolved.options.cache_salt,
+            session_id=resolved.options.session_id, own_adapters=resolved.adapters is not None,
             route_id=uuid.uuid4().hex,
         )
-        response = self._replicas.generate.options(stream=True).remote(route, model_id, list(tokens), params)
+        response = self._replicas.generate.options(stream=True).remote(route, model_id, resolved)
         first = await anext(aiter(response))
         if isinstance(first, Refused):
             raise first.error

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from kvllama.errors import KvllamaError
 from kvllama.events import Event
 from kvllama.ray.policy import RouteInfo
 from kvllama.ray.router import encode_stats
+from kvllama.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ class KvllamaReplica:
         self.engine = self.spec.build()
 
     async def generate(
-        self, route: RouteInfo, model_id: str, prompt: Sequence[int] | str, params: dict[str, Any]
+        self, route: RouteInfo, model_id: str, request: GenerationRequest
     ) -> AsyncIterator[Admitted | Refused | Event]:
         try:
-            stream = await self.engine.asubmit(model_id, prompt, **params)
+            stream = await self.engine.asubmit(model_id, request)
         except KvllamaError as exc:
             yield Refused(exc)
             return

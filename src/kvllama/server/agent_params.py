@@ -1,33 +1,13 @@
-"""Agent-facing request options shared by both API families: sessions, thinking, signatures.
-
-Each helper returns engine params only for what the client actually set, so
-a request that uses none of these features queues exactly as before (and an
-engine without the feature never sees an unknown parameter).
-"""
+"""Thinking signatures: the key a server checks them with, and the check (Anthropic's rule)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from starlette.requests import Request
-
 from kvllama.server.errors import ApiError
-from kvllama.server.schemas_common import MAX_SESSION_ID, SESSION_HEADER
 from kvllama.server.state import ServerState
 from kvllama.signing import verify_thinking
-
-
-def session_params(request: Request, body_session: str | None) -> dict[str, Any]:
-    """``{"session_id": ...}`` from the body or the ``x-session-id`` header; {} when neither is given."""
-    header = request.headers.get(SESSION_HEADER)
-    if header is not None and not 1 <= len(header) <= MAX_SESSION_ID:
-        raise ApiError(400, f"{SESSION_HEADER} must be 1 to {MAX_SESSION_ID} characters", param="session_id")
-    if body_session is not None and header is not None and header != body_session:
-        raise ApiError(400, f"session_id in the body and the {SESSION_HEADER} header differ",
-                       param="session_id")
-    session = body_session if body_session is not None else header
-    return {} if session is None else {"session_id": session}
 
 
 def thinking_key(state: ServerState) -> bytes | None:

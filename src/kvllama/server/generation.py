@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from starlette.requests import Request
 
 from kvllama.api.streams import AsyncRequestStream
 from kvllama.events import DoneEvent, ErrorEvent, Event, TokenEvent
 from kvllama.replies import Delta, Reply
+from kvllama.request import GenerationRequest
 from kvllama.results import CompletionResult, ResultBuilder
 from kvllama.server.errors import ClientDisconnected
 from kvllama.server.state import ServerState
@@ -107,16 +108,16 @@ class Generation:
 
 
 async def start(
-    state: ServerState, name: str, model_id: str, prompt: str | Sequence[int], params: dict[str, Any],
-    started: float,
+    state: ServerState, name: str, model_id: str, generation: GenerationRequest, started: float,
 ) -> Generation:
     """Queue a request (typed errors such as ContextOverflowError are raised here, before any body).
 
-    Tokenizing and grammar parsing run in a worker thread (``Engine.asubmit``),
-    so a huge prompt does not stall the event loop that feeds every stream.
+    Rendering a chat, tokenizing and grammar parsing run in a worker thread
+    (``Engine.asubmit``), so a huge prompt does not stall the event loop that
+    feeds every stream.
     """
     state.check_capacity(name, model_id)
-    stream = await state.engine.asubmit(model_id, prompt, **params)
+    stream = await state.engine.asubmit(model_id, generation)
     return Generation(state, name, stream, started)
 
 

@@ -22,37 +22,27 @@ import json
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 
+from kvllama.kvcache import validate_cache_salt
+from kvllama.request import check_session_id
 from kvllama.server.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
-_SALT = re.compile(r"[A-Za-z0-9._:-]{1,256}")
-
-
 def _check_salt(value: str) -> str:
-    if not _SALT.fullmatch(value):
-        raise ValueError("cache_salt must be 1 to 256 characters from A-Z a-z 0-9 . _ : -")
+    validate_cache_salt(value)
     return value
 
 
-# A tenant's cache namespace (vLLM / TensorRT-LLM convention).
+# A tenant's cache namespace (vLLM / TensorRT-LLM convention); the rule is the cache's own.
 CacheSalt = Annotated[str, AfterValidator(_check_salt)]
 
 SESSION_HEADER = "x-session-id"
-MAX_SESSION_ID = 256
-
-
-def _check_session(value: str) -> str:
-    if not 1 <= len(value) <= MAX_SESSION_ID or not value.isprintable():
-        raise ValueError(f"session_id must be 1 to {MAX_SESSION_ID} printable characters")
-    return value
-
 
 # Pins a conversation to one sequence slot (sticky sessions, docs/guide/agents.md).
-SessionId = Annotated[str, AfterValidator(_check_session)]
+SessionId = Annotated[str, AfterValidator(check_session_id)]
 
 
 # Real requests nest a few levels (tool schemas perhaps 10-20); 128 keeps every
@@ -184,15 +174,11 @@ def stops(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def sampling(**params: Any) -> dict[str, Any]:
-    """Engine generation parameters, without the ones the client did not set."""
-    return {k: v for k, v in params.items() if v is not None}
-
-
 class LoraRef(BaseModel):
     """One adapter of a request's ``lora`` list: its index in ``/lora-adapters`` or its name."""
 
     model_config = ConfigDict(extra="ignore")
 
     id: int | str
-    scale: float = Field(default=1.0, ge=-100, le=100)
+    # Checked with the request (kvllama.request.check_adapter_scale): one rule for every way in.
+    scale: float = 1.0

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 import kvllama
 from kvllama.backend.stub import StubBackend
+from kvllama.request import GenerationRequest
 from kvllama.server import ServerConfig, create_app
 
 Made = tuple[TestClient, kvllama.Engine, StubBackend]
@@ -62,12 +63,17 @@ class ScriptedStream:
 
 @dataclass
 class Scripted:
-    """A client whose engine answers every generation with ``events``; ``calls`` records (prompt, params)."""
+    """A client whose engine answers every generation with ``events``; ``calls`` records each request."""
 
     client: TestClient
     engine: kvllama.Engine
     events: list[Any]
-    calls: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    calls: list[GenerationRequest] = field(default_factory=list)
+
+    def prompt_text(self) -> str:
+        """The last request's prompt as the engine would queue it (a chat rendered), as text."""
+        resolved = self.engine.resolve_request("s", self.calls[-1])
+        return self.engine.detokenize("s", resolved.prompt)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -78,8 +84,8 @@ def scripted(make_client: Callable[..., Made]) -> Callable[..., Scripted]:
         client, engine, _ = make_client(config)
         made = Scripted(client, engine, list(events))
 
-        async def asubmit(model_id: str, prompt: Any, **params: Any) -> ScriptedStream:
-            made.calls.append((prompt, params))
+        async def asubmit(model_id: str, request: GenerationRequest) -> ScriptedStream:
+            made.calls.append(request)
             return ScriptedStream(made.events, tuple(range(10)))
 
         engine.asubmit = asubmit  # type: ignore[method-assign]

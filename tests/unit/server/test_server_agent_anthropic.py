@@ -138,13 +138,13 @@ def test_thinking_parameter_becomes_engine_params_only_when_given(scripted):
     post = s.client.post
     enabled = {"type": "enabled", "budget_tokens": 2048}
     assert post("/v1/messages", json=body(thinking=enabled)).status_code == 200
-    assert s.calls[-1][1]["thinking"] is True and s.calls[-1][1]["thinking_budget_tokens"] == 2048
+    assert s.calls[-1].sampling.thinking is True and s.calls[-1].sampling.thinking_budget_tokens == 2048
     assert post("/v1/messages", json=body(thinking={"type": "enabled"})).status_code == 200
-    assert s.calls[-1][1]["thinking"] is True and "thinking_budget_tokens" not in s.calls[-1][1]
+    assert s.calls[-1].sampling.thinking is True and s.calls[-1].sampling.thinking_budget_tokens is None
     assert post("/v1/messages", json=body(thinking={"type": "disabled"})).status_code == 200
-    assert s.calls[-1][1]["thinking"] is False and "thinking_budget_tokens" not in s.calls[-1][1]
+    assert s.calls[-1].sampling.thinking is False and s.calls[-1].sampling.thinking_budget_tokens is None
     assert post("/v1/messages", json=body()).status_code == 200
-    assert "thinking" not in s.calls[-1][1] and "session_id" not in s.calls[-1][1]
+    assert s.calls[-1].sampling.thinking is None and s.calls[-1].options.session_id is None
     for bad in ({"type": "on"}, {"type": "enabled", "budget_tokens": 0}, "yes"):
         r = post("/v1/messages", json=body(thinking=bad))
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", bad
@@ -153,9 +153,9 @@ def test_thinking_parameter_becomes_engine_params_only_when_given(scripted):
 def test_session_id_from_body_or_header(scripted):
     s = scripted([TextEvent("ok"), done()])
     assert s.client.post("/v1/messages", json=body(session_id="conv-1")).status_code == 200
-    assert s.calls[-1][1]["session_id"] == "conv-1"
+    assert s.calls[-1].options.session_id == "conv-1"
     assert s.client.post("/v1/messages", json=body(), headers={"x-session-id": "conv-2"}).status_code == 200
-    assert s.calls[-1][1]["session_id"] == "conv-2"
+    assert s.calls[-1].options.session_id == "conv-2"
     r = s.client.post("/v1/messages", json=body(session_id="a"), headers={"x-session-id": "b"})
     assert r.status_code == 400 and "differ" in r.json()["error"]["message"]
     assert s.client.post("/v1/messages", json=body(session_id="")).status_code == 400

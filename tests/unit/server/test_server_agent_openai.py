@@ -116,14 +116,14 @@ def test_thinking_extension_and_session_become_engine_params_only_when_given(scr
     post = s.client.post
     r = post("/v1/chat/completions", json=chat(thinking=True, thinking_budget_tokens=100))
     assert r.status_code == 200
-    assert s.calls[-1][1]["thinking"] is True and s.calls[-1][1]["thinking_budget_tokens"] == 100
+    assert s.calls[-1].sampling.thinking is True and s.calls[-1].sampling.thinking_budget_tokens == 100
     assert post("/v1/chat/completions", json=chat(session_id="c1")).status_code == 200
-    assert s.calls[-1][1]["session_id"] == "c1" and "thinking" not in s.calls[-1][1]
+    assert s.calls[-1].options.session_id == "c1" and s.calls[-1].sampling.thinking is None
     completion = {"model": "s", "prompt": "hi", "max_tokens": 4}
     assert post("/v1/completions", json=completion, headers={"x-session-id": "c2"}).status_code == 200
-    assert s.calls[-1][1]["session_id"] == "c2"
+    assert s.calls[-1].options.session_id == "c2"
     assert post("/v1/completions", json=completion).status_code == 200
-    assert "session_id" not in s.calls[-1][1]
+    assert s.calls[-1].options.session_id is None
     assert post("/v1/chat/completions", json=chat(thinking_budget_tokens=0)).status_code == 400
     r = post("/v1/chat/completions", json=chat(session_id="a"), headers={"x-session-id": "b"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "session_id"

@@ -22,6 +22,7 @@ from kvllama.events import (
     ToolCallEndEvent,
     ToolCallEvent,
 )
+from kvllama.request import GenerationRequest
 from kvllama.server import ServerConfig, ServerThread, create_app
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR
 from kvllama.server.ollama.rendering import human_number
@@ -76,12 +77,13 @@ def test_generate_streams_by_default_and_adds_up_to_the_whole_reply(client):
 def test_generate_templates_the_prompt_unless_raw(scripted):
     s = scripted([TextEvent("ok"), done()])
     assert s.client.post("/api/generate", json=gen("Hi", system="Be terse.")).status_code == 200
-    prompt, params = s.calls[-1]
+    prompt = s.prompt_text()
     assert "Be terse." in prompt and "User: Hi" in prompt and prompt.endswith("Assistant:")
-    assert "\nUser:" in params["stop"]  # the plain template's turn boundary
+    # The plain template's turn boundary, added when the engine renders the conversation.
+    assert "\nUser:" in s.engine.resolve_request("s", s.calls[-1]).sampling.stop
     assert s.client.post("/api/generate", json=gen("Hi", system="Be terse.", raw=True)).status_code == 200
-    prompt, params = s.calls[-1]
-    assert prompt == "Hi" and "stop" not in params
+    assert s.calls[-1].prompt == "Hi" and s.calls[-1].sampling.stop == ()
+    assert s.engine.resolve_request("s", s.calls[-1]).sampling.stop == ()
 
 
 def test_generate_continues_a_context(client):
@@ -99,10 +101,9 @@ def test_options_become_engine_params(scripted):
                "stop": ["END"], "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.5,
                "frequency_penalty": 0.25, "num_ctx": 99999, "mirostat": 2, "num_gpu": 1}
     assert s.client.post("/api/generate", json=gen(options=options, raw=True)).status_code == 200
-    _, params = s.calls[-1]
-    assert params == {"max_tokens": 5, "stop": ["END"], "seed": 42, "temperature": 0.3, "top_p": 0.5,
-                      "top_k": 7, "min_p": 0.1, "repetition_penalty": 1.2, "penalty_last_n": 32,
-                      "frequency_penalty": 0.25, "presence_penalty": 0.5}
+    assert s.calls[-1] == GenerationRequest.build(
+        "hello", max_tokens=5, stop=["END"], seed=42, temperature=0.3, top_p=0.5, top_k=7, min_p=0.1,
+        repetition_penalty=1.2, penalty_last_n=32, frequency_penalty=0.25, presence_penalty=0.5)
 
 
 @pytest.mark.parametrize(("num_predict", "expected"), [(None, 4096), (-1, 4096), (-2, 4096), (0, 4096),
@@ -111,29 +112,29 @@ def test_num_predict_is_capped_by_the_server_limit(scripted, num_predict, expect
     s = scripted([TextEvent("ok"), done()])
     options = {} if num_predict is None else {"num_predict": num_predict}
     assert s.client.post("/api/chat", json=chat(options=options)).status_code == 200
-    assert s.calls[-1][1]["max_tokens"] == expected
+    assert s.calls[-1].sampling.max_tokens == expected
 
 
 def test_negative_seed_is_random_and_think_becomes_thinking(scripted):
     s = scripted([TextEvent("ok"), done()])
     s.client.post("/api/chat", json=chat(options={"seed": -1}, think="high"))
-    assert "seed" not in s.calls[-1][1] and s.calls[-1][1]["thinking"] is True
+    assert s.calls[-1].sampling.seed is None and s.calls[-1].sampling.thinking is True
     s.client.post("/api/chat", json=chat(think=False))
-    assert s.calls[-1][1]["thinking"] is False
+    assert s.calls[-1].sampling.thinking is False
     s.client.post("/api/chat", json=chat())
-    assert "thinking" not in s.calls[-1][1]
+    assert s.calls[-1].sampling.thinking is None
 
 
 def test_format_json_and_schema_become_grammars(scripted):
     s = scripted([TextEvent("{}"), done()])
     s.client.post("/api/chat", json=chat(format="json"))
-    assert s.calls[-1][1]["grammar"] == JSON_OBJECT_GRAMMAR
+    assert s.calls[-1].sampling.grammar == JSON_OBJECT_GRAMMAR
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
     s.client.post("/api/generate", json=gen(format=schema))
-    grammar = s.calls[-1][1]["grammar"]
+    grammar = s.calls[-1].sampling.grammar
     assert grammar != JSON_OBJECT_GRAMMAR and '"age"' in grammar.replace('\\"', '"')
     s.client.post("/api/generate", json=gen(format=""))
-    assert "grammar" not in s.calls[-1][1]
+    assert s.calls[-1].sampling.grammar is None
     r = s.client.post("/api/chat", json=chat(format="yaml"))
     assert r.status_code == 400 and 'format must be "json"' in r.json()["error"]
 
@@ -157,7 +158,7 @@ def test_chat_renders_system_tools_and_tool_turns(scripted):
     tool = {"type": "function", "function": {"name": "get_weather", "description": "", "parameters": {}}}
     r = s.client.post("/api/chat", json=chat(messages=messages, tools=[tool]))
     assert r.status_code == 200
-    prompt = s.calls[-1][0]
+    prompt = s.prompt_text()
     assert "Be terse." in prompt and "Weather?" in prompt and "sunny" in prompt
     assert prompt.endswith("Assistant:")
 

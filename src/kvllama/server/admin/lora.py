@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kvllama.server.errors import ApiError
+from kvllama.server.edge import adapter_id_of
 from kvllama.server.openapi import body_schema
 from kvllama.server.schemas_common import LoraRef, read_json, validate
 from kvllama.server.state import ServerState, state_of
@@ -31,27 +31,6 @@ class LoraScales(BaseModel):
 
     model: str | None = None
     adapters: list[LoraRef]
-
-
-def request_adapters(
-    state: ServerState, model_id: str, refs: list[LoraRef] | None
-) -> list[tuple[str, float]] | None:
-    """A request's ``lora`` as the engine's ``adapters`` (None: the model's defaults)."""
-    if refs is None:
-        return None
-    return [(_adapter_id(state, model_id, ref.id), ref.scale) for ref in refs]
-
-
-def _adapter_id(state: ServerState, model_id: str, ref: int | str) -> str:
-    ids = [a["id"] for a in state.engine.list_adapters(model_id)]
-    if isinstance(ref, int):
-        if not 0 <= ref < len(ids):
-            raise ApiError(400, f"lora id {ref} is not one of this model's adapters (0..{len(ids) - 1})",
-                           param="lora")
-        return str(ids[ref])
-    if ref not in ids:
-        raise ApiError(400, f"no LoRA adapter {ref!r} is loaded for this model", param="lora")
-    return ref
 
 
 @router.get("/lora-adapters")
@@ -68,7 +47,7 @@ async def set_lora(request: Request) -> Response:
     body = validate(LoraScales, {"adapters": raw} if isinstance(raw, list) else raw)
     _name, model_id = state.resolve(body.model)
     for ref in body.adapters:
-        adapter_id = _adapter_id(state, model_id, ref.id)
+        adapter_id = adapter_id_of([str(a["id"]) for a in state.engine.list_adapters(model_id)], ref.id)
         await run_in_threadpool(state.engine.set_adapter_scale, model_id, adapter_id, ref.scale)
     return JSONResponse(_listing(state, model_id))
 

@@ -23,7 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from kvllama.chat.prompt import ChatPrompt
 from kvllama.errors import InvalidRequestError
+from kvllama.request import ChatInput
 from kvllama.server.admin import status
 from kvllama.server.admin.status_page import STATUS_PAGE
 from kvllama.server.errors import ApiError
@@ -98,19 +100,19 @@ def _tokenize(state: ServerState, model_id: str, body: TokenizeRequest) -> list[
     if body.content is not None:
         return engine.tokenize(model_id, body.content, add_special=body.add_special,
                                parse_special=body.parse_special)
-    text = _chat_text(state, model_id, body.messages or [], body.tools)
+    prompt = _chat(state, model_id, body.messages, body.tools)
     if body.add_special:  # what a chat completion queues: BOS unless the template wrote it
-        return engine.prompt_tokens(model_id, text)
-    return engine.tokenize(model_id, text, add_special=False, parse_special=True)
+        return list(prompt.tokens)
+    return engine.tokenize(model_id, prompt.text, add_special=False, parse_special=True)
 
 
-def _chat_text(state: ServerState, model_id: str, messages: list[ChatMessage],
-               tools: list[dict[str, Any]] | None) -> str:
-    """The prompt text ``/v1/chat/completions`` renders (chat_prompt.render's text, without save points)."""
+def _chat(state: ServerState, model_id: str, messages: list[ChatMessage] | None,
+          tools: list[dict[str, Any]] | None) -> ChatPrompt:
+    """The prompt /v1/chat/completions queues for these messages (the one chat-prompt builder)."""
     if not messages:
         raise ApiError(400, "messages must not be empty", param="messages")
-    dumped = [m.model_dump(exclude_none=True) for m in messages]
-    return state.engine.apply_chat_template(model_id, dumped, tools=tools)
+    chat = ChatInput.of([m.model_dump(exclude_none=True) for m in messages], tools=tools)
+    return state.engine.chat_prompt(model_id, chat)
 
 
 def _piece(raw: bytes) -> str | list[int]:
@@ -160,12 +162,12 @@ def _lookup(state: ServerState, model_id: str, body: CacheLookupRequest) -> tupl
             ids = engine.prompt_tokens(model_id, body.tokens)  # checks every id
         except InvalidRequestError as exc:
             raise ApiError(400, f"tokens: {str(exc).removeprefix('prompt ')}", param="tokens") from None
-    else:
-        text = body.prompt if body.prompt is not None else _chat_text(
-            state, model_id, body.messages or [], body.tools)
-        if not text:
+    elif body.prompt is not None:
+        if not body.prompt:
             raise ApiError(400, "prompt is empty", param="prompt")
-        ids = engine.prompt_tokens(model_id, text)
+        ids = engine.prompt_tokens(model_id, body.prompt)
+    else:
+        ids = list(_chat(state, model_id, body.messages, body.tools).tokens)
     return ids, engine.list_cached_prefixes(model_id, ids, cache_salt=body.cache_salt)
 
 

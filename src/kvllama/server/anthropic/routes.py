@@ -9,15 +9,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kvllama.chat import prefix_points
-from kvllama.server import chat_prompt
-from kvllama.server.admin.lora import request_adapters
-from kvllama.server.agent_params import check_thinking_signatures, session_params, thinking_key
 from kvllama.server.anthropic import rendering as anthropic_rendering
 from kvllama.server.anthropic.rendering import AnthropicStreamWriter
 from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
+from kvllama.server.edge import Edge
 from kvllama.server.generation import complete, first_event, start, stream_frames
-from kvllama.server.schemas_common import read_json, sampling, validate
+from kvllama.server.schemas_common import read_json, validate
 from kvllama.server.sse import sse_response
 from kvllama.server.state import state_of
 
@@ -30,28 +27,9 @@ async def messages(request: Request) -> Response:
     state = state_of(request)
     body = validate(MessagesRequest, await read_json(request))
     name, model_id = state.resolve(body.model)
-    turns = body.message_dicts()
-    check_thinking_signatures(thinking_key(state), turns)
-    breakpoints = prefix_points.anthropic_breakpoints(turns, body.system, body.tools,
-                                                      chat_prompt.tools_as_functions)
-    prompt = await run_in_threadpool(
-        chat_prompt.render, state.engine, model_id, turns, system=body.system,
-        tools=chat_prompt.tools_as_functions(body.tools), breakpoints=breakpoints,
-    )
-    client_stops = list(body.stop_sequences or [])
-    max_tokens = state.check_max_tokens(body.max_tokens)
-    params = sampling(
-        cache_salt=body.cache_salt,
-        max_tokens=max_tokens, stop=prompt.stops_with(client_stops) or None,
-        temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, seed=body.seed,
-        grammar=body.grammar,
-    )
-    params.update(session_params(request, body.session_id))
-    params["save_points"] = list(prompt.save_points) or None
-    params["adapters"] = request_adapters(state, model_id, body.lora)
-    if body.thinking is not None:
-        params.update(body.thinking.engine_params())
-    gen = await start(state, name, model_id, prompt.text, params, started)
+    generation = body.to_request(Edge.of(request, state, model_id))
+    client_stops, max_tokens = list(body.stop_sequences or []), generation.sampling.max_tokens
+    gen = await start(state, name, model_id, generation, started)
     mid = anthropic_rendering.new_id()
     if not body.stream:
         result = await complete(request, gen)
@@ -67,7 +45,5 @@ async def count_tokens(request: Request) -> Response:
     state = state_of(request)
     body = validate(CountTokensRequest, await read_json(request))
     _, model_id = state.resolve(body.model)
-    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model_id, body.message_dicts(),
-                                     system=body.system, tools=chat_prompt.tools_as_functions(body.tools))
-    count = await run_in_threadpool(chat_prompt.count_prompt_tokens, state.engine, model_id, prompt.text)
-    return JSONResponse({"input_tokens": count})
+    prompt = await run_in_threadpool(state.engine.chat_prompt, model_id, body.chat())
+    return JSONResponse({"input_tokens": len(prompt.tokens)})

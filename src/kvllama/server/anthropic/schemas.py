@@ -8,10 +8,15 @@ refuses the others with a clear error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kvllama.chat import prefix_points
+from kvllama.request import ChatInput, GenerationRequest
+from kvllama.server.agent_params import check_thinking_signatures
+from kvllama.server.edge import Edge
 from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId
 
 
@@ -55,6 +60,14 @@ class _Conversation(_Body):
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump() for m in self.messages]
 
+    def chat(self, *, with_breakpoints: bool = False) -> ChatInput:
+        """The conversation, tools in the function shape templates know; with its cache_control marks."""
+        turns = self.message_dicts()
+        marks = (prefix_points.anthropic_breakpoints(turns, self.system, self.tools, tools_as_functions)
+                 if with_breakpoints else ())
+        tools = tools_as_functions(self.tools)
+        return ChatInput.of(turns, system=self.system, tools=tools, breakpoints=marks)
+
 
 class MessagesRequest(_Conversation):
     max_tokens: int
@@ -73,5 +86,36 @@ class MessagesRequest(_Conversation):
     grammar: str | None = None
 
 
+    def to_request(self, edge: Edge) -> GenerationRequest:
+        chat = self.chat(with_breakpoints=True)
+        check_thinking_signatures(edge.thinking_key, chat.messages)
+        thinking = self.thinking.engine_params() if self.thinking is not None else {}
+        return GenerationRequest.build(
+            chat=chat, max_tokens=edge.max_tokens(self.max_tokens), stop=self.stop_sequences,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+            grammar=self.grammar, cache_salt=self.cache_salt, session_id=edge.session(self.session_id),
+            adapters=edge.adapters(self.lora), **thinking,
+        )
+
+
 class CountTokensRequest(_Conversation):
     pass
+
+
+def tools_as_functions(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Anthropic tool definitions in the OpenAI function shape that model templates are written for.
+
+    Anthropic server tools (typed, e.g. ``web_search_20250305``, with no input
+    schema) have no meaning for a local model and are left out.
+    """
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if "input_schema" not in tool or tool.get("type") not in (None, "custom"):
+            continue
+        out.append({"type": "function", "function": {
+            "name": tool.get("name", ""), "description": tool.get("description", ""),
+            "parameters": tool["input_schema"],
+        }})
+    return out or None

@@ -4,7 +4,7 @@ Request and response shapes are Ollama's (its API reference): bodies in
 :mod:`kvllama.server.ollama.schemas`, replies rendered by
 :mod:`kvllama.server.ollama.rendering`; generation goes through the same
 :func:`~kvllama.server.generation.start` / ``first_event`` / ``complete`` and
-chat prompts through the same :func:`chat_prompt.render` (default stops,
+chat prompts through the same builder (kvllama.chat.prompt: default stops,
 save points) as the OpenAI and Anthropic routes. Streams (Ollama's default)
 are newline-delimited JSON; a client that leaves mid-stream cancels its
 request. Errors are Ollama's ``{"error": "..."}`` (see
@@ -22,8 +22,6 @@ answer NDJSON streams by default.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -32,10 +30,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import kvllama
 from kvllama.errors import KvllamaError
-from kvllama.server import chat_prompt
-from kvllama.server.agent_params import session_params
+from kvllama.request import GenerationRequest
+from kvllama.server.edge import Edge
 from kvllama.server.generation import complete, first_event, start, stream_frames
-from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from kvllama.server.ollama import rendering as ollama_rendering
 from kvllama.server.ollama.rendering import Kind, OllamaStreamWriter
 from kvllama.server.ollama.schemas import (
@@ -43,11 +40,10 @@ from kvllama.server.ollama.schemas import (
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
-    Options,
     ShowRequest,
 )
 from kvllama.server.openapi import body_schema
-from kvllama.server.schemas_common import read_json, sampling, validate
+from kvllama.server.schemas_common import read_json, validate
 from kvllama.server.sse import HEADERS
 from kvllama.server.state import ServerState, state_of
 
@@ -73,27 +69,8 @@ async def generate(request: Request) -> Response:
     model = resolve(state, body.model)
     if not body.prompt:
         return JSONResponse(ollama_rendering.loaded(model[0], "generate"))
-    prompt, stops, points = await run_in_threadpool(_generate_prompt, state, model[2], body)
-    params = _params(state, body, stops)
-    params["save_points"] = list(points) or None
-    return await _generate(request, state, "generate", model, prompt, params, body.stream, started)
-
-
-def _generate_prompt(
-    state: ServerState, model_id: str, body: GenerateRequest
-) -> tuple[str | list[int], list[str], Sequence[int]]:
-    """(prompt, stop sequences, save points): templated unless ``raw``, after ``context`` if given."""
-    if body.raw:
-        text, stops, points = body.prompt, body.stops(), ()
-    else:
-        rendered = chat_prompt.render(state.engine, model_id, [{"role": "user", "content": body.prompt}],
-                                      system=body.system)
-        text, stops, points = rendered.text, rendered.stops_with(body.stops()), rendered.save_points
-    if not body.context:
-        return text, stops, points
-    # A previous reply's prompt + reply tokens (the engine checks the ids), then this turn.
-    tokens = state.engine.tokenize(model_id, text, add_special=False, parse_special=True)
-    return [*body.context, *tokens], stops, ()
+    generation = body.to_request(Edge.of(request, state, model[2]))
+    return await _generate(request, state, "generate", model, generation, body.stream, started)
 
 
 @router.post("/api/chat", openapi_extra=body_schema(ChatRequest))
@@ -104,44 +81,16 @@ async def chat(request: Request) -> Response:
     model = resolve(state, body.model)
     if not body.messages:
         return JSONResponse(ollama_rendering.loaded(model[0], "chat"))
-    messages = [m.for_template() for m in body.messages]
-    prompt = await run_in_threadpool(chat_prompt.render, state.engine, model[2], messages, tools=body.tools)
-    params = _params(state, body, prompt.stops_with(body.stops()))
-    params.update(session_params(request, None))
-    params["save_points"] = list(prompt.save_points) or None
-    return await _generate(request, state, "chat", model, prompt.text, params, body.stream, started)
-
-
-def _params(state: ServerState, body: GenerateRequest | ChatRequest, stop: list[str]) -> dict[str, Any]:
-    o = body.options or Options()
-    limit = state.config.max_tokens_limit
-    # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
-    max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
-    think = body.think if body.think is None else bool(body.think)
-    return sampling(
-        max_tokens=max_tokens, stop=stop or None, seed=o.seed if o.seed is None or o.seed >= 0 else None,
-        temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, min_p=o.min_p,
-        repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
-        frequency_penalty=o.frequency_penalty, presence_penalty=o.presence_penalty,
-        grammar=_grammar(body.format), thinking=think,
-    )
-
-
-def _grammar(fmt: str | dict[str, Any] | None) -> str | None:
-    if fmt is None or fmt == "":
-        return None
-    if isinstance(fmt, str):  # "json" (the schema allows no other string)
-        return JSON_OBJECT_GRAMMAR
-    return json_schema_grammar(fmt)
+    generation = body.to_request(Edge.of(request, state, model[2]))
+    return await _generate(request, state, "chat", model, generation, body.stream, started)
 
 
 async def _generate(
     request: Request, state: ServerState, kind: Kind, model: tuple[str, str, str],
-    prompt: str | Sequence[int], params: dict[str, Any], stream: bool, started: float,
+    generation: GenerationRequest, stream: bool, started: float,
 ) -> Response:
     shown, name, model_id = model
-    given = {k: v for k, v in params.items() if v is not None}
-    gen = await start(state, name, model_id, prompt, given, started)
+    gen = await start(state, name, model_id, generation, started)
     writer = OllamaStreamWriter(kind, shown, started)
     if not stream:
         result = await complete(request, gen)

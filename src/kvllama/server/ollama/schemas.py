@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kvllama.request import ChatInput, GenerationRequest
+from kvllama.server.edge import Edge
+from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from kvllama.server.schemas_common import refuse_suffix
 
 
@@ -52,9 +55,29 @@ class _Generation(_Body):
             return value
         raise ValueError('format must be "json" or a JSON schema object')
 
-    def stops(self) -> list[str]:
-        stop = self.options.stop if self.options is not None else None
-        return [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    def _build(self, edge: Edge, prompt: str | None = None, chat: ChatInput | None = None,
+               **extra: Any) -> GenerationRequest:
+        o = self.options or Options()
+        limit = edge.config.max_tokens_limit
+        # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
+        max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
+        return GenerationRequest.build(
+            prompt, chat=chat, max_tokens=max_tokens, stop=o.stop,
+            seed=o.seed if o.seed is None or o.seed >= 0 else None,
+            temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, min_p=o.min_p,
+            repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
+            frequency_penalty=o.frequency_penalty, presence_penalty=o.presence_penalty,
+            grammar=_grammar(self.format), thinking=self.think if self.think is None else bool(self.think),
+            **extra,
+        )
+
+
+def _grammar(fmt: str | dict[str, Any] | None) -> str | None:
+    if fmt is None or fmt == "":
+        return None
+    if isinstance(fmt, str):  # "json" (the schema allows no other string)
+        return JSON_OBJECT_GRAMMAR
+    return json_schema_grammar(fmt)
 
 
 def _refuse_images(value: list[str] | None) -> list[str] | None:
@@ -82,6 +105,14 @@ class GenerateRequest(_Generation):
     @classmethod
     def _no_images(cls, value: list[str] | None) -> list[str] | None:
         return _refuse_images(value)
+
+    def to_request(self, edge: Edge) -> GenerationRequest:
+        """One user turn through the template unless ``raw``; after ``context`` (reply tokens) if given."""
+        context = tuple(self.context or ())
+        if self.raw:
+            return self._build(edge, self.prompt, context=context)
+        chat = ChatInput.of([{"role": "user", "content": self.prompt}], system=self.system)
+        return self._build(edge, chat=chat, context=context)
 
 
 class ToolFunction(_Body):
@@ -123,6 +154,10 @@ class Message(_Body):
 class ChatRequest(_Generation):
     messages: list[Message] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+
+    def to_request(self, edge: Edge) -> GenerationRequest:
+        chat = ChatInput.of([m.for_template() for m in self.messages], tools=self.tools)
+        return self._build(edge, chat=chat, session_id=edge.session(None))
 
 
 class EmbedRequest(_Body):

@@ -14,33 +14,28 @@ with its ``index``; the usage chunk and ``[DONE]`` come once, at the end.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
 from kvllama.events import Event
+from kvllama.request import GenerationRequest
 from kvllama.results import CompletionResult
 from kvllama.server.errors import ApiError
 from kvllama.server.generation import Generation, first_event, start, stream_frames, until_disconnect
 from kvllama.server.openai.rendering import OpenAIStreamWriter
 from kvllama.server.state import ServerState
 
-_SEED_MOD = 2**32 - 1
 
-
-async def start_choices(state: ServerState, name: str, model_id: str, prompt: str | Sequence[int],
-                        params: dict[str, Any], n: int, started: float) -> list[Generation]:
+async def start_choices(state: ServerState, name: str, model_id: str, generation: GenerationRequest,
+                        n: int, started: float) -> list[Generation]:
     """Queue ``n`` requests; if one is refused, the ones already queued are cancelled."""
-    if n > 1 and params.get("session_id") is not None:
+    if n > 1 and generation.options.session_id is not None:
         raise ApiError(400, "n > 1 cannot share one session_id", param="n")
     gens: list[Generation] = []
     try:
         for i in range(n):
-            choice = dict(params)
-            if i and choice.get("seed") is not None:
-                choice["seed"] = (choice["seed"] + i) % _SEED_MOD
-            gens.append(await start(state, name, model_id, prompt, choice, started))
+            gens.append(await start(state, name, model_id, generation.with_choice_seed(i), started))
     except BaseException:
         for gen in gens:
             await gen.aclose()

@@ -14,6 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kvllama.request import ChatInput, GenerationRequest
+from kvllama.server.edge import Edge
+from kvllama.server.errors import ApiError
+from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from kvllama.server.schemas_common import CacheSalt, LoraRef, SessionId, refuse_suffix
 
 MAX_CHOICES = 16
@@ -67,6 +71,22 @@ class _Sampling(_Body):
     # llama-server's per-request LoRA set: [{"id": index or name, "scale"}]; unset: the defaults.
     lora: list[LoraRef] | None = None
 
+    def _options(self, edge: Edge, max_tokens: int) -> dict[str, Any]:
+        """The options both routes share, as GenerationRequest.build takes them (None: unset)."""
+        return dict(
+            max_tokens=edge.max_tokens(max_tokens), stop=self.stop, seed=self.seed,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty, frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty, logit_bias=self.logit_bias, min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos or None, grammar=self.grammar, cache_salt=self.cache_salt,
+            session_id=edge.session(self.session_id), adapters=edge.adapters(self.lora),
+        )
+
+
+def _first(*values: int | None, default: int) -> int:
+    """The first value the client set (0 included, so that it is refused rather than replaced)."""
+    return next((v for v in values if v is not None), default)
+
 
 class ChatMessage(_Body):
     role: str
@@ -99,6 +119,28 @@ class ChatCompletionRequest(_Sampling):
     def engine_logprobs(self) -> int | None:
         """The engine's ``logprobs`` (alternatives per token), or None when not asked for."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def to_request(self, edge: Edge) -> GenerationRequest:
+        options = self._options(edge, _first(self.max_completion_tokens, self.max_tokens,
+                                             default=edge.config.max_tokens_limit))
+        options["grammar"] = _grammar(self.response_format, self.grammar)
+        chat = ChatInput.of([m.model_dump(exclude_none=True) for m in self.messages], tools=self.tools)
+        return GenerationRequest.build(chat=chat, thinking=self.thinking,
+                                       thinking_budget_tokens=self.thinking_budget_tokens,
+                                       logprobs=self.engine_logprobs(), **options)
+
+
+def _grammar(fmt: ResponseFormat | None, grammar: str | None) -> str | None:
+    if fmt is None or fmt.type == "text":
+        return grammar
+    if grammar is not None:
+        raise ApiError(400, "give either response_format or grammar, not both", param="grammar")
+    if fmt.type == "json_object":
+        return JSON_OBJECT_GRAMMAR
+    if fmt.json_schema is None:
+        raise ApiError(400, "response_format of type json_schema needs a json_schema object",
+                       param="response_format.json_schema")
+    return json_schema_grammar(fmt.json_schema.schema_)
 
 
 class CompletionRequest(_Sampling):
@@ -141,6 +183,17 @@ class CompletionRequest(_Sampling):
                 raise ValueError("only one prompt per request is supported")
             return p[0]  # type: ignore[return-value]
         return p  # type: ignore[return-value]
+
+    def to_request(self, edge: Edge) -> GenerationRequest:
+        try:
+            prompt = self.single_prompt()
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="prompt") from None
+        default = edge.config.default_completion_max_tokens
+        options = self._options(edge, _first(self.max_tokens, default=default))
+        return GenerationRequest.build(
+            prompt, logprobs=self.logprobs, continue_session=self.continue_session or None,
+            expect_session_tokens=self.expect_session_tokens if self.continue_session else None, **options)
 
 
 class EmbeddingRequest(_Body):
