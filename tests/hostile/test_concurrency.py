@@ -21,7 +21,7 @@ import httpx
 import pytest
 from hostile_support import Hostile, assert_json_answer
 
-from kvllama.api.engine import MAX_EMBED_INPUTS, MAX_EMBED_TOKENS
+from kvllama.api.embedding import MAX_EMBED_INPUTS, MAX_EMBED_TOKENS
 
 # Longest pause between two tokens of a stream while an embeddings call runs beside it.
 MAX_TOKEN_GAP = 3.0

@@ -28,7 +28,7 @@ with (kvllama.Engine(cache=None) as cold,
     out["sticky_equals_cold"] = t2.generated_tokens == c2.generated_tokens
     alone = [cold.complete("m", P + f" Q{k}", **G).generated_tokens for k in range(4)]
     gate = threading.Event()
-    cold._models["m"].loop.call(gate.wait)
+    cold.models.get("m").loop.call(gate.wait)
     streams = [cold.infer("m", P + f" Q{k}", **G) for k in range(4)]
     gate.set()
     out["beside_equals_alone"] = [s.result().generated_tokens for s in streams] == alone

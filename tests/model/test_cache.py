@@ -139,7 +139,7 @@ def test_rows_of_another_stream_count_are_never_restored(tmp_path, cold_engine):
         assert eng.list_cached_prefixes("m", prompt) == 0  # another root: the 8-stream rows are invisible
         # Force the 8-stream root, as a cache written before n_seq_max was hashed would have it:
         # llama.cpp refuses the blob ("n_stream mismatch"), and the cache forgets the row.
-        warm = eng._models["m"].loop.warm
+        warm = eng.models.get("m").loop.warm
         warm._base_root = replace(warm._base_root, n_seq_max=8)
         warm._roots.clear()
         assert eng.list_cached_prefixes("m", prompt) > 0

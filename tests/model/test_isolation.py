@@ -36,7 +36,7 @@ def engine() -> Iterator[kvllama.Engine]:
 def _hold(engine: kvllama.Engine) -> threading.Event:
     """Block the model's loop until the returned event is set, so submissions arrive together."""
     gate = threading.Event()
-    engine._models[M].loop.call(gate.wait)
+    engine.models.get(M).loop.call(gate.wait)
     return gate
 
 
@@ -125,12 +125,12 @@ def test_embeddings_run_beside_streams_instead_of_blocking_them(engine):
 
 
 def test_a_grammar_that_allows_no_token_ends_its_request_not_the_process(engine):
-    backend = engine._models[M].backend
+    backend = engine.models.get(M).backend
     assert isinstance(backend, LlamaBackend)
     # Built without validation on purpose: the guard must hold even if a grammar gets past it.
     sampler = backend.new_sampler(SamplingParams(grammar='root ::= "\\x00"', temperature=0.0))
     try:
-        done = engine._models[M].loop.call(lambda: _sample_once(backend, sampler)).result()
+        done = engine.models.get(M).loop.call(lambda: _sample_once(backend, sampler)).result()
     finally:
         sampler.close()
     assert isinstance(done, GrammarExhaustedError)
@@ -151,7 +151,7 @@ def _sample_once(backend: LlamaBackend, sampler: object) -> Exception | None:
 
 
 def test_a_pass_over_its_time_budget_ends_its_requests_and_the_loop_serves_on(engine):
-    backend = engine._models[M].backend
+    backend = engine.models.get(M).backend
     assert isinstance(backend, LlamaBackend)
     reference = engine.complete(M, "The river", max_tokens=6, temperature=0).generated_tokens
     watchdog = backend.ctx.watchdog
@@ -169,7 +169,7 @@ def test_a_pass_over_its_time_budget_ends_its_requests_and_the_loop_serves_on(en
 def test_a_rebuilt_context_serves_the_same_tokens_and_keeps_the_cache(engine):
     prompt = _text(80, seed=13)
     before = engine.complete(M, prompt, max_tokens=8, temperature=0)
-    loop = engine._models[M].loop
+    loop = engine.models.get(M).loop
     loop.call(loop._rebuild_context).result()
     assert loop.status.context_rebuilds >= 1 and engine.model_info(M).healthy
     after = engine.complete(M, prompt, max_tokens=8, temperature=0)

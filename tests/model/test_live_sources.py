@@ -62,7 +62,7 @@ def test_followers_copy_a_running_leader_that_goes_on_decoding(warm, cold, words
     events = iter(stream)
     first = next(e for e in events if isinstance(e, TokenEvent))  # the leader decodes now
     gate = threading.Event()
-    warm._models[M].loop.call(gate.wait)  # hold the loop: both followers arrive while it decodes
+    warm.models.get(M).loop.call(gate.wait)  # hold the loop: both followers arrive while it decodes
     followers = _followers(warm, s)
     gate.set()
     _check_followers(warm, cold, s, followers, 0)

@@ -87,7 +87,7 @@ def test_different_adapter_sets_running_together_each_equal_alone(cold):
     alone = [cold.complete(M, p, adapters=s, **GREEDY).generated_tokens
              for p, s in zip(prompts, sets, strict=True)]
     gate = threading.Event()
-    cold._models[M].loop.call(gate.wait)
+    cold.models.get(M).loop.call(gate.wait)
     streams = [cold.infer(M, p, adapters=s, **GREEDY) for p, s in zip(prompts, sets, strict=True)]
     gate.set()
     assert [s.result().generated_tokens for s in streams] == alone
@@ -98,7 +98,7 @@ def test_a_queued_request_keeps_its_set_and_unload_waits_for_it(adapter):
         with pytest.raises(kvllama.errors.InvalidRequestError, match="no adapter"):
             eng.complete(M, PROMPT, adapters=[("zz", 1.0)], **GREEDY)
         gate = threading.Event()
-        eng._models[M].loop.call(gate.wait)
+        eng.models.get(M).loop.call(gate.wait)
         queued = eng.infer(M, PROMPT, **GREEDY)  # snapshot: "a" at 1.0
         eng.set_adapter_scale(M, "a", 0.0)
         later = eng.infer(M, PROMPT, **GREEDY)  # now: no adapter

@@ -87,7 +87,7 @@ def _settled_after(engine: kvllama.Engine, before: int) -> None:
 def _hold(engine: kvllama.Engine) -> threading.Event:
     """Block the model's loop until the returned event is set, so submissions arrive together."""
     gate = threading.Event()
-    engine._models[M].loop.call(gate.wait)
+    engine.models.get(M).loop.call(gate.wait)
     return gate
 
 
@@ -108,7 +108,7 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
     # whole transcript (all but the prompt's last 8 tokens at most), and still equals a cold run.
     _settled_after(warm, settled)
     sticky = warm.complete(M, p2, session_id=sid, **params)
-    _live, kept = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
+    _live, kept = _kept_live(n_prompt1, warm.models.get(M).backend.shape.swa_window)
     assert sticky.cache_hit_kind == "sticky"
     assert sticky.cache_delta.read == min(len(turn1.context_tokens), len(p2) - 8)
     assert sticky.generated_tokens == expected
@@ -162,7 +162,7 @@ def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold, settle):
         if engine is not warm:
             engine.close()
     n_prompt1 = len(turn1.context_tokens) - 600
-    live, _grid = _kept_live(n_prompt1, warm._models[M].backend.shape.swa_window)
+    live, _grid = _kept_live(n_prompt1, warm.models.get(M).backend.shape.swa_window)
     read = min(len(turn1.context_tokens), len(p2) - 8) if settle else live
     assert resumed.cache_hit_kind == "sticky" and resumed.cache_delta.read == read
     assert resumed.generated_tokens == cold.complete(M, p2, max_tokens=12, temperature=0).generated_tokens

@@ -57,7 +57,7 @@ def _shared(a: list[int], b: list[int]) -> int:
 
 
 def _window(engine: kvllama.Engine) -> int:
-    return engine._models[M].backend.shape.swa_window
+    return engine.models.get(M).backend.shape.swa_window
 
 
 def test_a_longer_row_is_cut_back_to_the_shared_prefix(cache_only, cold):
@@ -107,7 +107,7 @@ def test_agents_that_arrive_together_prefill_the_shared_prompt_once(cold):
         toks = [_tokens(eng, p) for p in prompts]
         shared = min(_shared(toks[0], t) for t in toks[1:])
         gate = threading.Event()
-        eng._models[M].loop.call(gate.wait)  # hold the loop: all four are queued together
+        eng.models.get(M).loop.call(gate.wait)  # hold the loop: all four are queued together
         streams = [eng.infer(M, p, **GREEDY) for p in prompts]
         gate.set()
         results = [s.result() for s in streams]

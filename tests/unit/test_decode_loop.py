@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kvllama.api.engine import MAX_EMBED_INPUTS, MAX_EMBED_TOKENS
+from kvllama.api.embedding import MAX_EMBED_INPUTS, MAX_EMBED_TOKENS
 from kvllama.backend.stub import EOS
 from kvllama.errors import (
     ContextOverflowError,
@@ -41,13 +41,13 @@ def test_requests_beyond_capacity_queue_fifo_and_all_complete(stub_engine):
 
 def test_infer_many_admits_its_requests_together(stub_engine, monkeypatch):
     engine, backend = stub_engine(n_seq_max=4, decode_delay=0.02)
-    prepare = engine._prepare
+    prepare = engine.submissions.prepare
 
     def slow_prepare(*args):  # each request takes a while to build: the loop would start the first
         time.sleep(0.05)
         return prepare(*args)
 
-    monkeypatch.setattr(engine, "_prepare", slow_prepare)
+    monkeypatch.setattr(engine.submissions, "prepare", slow_prepare)
     markers = [ord(c) for c in "FGHI"]
     streams = engine.infer_many("s", [chr(m) * 40 for m in markers], max_tokens=3, temperature=0)
     results = [s.result() for s in streams]
@@ -447,7 +447,7 @@ def test_an_idle_loop_settles_a_kept_reply_so_the_next_turn_prefills_only_its_me
 def test_a_request_arriving_during_a_settle_pass_aborts_it_and_the_reply_is_settled_later(stub_engine):
     engine, backend = stub_engine(n_seq_max=4, n_batch=256, n_ctx_seq=1024, decode_delay=0.2)
     first = engine.complete("s", "q" * 40, max_tokens=12, temperature=0)
-    loop = engine._models["s"].loop
+    loop = engine.models.get("s").loop
     deadline = time.monotonic() + 30
     # Wait until the settle pass of the 12-token reply is inside the backend.
     while not (loop.settler.running and backend.in_pass):

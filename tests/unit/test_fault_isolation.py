@@ -44,7 +44,7 @@ def test_a_released_session_never_hands_a_held_id_to_a_new_request(stub_engine):
     # so the oldest session (a) is released, and the first newcomer used to be admitted
     # at len(running) + len(parked) == 2, which is L's sequence.
     engine, _ = stub_engine(n_ctx_seq=512, n_seq_max=4, decode_delay=0.001)
-    loop = engine._models["s"].loop
+    loop = engine.models.get("s").loop
     engine.complete("s", "session a turn one", max_tokens=4, temperature=0, session_id="a")
     b1 = engine.complete("s", "session b turn one", max_tokens=4, temperature=0, session_id="b")
     long_one = engine.infer("s", "the long one", max_tokens=60, temperature=0)
@@ -83,7 +83,7 @@ def test_sessions_are_scoped_by_tenant(stub_engine):
 
 def test_cancel_aborts_a_running_prefill_pass_and_the_others_go_on(stub_engine):
     engine, _backend = stub_engine(n_ctx_seq=512, n_batch=64, decode_delay=0.5)
-    loop = engine._models["s"].loop
+    loop = engine.models.get("s").loop
     victim = engine.infer("s", "p" * 60, max_tokens=2, temperature=0)
     while victim.request not in loop._prefilling_now:  # the pass is running
         threading.Event().wait(0.001)

@@ -39,7 +39,7 @@ def test_a_follower_copies_a_running_leaders_prompt_and_the_leader_goes_on(stub_
     events = iter(stream)
     first = next(e for e in events if isinstance(e, TokenEvent))  # the leader is decoding now
     gate = threading.Event()
-    engine._models["s"].loop.call(gate.wait)  # hold the loop: the leader cannot finish meanwhile
+    engine.models.get("s").loop.call(gate.wait)  # hold the loop: the leader cannot finish meanwhile
     follower = engine.infer("s", follower_prompt, **GREEDY)
     gate.set()
     got = follower.result()
@@ -60,7 +60,7 @@ def test_a_copied_prefix_is_saved_as_a_row(stub_engine):
     grid = SHARED // 64 * 64
     assert _source(engine) == "live" and got.cache_delta.read == grid < SHARED
     assert got.generated_tokens == _cold(stub_engine, follower)
-    warm = engine._models["s"].loop.warm
+    warm = engine.models.get("s").loop.warm
     tokens = tuple(engine.tokenize("s", follower))
     assert engine.cache.flush(10) and warm.cache.find_row(warm.root(None), tokens[:grid]) is not None
     again = engine.complete("s", SYSTEM + "User C: and three?", **GREEDY)

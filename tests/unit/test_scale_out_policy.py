@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 import kvllama.errors as errors
-from kvllama.api.probe_methods import RoutingSnapshot
+from kvllama.api.probes import RoutingSnapshot
 from kvllama.kvcache import CacheConfig
 from kvllama.kvcache.keys import KeyChain, KeyRoot
 from kvllama.ray.policy import AffinityPolicy, RouteInfo, RouteKind

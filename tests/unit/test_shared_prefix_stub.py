@@ -18,7 +18,7 @@ RAM_ONLY = CacheConfig(shm_dir=None, disk_dir=None)
 
 def _hold(engine) -> threading.Event:
     gate = threading.Event()
-    engine._models["s"].loop.call(gate.wait)
+    engine.models.get("s").loop.call(gate.wait)
     return gate
 
 
@@ -52,7 +52,7 @@ def test_residents_give_their_slots_to_new_requests_least_recent_first(stub_engi
     engine, backend = stub_engine(n_ctx_seq=1024, n_seq_max=2, cache=RAM_ONLY)
     engine.complete("s", "a" * 300, max_tokens=2, temperature=0)
     engine.complete("s", "b" * 300, max_tokens=2, temperature=0)
-    loop = engine._models["s"].loop
+    loop = engine.models.get("s").loop
     assert len(loop.residents) == 2
     engine.complete("s", "c" * 300, max_tokens=2, temperature=0)  # takes the oldest's ("a") slot
     assert sorted(r.tokens[1] for r in loop.residents.by_seq.values()) == [ord("b"), ord("c")]

@@ -98,7 +98,7 @@ def test_a_drafter_that_misses_changes_nothing_and_is_paused(stub_engine):
     spec, _ = stub_engine(n_ctx_seq=512, canonical_decode=True,
                           load={"canonical_decode": True, "speculative_draft": 4})
     plain, _ = stub_engine(n_ctx_seq=512, canonical_decode=True, load={"canonical_decode": True})
-    spec._models["s"].loop.drafter = _Missing()
+    spec.models.get("s").loop.drafter = _Missing()
     prompt = "the quick brown fox jumps over the lazy dog " * 3
     a = spec.complete("s", prompt, max_tokens=80, temperature=0)
     b = plain.complete("s", prompt, max_tokens=80, temperature=0)

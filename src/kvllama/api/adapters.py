@@ -1,4 +1,4 @@
-"""``Engine.load_adapter`` and friends: LoRA adapters per model, and each request's set.
+"""The engine's LoRA adapters (``Engine.load_adapter`` and friends), per model, and each request's set.
 
 A loaded adapter applies to every request of its model at its default scale
 (llama-server's behaviour; scale 0 leaves it out) unless the request names its
@@ -11,24 +11,20 @@ request with another set (kvllama.kvcache.KeyRoot.adapters).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kvllama.api.models import ModelRegistry
 from kvllama.errors import InvalidRequestError
 from kvllama.request import check_adapter_scale
 
-if TYPE_CHECKING:
-    from kvllama.models.loaded import LoadedModel
 
+class Adapters:
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
 
-class AdapterMethods:
-    """Mixed into :class:`~kvllama.api.engine.Engine` (which provides ``_model``)."""
-
-    def _model(self, model_id: str) -> LoadedModel:  # pragma: no cover - Engine's
-        raise NotImplementedError
-
-    def load_adapter(self, model_id: str, adapter_id: str, path: str, scale: float = 1.0) -> str:
+    def load(self, model_id: str, adapter_id: str, path: str, scale: float = 1.0) -> str:
         """Load a LoRA GGUF for ``model_id`` under ``adapter_id``; returns the file's sha256."""
-        model = self._model(model_id)
+        model = self._models.get(model_id)
         check_adapter_scale(scale)
         if not isinstance(adapter_id, str) or not adapter_id:
             raise InvalidRequestError("adapter_id must be a non-empty string")
@@ -36,9 +32,9 @@ class AdapterMethods:
         model.adapters[adapter_id] = (str(path), float(scale))
         return str(sha)
 
-    def unload_adapter(self, model_id: str, adapter_id: str) -> None:
+    def unload(self, model_id: str, adapter_id: str) -> None:
         """Unload it; refused while a queued or running request uses it."""
-        model = self._model(model_id)
+        model = self._models.get(model_id)
         if adapter_id not in model.adapters:
             raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for {model_id!r}")
         if model.loop.call(lambda: model.loop.uses_adapter(adapter_id)).result():
@@ -46,17 +42,17 @@ class AdapterMethods:
         model.loop.call(lambda: model.backend.unload_adapter(adapter_id)).result()
         del model.adapters[adapter_id]
 
-    def set_adapter_scale(self, model_id: str, adapter_id: str, scale: float) -> None:
+    def set_scale(self, model_id: str, adapter_id: str, scale: float) -> None:
         """The default scale for requests submitted from now on (0: left out)."""
-        model = self._model(model_id)
+        model = self._models.get(model_id)
         check_adapter_scale(scale)
         if adapter_id not in model.adapters:
             raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for {model_id!r}")
         path, _ = model.adapters[adapter_id]
         model.adapters[adapter_id] = (path, float(scale))
 
-    def list_adapters(self, model_id: str) -> list[dict[str, Any]]:
-        model = self._model(model_id)
+    def list(self, model_id: str) -> list[dict[str, Any]]:
+        model = self._models.get(model_id)
         return [{"id": i, "path": path, "scale": scale, "sha256": model.backend.adapter_sha256(i)}
                 for i, (path, scale) in model.adapters.items()]
 

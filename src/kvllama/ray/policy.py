@@ -1,6 +1,6 @@
 """Which replica serves a request: sticky, then cache affinity, then load. No Ray in here.
 
-The policy sees each replica through the :class:`~kvllama.api.probe_methods.RoutingSnapshot`
+The policy sees each replica through the :class:`~kvllama.api.probes.RoutingSnapshot`
 it last reported (the engine's own digest of the prefixes it holds, its
 parked sessions, its queue) plus what this router sent it since, and ranks
 the candidates for one request:
@@ -51,7 +51,7 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from kvllama.api.probe_methods import RoutingSnapshot
+from kvllama.api.probes import RoutingSnapshot
 from kvllama.kvcache.keys import KeyChain, KeyRoot
 
 # The KV cache's key block (CacheConfig.block_size): prefixes are compared in whole blocks.

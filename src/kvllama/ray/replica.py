@@ -5,7 +5,7 @@ argument of each is the :class:`~kvllama.ray.policy.RouteInfo` the router
 reads (the replica itself ignores it). Ray Serve calls
 :meth:`KvllamaReplica.record_routing_stats` every
 ``request_routing_stats_period_s``: that is how the router learns what each
-replica holds (api/probe_methods.py).
+replica holds (api/probes.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from ray import serve
 
 from kvllama.api.engine_spec import EngineSpec
-from kvllama.api.probe_methods import RoutingSnapshot
+from kvllama.api.probes import RoutingSnapshot
 from kvllama.errors import KvllamaError
 from kvllama.events import Event
 from kvllama.ray.policy import RouteInfo

@@ -1,4 +1,4 @@
-"""The engine's text utilities: tokens in and out, and chat templates.
+"""The engine's text tools: tokens in and out, and chat templates.
 
 Vocabulary calls are pure and callable from any thread (llama.cpp's
 vocabulary is read-only once loaded); ids are checked like a prompt's.
@@ -7,46 +7,41 @@ vocabulary is read-only once loaded); ids are checked like a prompt's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kvllama.api.models import ModelRegistry
 from kvllama.api.preparation import prompt_tokens
 from kvllama.chat.templates import render_chat, resolve_template
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.errors import InvalidRequestError
 from kvllama.request import Prompt
 
-if TYPE_CHECKING:
-    from kvllama.models.loaded import LoadedModel
 
-
-class TextMethods:
-    """Mixed into :class:`~kvllama.api.engine.Engine` (which provides ``_model``)."""
-
-    tool_memory: ToolCallMemory
-
-    def _model(self, model_id: str) -> LoadedModel:  # pragma: no cover - Engine's
-        raise NotImplementedError
+class TextTools:
+    def __init__(self, models: ModelRegistry, tool_memory: ToolCallMemory) -> None:
+        self._models = models
+        self.tool_memory = tool_memory
 
     def tokenize(
         self, model_id: str, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
         if not isinstance(text, str):
             raise InvalidRequestError("text must be a string")
-        return self._model(model_id).backend.tokenize(
+        return self._models.get(model_id).backend.tokenize(
             text, add_special=add_special, parse_special=parse_special
         )
 
     def prompt_tokens(self, model_id: str, prompt: Prompt) -> list[int]:
         """The tokens a request with this prompt queues (BOS added unless a text starts with it)."""
-        return prompt_tokens(self._model(model_id).backend, prompt)
+        return prompt_tokens(self._models.get(model_id).backend, prompt)
 
     def detokenize(self, model_id: str, tokens: Sequence[int]) -> str:
-        backend = self._model(model_id).backend
+        backend = self._models.get(model_id).backend
         return backend.detokenize(prompt_tokens(backend, tokens) if tokens else [])
 
     def token_pieces(self, model_id: str, tokens: Sequence[int]) -> list[bytes]:
         """Each token's bytes, control tokens as their text (ids checked like a prompt's)."""
-        backend = self._model(model_id).backend
+        backend = self._models.get(model_id).backend
         return [backend.piece(t, special=True) for t in (prompt_tokens(backend, tokens) if tokens else [])]
 
     def apply_chat_template(
@@ -64,7 +59,7 @@ class TextMethods:
         An assistant message carrying exactly the tool calls of a turn this engine
         generated is rendered as that turn's own text (engine/tool_memory.py).
         """
-        model = self._model(model_id)
+        model = self._models.get(model_id)
         d = model.backend.description
         source, _ = resolve_template(template, d.chat_template, model.options.chat_template)
         return render_chat(

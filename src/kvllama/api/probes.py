@@ -63,37 +63,33 @@ class RoutingSnapshot:
         return self.pending + self.in_flight
 
 
-class ProbeMethods:
-    """Mixed into :class:`~kvllama.api.engine.Engine`."""
-
-    def routing_snapshot(self, model_id: str) -> RoutingSnapshot:
-        """The digest and load of ``model_id`` for a cache-affinity router (module docstring)."""
-        model: LoadedModel = self._model(model_id)  # type: ignore[attr-defined]
-        loop = model.loop
-        warm = loop.warm
-        blocks: set[bytes] = set()
-        sessions: frozenset[tuple[str | None, str]] = frozenset()
-        try:
-            held, sessions = loop.call(lambda: _slot_blocks(loop, warm)).result(SLOT_LIST_TIMEOUT)
-            blocks.update(held)
-        except (concurrent.futures.TimeoutError, EngineClosedError):
-            pass  # a busy or closing loop: report the cache alone
-        if warm is not None:
-            for value in warm.cache.block_values():
-                if len(blocks) >= MAX_DIGEST_BLOCKS:
-                    break
-                blocks.add(value)
-        return RoutingSnapshot(
-            model_id=model_id,
-            root=warm.root(None) if warm is not None else None,
-            block_size=warm.cache.config.block_size if warm is not None else 64,
-            blocks=frozenset(blocks),
-            sessions=sessions,
-            pending=loop.pending,
-            in_flight=loop.status.in_flight,
-            n_seq_max=model.backend.shape.n_seq_max,
-            healthy=loop.healthy,
-        )
+def routing_snapshot(model: LoadedModel) -> RoutingSnapshot:
+    """The digest and load of one model for a cache-affinity router (module docstring)."""
+    loop = model.loop
+    warm = loop.warm
+    blocks: set[bytes] = set()
+    sessions: frozenset[tuple[str | None, str]] = frozenset()
+    try:
+        held, sessions = loop.call(lambda: _slot_blocks(loop, warm)).result(SLOT_LIST_TIMEOUT)
+        blocks.update(held)
+    except (concurrent.futures.TimeoutError, EngineClosedError):
+        pass  # a busy or closing loop: report the cache alone
+    if warm is not None:
+        for value in warm.cache.block_values():
+            if len(blocks) >= MAX_DIGEST_BLOCKS:
+                break
+            blocks.add(value)
+    return RoutingSnapshot(
+        model_id=model.id,
+        root=warm.root(None) if warm is not None else None,
+        block_size=warm.cache.config.block_size if warm is not None else 64,
+        blocks=frozenset(blocks),
+        sessions=sessions,
+        pending=loop.pending,
+        in_flight=loop.status.in_flight,
+        n_seq_max=model.backend.shape.n_seq_max,
+        healthy=loop.healthy,
+    )
 
 
 def _slot_blocks(
