@@ -24,6 +24,7 @@ from kvllama.events import (
 from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.loaded import ModelInfo
 from kvllama.options import ModelOptions
+from kvllama.request import ChatInput, GenerationRequest, RequestOptions
 from kvllama.results import CompletionResult, ResultBuilder, collect
 from kvllama.sampling import SamplingParams
 
@@ -31,14 +32,17 @@ __all__ = [
     "AsyncRequestStream",
     "CacheConfig",
     "CacheDelta",
+    "ChatInput",
     "CompletionResult",
     "DoneEvent",
     "Engine",
     "ErrorEvent",
     "Event",
+    "GenerationRequest",
     "KvCache",
     "ModelInfo",
     "ModelOptions",
+    "RequestOptions",
     "RequestStream",
     "ResultBuilder",
     "SamplingParams",

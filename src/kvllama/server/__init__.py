@@ -16,9 +16,11 @@ LoRA adapters, status and its page). Shared plumbing stays here: ``app``
 (factory, health), ``config``, ``state``, ``middleware`` (auth, body limit,
 request metrics), ``metrics`` (Prometheus), ``errors``, ``openapi`` (request
 bodies in the published document), ``schemas_common`` (fields every family
-shares), ``generation`` (driving one engine request, disconnect -> cancel),
-``chat_prompt``, ``agent_params`` (sessions, thinking, signature checks),
-``grammar`` (JSON schema -> GBNF), ``sse``, ``runner`` (uvicorn).
+shares), ``edge`` (what a body needs besides itself to become the one
+:class:`~kvllama.request.GenerationRequest`: limits, the session header,
+adapter ids), ``generation`` (driving one engine request, disconnect ->
+cancel), ``agent_params`` (thinking signature checks), ``grammar`` (JSON
+schema -> GBNF), ``sse``, ``runner`` (uvicorn).
 """
 
 from kvllama.server.app import create_app
