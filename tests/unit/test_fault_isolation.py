@@ -85,7 +85,7 @@ def test_cancel_aborts_a_running_prefill_pass_and_the_others_go_on(stub_engine):
     engine, _backend = stub_engine(n_ctx_seq=512, n_batch=64, decode_delay=0.5)
     loop = engine.models.get("s").loop
     victim = engine.infer("s", "p" * 60, max_tokens=2, temperature=0)
-    while victim.request not in loop._prefilling_now:  # the pass is running
+    while victim.request not in loop.state.prefilling_now:  # the pass is running
         threading.Event().wait(0.001)
     victim.cancel()
     assert victim.result().finish_reason == "cancelled"

@@ -81,6 +81,22 @@ def test_no_code_outside_api_reaches_the_engines_private_models() -> None:
     assert offenders == []
 
 
+COMPOSED = ("api", "engine")
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if _package(p) in COMPOSED],
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_the_engine_and_the_loop_are_composed_not_mixed_in(path: Path) -> None:
+    """A class in api/ or the loop never inherits kvllama classes from other modules (no mixins):
+    its parts are attributes a reader can follow (``engine.models``, ``loop.admission``)."""
+    tree = ast.parse(path.read_text())
+    from_kvllama = {name for _module, names in _imports(tree) for name in names}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            mixed = [b.id for b in node.bases if isinstance(b, ast.Name) and b.id in from_kvllama]
+            assert not mixed, f"{path.relative_to(SRC)}: {node.name} inherits {mixed}"
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_modules_and_functions_stay_small(path: Path) -> None:
     text = path.read_text()

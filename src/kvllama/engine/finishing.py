@@ -15,16 +15,21 @@ from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stat
 log = logging.getLogger("kvllama.engine")
 
 
-class Finishing(LoopState):
-    def _fail(self, r: Request, exc: Exception) -> None:
+class Finisher:
+    """Ends requests: done events with stats, errors, slots given back."""
+
+    def __init__(self, state: LoopState) -> None:
+        self.state = state
+
+    def fail(self, r: Request, exc: Exception) -> None:
         """End one request with an error; anything that goes wrong doing so is only logged."""
         try:
-            self._emit_error(r, typed_error(exc))
+            self.emit_error(r, typed_error(exc))
         except Exception:  # pragma: no cover - defensive
             log.exception("could not end request %s cleanly", r.id)
             r.status = Status.FINISHED
 
-    def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
+    def finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None:
         if r.done:
             return
         if stop is None and r.channels is not None:
@@ -34,9 +39,9 @@ class Finishing(LoopState):
         self._remember_calls(r, stop)
         # What outlives the request (finish row, parked session) is its canonical part only.
         reusable = r.seq_id is not None and self._cut_to_exact(r)
-        if self.warm is not None and reusable and reason != "cancelled":
+        if self.state.warm is not None and reusable and reason != "cancelled":
             try:
-                self.warm.at_finish(r)
+                self.state.warm.at_finish(r)
             except Exception:  # the reply stands; only its finish row is lost
                 log.exception("saving request %s to the cache failed", r.id)
         opts = r.options
@@ -44,13 +49,13 @@ class Finishing(LoopState):
             context = (r.prompt + tuple(r.generated))[: r.n_computed]
             if opts.session_id is not None:
                 transcript = r.prompt + tuple(r.generated)
-                self.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
+                self.state.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
                                            transcript=transcript, adapter_key=opts.adapter_key))
                 r.seq_id = None  # the sequence now belongs to the session
-            elif self.residents.enabled and reason != "cancelled":
+            elif self.state.residents.enabled and reason != "cancelled":
                 greedy_next = r.generated[0] if r.generated and len(context) == len(r.prompt) \
                     and eligible(r) and not r.drafted else None
-                self.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
+                self.state.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
                                              adapter_key=opts.adapter_key,
                                              transcript=r.prompt + tuple(r.generated),
                                              greedy_next=greedy_next))
@@ -71,12 +76,12 @@ class Finishing(LoopState):
     def _remember_calls(self, r: Request, stop: str | None) -> None:
         """Keep the turn's text for exact replay of its tool calls (engine/tool_memory.py)."""
         spans = r.channels.call_spans if r.channels is not None else []
-        if not spans or self.tool_memory is None:
+        if not spans or self.state.tool_memory is None:
             return
-        text = b"".join(self.backend.piece(t, True) for t in r.generated).decode("utf-8", "replace")
+        text = b"".join(self.state.backend.piece(t, True) for t in r.generated).decode("utf-8", "replace")
         if stop is not None and stop in text:
             text = text[: text.rindex(stop)]  # a stop sequence is not part of the reply
-        self.tool_memory.remember(spans, text)
+        self.state.tool_memory.remember(spans, text)
 
     def _cut_to_exact(self, r: Request) -> bool:
         """Cut the sequence back to its canonical part; False if the model cannot.
@@ -90,16 +95,16 @@ class Finishing(LoopState):
         there yet, the cut lands on the grid so the row can be saved.
         """
         keep = r.exact_len
-        grid = resume_point(keep, self.backend.shape.swa_window)
-        if grid < keep and self.warm is not None and self.warm.row_at(r, grid) is None:
+        grid = resume_point(keep, self.state.backend.shape.swa_window)
+        if grid < keep and self.state.warm is not None and self.state.warm.row_at(r, grid) is None:
             keep = grid
         if r.n_computed > keep:
-            if not self.backend.truncate_sequence(r.seq_id, keep):  # type: ignore[arg-type]
+            if not self.state.backend.truncate_sequence(r.seq_id, keep):  # type: ignore[arg-type]
                 return False
             r.n_computed = r.exact_len = keep
         return True
 
-    def _emit_error(self, r: Request, exc: Exception) -> None:
+    def emit_error(self, r: Request, exc: Exception) -> None:
         if r.done:
             return
         self._release(r)
@@ -115,11 +120,11 @@ class Finishing(LoopState):
                 sampler.close()
         r.sampler = r.greedy_sampler = None
         if r.seq_id is not None:
-            self.backend.clear_sequence(r.seq_id)
+            self.state.backend.clear_sequence(r.seq_id)
             r.seq_id = None
         if r.timing.admitted_at is None:
             # Finished while still waiting: count it so `pending` stays right.
-            self.status.finished_waiting += 1
+            self.state.status.finished_waiting += 1
 
     def _stats(self, r: Request) -> Stats:
         n = len(r.generated)

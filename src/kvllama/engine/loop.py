@@ -16,7 +16,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict
@@ -24,13 +23,13 @@ from typing import Any
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.admission import Admission
-from kvllama.engine.finishing import Finishing
-from kvllama.engine.loop_state import LoopStatus, Phase, typed_error
+from kvllama.engine.finishing import Finisher
+from kvllama.engine.loop_state import LoopState, LoopStatus, Phase, typed_error
 from kvllama.engine.markers import MarkerStrings
 from kvllama.engine.request import Request
 from kvllama.engine.residents import ResidentPool
 from kvllama.engine.runner import Runner
-from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.engine.sessions import SessionPolicy, SessionTable
 from kvllama.engine.settling import ReplySettler
 from kvllama.engine.speculation import Drafter, NgramDrafter
 from kvllama.engine.tool_memory import ToolCallMemory
@@ -40,9 +39,6 @@ from kvllama.errors import (
     ContextLostError,
     DecodeError,
     EngineClosedError,
-    NoFreeSlotError,
-    SessionConflictError,
-    UnknownSessionError,
 )
 from kvllama.kvcache import SaveReason
 from kvllama.sampling import SamplingParams
@@ -54,12 +50,13 @@ log = logging.getLogger("kvllama.engine")
 _STOP = object()
 # The longest burst an idle loop gathers, in burst windows (see ModelLoop._gather_burst).
 BURST_WINDOWS = 20
-# A lone warm request gathers a burst only when it has more prompt tokens than this left to prefill.
-BURST_MIN_PREFILL = 64
 PREFILL_ALIGN = 64
 
 
-class ModelLoop(Admission, Runner, Finishing):
+class ModelLoop:
+    """One model's decode thread, with its parts: ``admission``, ``runner``, ``finisher`` and the
+    ``state`` they share (engine/loop_state.py)."""
+
     def __init__(
         self,
         backend: Backend,
@@ -77,39 +74,67 @@ class ModelLoop(Admission, Runner, Finishing):
         burst_window: float = 0.0,
         settle_replies: bool = True,
     ) -> None:
-        self.backend = backend
         # Seconds an idle loop waits after a request arrives for others of its burst, so
         # requests sent together (N HTTP clients, N threads) prefill together.
         self.burst_window = burst_window
-        self.warm = warm
-        # Thinking / tool-call markers of this model, and the key that signs thinking.
-        self.markers = markers
-        self.signing_key = signing_key
-        self.sessions = SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy())
-        self.residents = ResidentPool(enabled=keep_finished)
-        self.speculative_draft = speculative_draft
-        # Where drafts come from: prompt lookup, or a draft model (closed with the loop).
-        self.drafter: Drafter = drafter or NgramDrafter()
-        # The LoRA adapter set of the tick being run (runner.py).
-        self._tick_adapters: tuple[tuple[str, float], ...] = ()
-        self.tool_memory = tool_memory
-        self.chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
-        # Prompt chunks end on multiples of this (see scheduler.py for why).
-        self.align = min(PREFILL_ALIGN, self.chunk_size)
-        self.status = LoopStatus()
+        chunk_size = min(chunk_size, backend.shape.n_batch, backend.shape.n_ubatch)
+        self.state = LoopState(
+            backend, warm=warm, markers=markers, signing_key=signing_key,
+            sessions=SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy()),
+            residents=ResidentPool(enabled=keep_finished), tool_memory=tool_memory,
+            speculative_draft=speculative_draft, drafter=drafter or NgramDrafter(),
+            chunk_size=chunk_size, align=min(PREFILL_ALIGN, chunk_size),
+        )
+        self.finisher = Finisher(self.state)
+        self.admission = Admission(self.state, self.finisher)
+        self.runner = Runner(self.state, self.finisher)
         # Idle time recomputes kept replies as prompt chunks (engine/settling.py).
-        self.settler = ReplySettler(backend, self.residents, self.sessions, warm, self.chunk_size) \
+        self.settler = ReplySettler(backend, self.residents, self.sessions, warm, chunk_size) \
             if settle_replies else None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._waiting: deque[Request] = deque()
-        self._running: list[Request] = []
-        # Requests with a prompt chunk in the forward pass running now (read by cancel()).
-        self._prefilling_now: frozenset[Request] = frozenset()
         self._submitted = 0
         self._submit_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"kvllama-loop-{name}", daemon=True)
         self._thread.start()
+
+    # --- the shared state, as callers and tests read it -------------------------
+
+    @property
+    def backend(self) -> Backend:
+        return self.state.backend
+
+    @property
+    def warm(self) -> WarmStart | None:
+        return self.state.warm
+
+    @property
+    def markers(self) -> MarkerStrings | None:
+        return self.state.markers
+
+    @property
+    def sessions(self) -> SessionTable:
+        return self.state.sessions
+
+    @property
+    def residents(self) -> ResidentPool:
+        return self.state.residents
+
+    @property
+    def status(self) -> LoopStatus:
+        return self.state.status
+
+    @property
+    def chunk_size(self) -> int:
+        return self.state.chunk_size
+
+    @property
+    def drafter(self) -> Drafter:
+        return self.state.drafter
+
+    @drafter.setter
+    def drafter(self, drafter: Drafter) -> None:
+        self.state.drafter = drafter
 
     # --- any thread ---------------------------------------------------------
 
@@ -131,7 +156,7 @@ class ModelLoop(Admission, Runner, Finishing):
         requests of that pass are retried on their own.
         """
         request.cancel_requested = True
-        if request in self._prefilling_now:
+        if request in self.state.prefilling_now:
             self.backend.abort()
         self._inbox.put(None)  # wake the loop if it is idle
 
@@ -171,15 +196,16 @@ class ModelLoop(Admission, Runner, Finishing):
     def _run(self) -> None:
         try:
             while True:
-                idle = not (self._running or self._waiting)
+                idle = not (self.state.running or self.state.waiting)
                 settle = idle and self.settler is not None and self.settler.pending() is not None
                 if not self._drain_inbox(block=idle and not settle):
                     break
                 # A burst submitted as one item (infer_many, n choices) is whole already.
-                lone = len(self._waiting) == 1
-                if idle and lone and self._worth_gathering(self._waiting[0]) and not self._gather_burst():
+                waiting = self.state.waiting
+                gather = self.burst_window > 0 and idle and len(waiting) == 1
+                if gather and self.admission.worth_gathering(waiting[0]) and not self._gather_burst():
                     break
-                if settle and not (self._running or self._waiting):
+                if settle and not (self.state.running or self.state.waiting):
                     self._settle()
                     continue
                 try:
@@ -196,23 +222,23 @@ class ModelLoop(Admission, Runner, Finishing):
                 self._closed = True
             self._drain_inbox(block=False)
             err = RuntimeError("the decode loop crashed; see the kvllama.engine log")
-            for r in [*self._running, *self._waiting]:
-                self._emit_error(r, err)
+            for r in [*self.state.running, *self.state.waiting]:
+                self.finisher.emit_error(r, err)
         finally:
-            for r in [*self._running, *self._waiting]:
-                self._finish(r, "cancelled")
+            for r in [*self.state.running, *self.state.waiting]:
+                self.finisher.finish(r, "cancelled")
             for session in list(self.sessions.parked.values()):
-                self._release_session(session, SaveReason.SHUTDOWN)
+                self.admission.release_session(session, SaveReason.SHUTDOWN)
             self.status.phase = Phase.IDLE
 
     def _step(self) -> None:
-        self._sweep_cancelled()
-        self._compact()
-        self._admit()
-        if self._running:
-            self._tick()
-            self._compact()
-        elif self._waiting:
+        self.admission.sweep_cancelled()
+        self.admission.compact()
+        self.admission.admit()
+        if self.state.running:
+            self.runner.tick()
+            self.admission.compact()
+        elif self.state.waiting:
             time.sleep(0.002)  # only deferred requests: their prefix row is being published
 
     def _settle(self) -> None:
@@ -230,9 +256,9 @@ class ModelLoop(Admission, Runner, Finishing):
             self._rebuild_context()
             return
         err = typed_error(exc)
-        for r in list(self._running):
-            self._fail(r, err)
-        self._running = []
+        for r in list(self.state.running):
+            self.finisher.fail(r, err)
+        self.state.running = []
 
     def _rebuild_context(self) -> None:
         """llama.cpp reported a fatal error: save what can be saved, then a fresh context.
@@ -244,12 +270,12 @@ class ModelLoop(Admission, Runner, Finishing):
         st.healthy = False
         log.error("llama.cpp context failed; rebuilding it (the KV cache is kept)")
         lost = ContextLostError("the model's context failed and was rebuilt; retry the request")
-        for r in list(self._running):
-            self._fail(r, lost)
-        self._running = []
+        for r in list(self.state.running):
+            self.finisher.fail(r, lost)
+        self.state.running = []
         for session in list(self.sessions.parked.values()):
             try:
-                self._release_session(session, SaveReason.EVICT)
+                self.admission.release_session(session, SaveReason.EVICT)
             except Exception:
                 log.exception("could not save session %s before the rebuild", session.id)
                 self.sessions.parked.pop(session.key, None)
@@ -257,24 +283,6 @@ class ModelLoop(Admission, Runner, Finishing):
         self.backend.rebuild()
         st.context_rebuilds += 1
         st.healthy = True
-
-    def _worth_gathering(self, r: Request) -> bool:
-        """Is ``r``'s prefill long enough that others of its burst should share its passes?
-
-        A warm request (a conversation's next turn in its own session, a repeat, a
-        prompt a live sequence or the cache holds all but a few tokens of) prefills
-        in a pass or two of milliseconds: the burst window would be most of its time
-        to first token, and a burst of such requests gains little from one pass.
-        """
-        if self.burst_window <= 0:
-            return False
-        opts = r.options
-        if opts.session_id is not None and (opts.cache_salt, opts.session_id) in self.sessions.parked:
-            return False
-        restorable = self.warm.restorable(r) if self.warm is not None else 0
-        source = self._live_source(r, restorable)
-        reused = max(restorable, source.shared if source is not None else 0)
-        return reused == 0 or len(r.prompt) - reused > BURST_MIN_PREFILL
 
     def _gather_burst(self) -> bool:
         """An idle loop woken by a request: take the rest of its burst before the first tick.
@@ -316,9 +324,9 @@ class ModelLoop(Admission, Runner, Finishing):
         if item is _STOP:
             return False
         if isinstance(item, Request):
-            self._waiting.append(item)
+            self.state.waiting.append(item)
         elif isinstance(item, list):
-            self._waiting.extend(item)
+            self.state.waiting.extend(item)
         elif isinstance(item, tuple):
             fn, future = item
             if future.set_running_or_notify_cancel():
@@ -330,7 +338,7 @@ class ModelLoop(Admission, Runner, Finishing):
 
     def uses_adapter(self, adapter_id: str) -> bool:
         """Loop thread: does a queued or running request run with this adapter?"""
-        return any(adapter_id in dict(r.options.adapters) for r in (*self._running, *self._waiting))
+        return any(adapter_id in dict(r.options.adapters) for r in (*self.state.running, *self.state.waiting))
 
     def fork_session(self, session_id: str, new_id: str, cache_salt: str | None = None) -> None:
         """Copy a parked session's live sequence into a new parked session (one ``seq_cp``).
@@ -338,33 +346,11 @@ class ModelLoop(Admission, Runner, Finishing):
         From any thread. Raises UnknownSessionError (nothing parked under that id),
         SessionConflictError (``new_id`` is parked already) or NoFreeSlotError.
         """
-        def fork() -> None:
-            src = self.sessions.parked.get((cache_salt, session_id))
-            if src is None:
-                raise UnknownSessionError(session_id)
-            if (cache_salt, new_id) in self.sessions.parked:
-                raise SessionConflictError(f"session {new_id!r} exists already")
-            if len(self._running) + len(self.sessions.parked) >= self.backend.shape.n_seq_max:
-                raise NoFreeSlotError("no free sequence slot to fork the session into; retry later")
-            dst = self._free_seq_id()
-            self.backend.copy_sequence(src.seq_id, dst)
-            src.last_used = time.monotonic()
-            self.sessions.park(Session(new_id, dst, src.tokens, cache_salt, transcript=src.transcript,
-                                       adapter_key=src.adapter_key))
-
-        self.call(fork).result()
+        self.call(lambda: self.admission.fork_session(session_id, new_id, cache_salt)).result()
 
     def end_session(self, session_id: str, cache_salt: str | None = None) -> bool:
         """Release a parked session (from any thread); False if it is unknown or running."""
-        def end() -> bool:
-            session = self.sessions.parked.get((cache_salt, session_id))
-            if session is None:
-                return False
-            self._release_session(session, SaveReason.EVICT)
-            return True
-
-        return bool(self.call(end).result())
-
+        return bool(self.call(lambda: self.admission.end_session(session_id, cache_salt)).result())
 
     def verify_held(self, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int] | None:
         """Loop thread (through :meth:`call`): verify ``draft`` on a kept slot holding exactly
@@ -386,7 +372,7 @@ class ModelLoop(Admission, Runner, Finishing):
 
     def _publish_status(self) -> None:
         st = self.status
-        st.in_flight = len(self._running)
-        st.waiting = len(self._waiting)
-        if not self._running:
+        st.in_flight = len(self.state.running)
+        st.waiting = len(self.state.waiting)
+        if not self.state.running:
             st.phase = Phase.IDLE

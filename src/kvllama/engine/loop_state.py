@@ -1,9 +1,11 @@
 """What the decode loop's parts share: its state, its status, and how a failure reads.
 
-:class:`ModelLoop` (loop.py) is assembled from three parts, one concern each:
-admission and sessions (admission.py), the runner that turns a plan into
-forward passes and samples (runner.py), and finishing requests (finishing.py).
-They share the attributes declared here, all owned by the loop thread.
+:class:`ModelLoop` (loop.py) is built from three named parts, one concern
+each: :class:`~kvllama.engine.admission.Admission` (sequence ids, sessions,
+restores), the :class:`~kvllama.engine.runner.Runner` (a plan becomes forward
+passes and samples) and the :class:`~kvllama.engine.finishing.Finisher`
+(done events, errors, slots given back). Each holds the one
+:class:`LoopState` they share, owned by the loop thread.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kvllama.backend.protocol import Backend
 from kvllama.engine.markers import MarkerStrings
@@ -22,9 +24,6 @@ from kvllama.engine.speculation import Drafter
 from kvllama.engine.tool_memory import ToolCallMemory
 from kvllama.engine.warm import WarmStart
 from kvllama.errors import InternalEngineError, KvllamaError
-
-if TYPE_CHECKING:
-    from kvllama.events import FinishReason
 
 
 class Phase(enum.StrEnum):
@@ -84,27 +83,33 @@ def typed_error(exc: Exception) -> Exception:
 
 
 class LoopState:
-    """The attributes every part of the loop reads and writes (set in ModelLoop.__init__)."""
+    """The state every part of the loop reads and writes, built once by ModelLoop.
 
-    backend: Backend
-    warm: WarmStart | None
-    # Thinking / tool-call markers of this model, and the key that signs thinking.
-    markers: MarkerStrings | None
-    signing_key: bytes | None
-    sessions: SessionTable
-    residents: ResidentPool
-    tool_memory: ToolCallMemory | None
-    speculative_draft: int
-    drafter: Drafter
-    chunk_size: int
-    align: int
-    status: LoopStatus
-    _waiting: deque[Request]
-    _running: list[Request]
-    # Requests with a prompt chunk in the forward pass running now (read by cancel()).
-    _prefilling_now: frozenset[Request]
+    Owned by the loop thread (``status`` is also read, lock-free, by any thread).
+    """
 
-    if TYPE_CHECKING:  # the parts call each other through self
-        def _fail(self, r: Request, exc: Exception) -> None: ...
-        def _finish(self, r: Request, reason: FinishReason, stop: str | None = None) -> None: ...
-        def _emit_error(self, r: Request, exc: Exception) -> None: ...
+    def __init__(self, backend: Backend, *, warm: WarmStart | None, markers: MarkerStrings | None,
+                 signing_key: bytes | None, sessions: SessionTable, residents: ResidentPool,
+                 tool_memory: ToolCallMemory | None, speculative_draft: int, drafter: Drafter,
+                 chunk_size: int, align: int) -> None:
+        self.backend = backend
+        self.warm = warm
+        # Thinking / tool-call markers of this model, and the key that signs thinking.
+        self.markers = markers
+        self.signing_key = signing_key
+        self.sessions = sessions
+        self.residents = residents
+        self.tool_memory = tool_memory
+        self.speculative_draft = speculative_draft
+        # Where drafts come from: prompt lookup, or a draft model (closed with the loop).
+        self.drafter = drafter
+        self.chunk_size = chunk_size
+        # Prompt chunks end on multiples of this (see scheduler.py for why).
+        self.align = align
+        self.status = LoopStatus()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        # Requests with a prompt chunk in the forward pass running now (read by cancel()).
+        self.prefilling_now: frozenset[Request] = frozenset()
+        # The LoRA adapter set of the tick being run (runner.py).
+        self.tick_adapters: tuple[tuple[str, float], ...] = ()

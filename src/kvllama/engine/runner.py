@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from kvllama.engine.finishing import Finisher
 from kvllama.engine.loop_state import LoopState, Phase
 from kvllama.engine.request import Request, Status
 from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
@@ -16,58 +17,62 @@ from kvllama.native.batch import BatchRow
 log = logging.getLogger("kvllama.engine")
 
 
-class Runner(LoopState):
-    def _tick(self) -> None:
+class Runner:
+    def __init__(self, state: LoopState, finisher: Finisher) -> None:
+        self.state = state
+        self.finisher = finisher
+
+    def tick(self) -> None:
         adapters = self._adapters_this_tick()
-        self._tick_adapters = adapters
-        shape = self.backend.shape
+        self.state.tick_adapters = adapters
+        shape = self.state.backend.shape
         self._plan_draft()
         views = [
             SeqProgress(i, r.seq_id, len(r.prompt), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
                         r.cache.next_save_point(r.n_computed), len(r.draft))
-            for i, r in enumerate(self._running) if r.options.adapters == adapters
+            for i, r in enumerate(self.state.running) if r.options.adapters == adapters
         ]
-        tick = plan(views, shape.n_batch, self.chunk_size, self.align, shape.n_ubatch,
+        tick = plan(views, shape.n_batch, self.state.chunk_size, self.state.align, shape.n_ubatch,
                     min_rows=shape.min_chunk_rows, decode_rows=2 if shape.canonical_decode else 1)
         if tick.slices:
-            self.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
+            self.state.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             seq_ids = {v.key: v.seq_id for v in views}
             for group in decode_groups(tick.slices, shape.max_decode_rows, seq_ids, shape.per_pass_kernels):
                 if not self._forward(group) and len(group) > 1:
                     # Isolate the failure: each request alone, so one bad request
                     # ends with its own error and the others go on.
                     for s in group:
-                        if not self._running[s.key].cancel_requested:
+                        if not self.state.running[s.key].cancel_requested:
                             self._forward((s,))
-        self._running = [r for r in self._running if not r.done]
+        self.state.running = [r for r in self.state.running if not r.done]
 
     def _plan_draft(self) -> None:
         """Speculate while exactly one request runs and it decodes (engine/speculation.py)."""
-        if not self.speculative_draft or len(self._running) != 1:
+        if not self.state.speculative_draft or len(self.state.running) != 1:
             return
-        r = self._running[0]
+        r = self.state.running[0]
         if r.pending_token is None or not eligible(r) or not r.governor.should_draft():
             return
         room = min(r.params.max_tokens - len(r.generated) - 1,
-                   self.backend.shape.n_ctx_seq - (len(r.prompt) + len(r.generated)) - 2)
+                   self.state.backend.shape.n_ctx_seq - (len(r.prompt) + len(r.generated)) - 2)
         if room > 0:
             started = time.perf_counter()
-            n = r.governor.draft_length(min(self.speculative_draft, room))
-            r.draft = self.drafter.draft((*r.prompt, *r.generated), n)
+            n = r.governor.draft_length(min(self.state.speculative_draft, room))
+            r.draft = self.state.drafter.draft((*r.prompt, *r.generated), n)
             r.draft_seconds = time.perf_counter() - started
             r.timing.decode_seconds += r.draft_seconds  # drafting is part of decoding's cost
 
     def _progress(self, r: Request) -> int:
         """What the planner sees as done: for a canonical decoder, the pending token's position
         (its step recomputes the token before it, whatever a failed pass left in KV)."""
-        if self.backend.shape.canonical_decode and r.pending_token is not None:
+        if self.state.backend.shape.canonical_decode and r.pending_token is not None:
             return len(r.prompt) + len(r.generated) - 1
         return r.n_computed
 
     def _adapters_this_tick(self) -> tuple[tuple[str, float], ...]:
         """The LoRA adapter set this tick runs: llama.cpp applies one set to a whole pass, so
         requests of different sets take turns, one set per tick (most runs have only one)."""
-        sets = sorted({r.options.adapters for r in self._running})
+        sets = sorted({r.options.adapters for r in self.state.running})
         if len(sets) <= 1:
             return sets[0] if sets else ()
         self._adapter_turn = getattr(self, "_adapter_turn", -1) + 1
@@ -75,14 +80,14 @@ class Runner(LoopState):
 
     def _forward(self, slices: tuple[Slice, ...]) -> bool:
         """Decode these slices in one batch, then sample; False if the decode failed."""
-        batch = [self._running[s.key] for s in slices]
+        batch = [self.state.running[s.key] for s in slices]
         rows, samples = self._rows(slices)
         started = time.perf_counter()
-        self._prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
+        self.state.prefilling_now = frozenset(r for s, r in zip(slices, batch, strict=True) if not s.decoding)
         try:
             # Decode rows (with any drafts to verify) in the decode class; canonical steps are chunks.
-            decode_only = not self.backend.shape.canonical_decode and all(s.decoding for s in slices)
-            self.backend.decode(rows, self._tick_adapters, decode_only=decode_only)
+            decode_only = not self.state.backend.shape.canonical_decode and all(s.decoding for s in slices)
+            self.state.backend.decode(rows, self.state.tick_adapters, decode_only=decode_only)
         except KvllamaError as exc:
             # An abort asked for by cancel() costs the others of the pass nothing: they
             # made no progress and are planned again next tick. A timeout is an error.
@@ -91,19 +96,19 @@ class Runner(LoopState):
                 raise  # llama.cpp's own "fatal error": the context is suspect (see _recover)
             for s, r in zip(slices, batch, strict=True):
                 # Drop whatever part of the batch llama.cpp kept, so a retry starts clean.
-                self.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
+                self.state.backend.clear_sequence(r.seq_id, s.start)  # type: ignore[arg-type]
                 r.n_computed, r.exact_len = min(r.n_computed, s.start), min(r.exact_len, s.start)
                 if s.decoding:
                     r.pending_token = rows[self._row_of(slices, s) + s.count - 1][0]
                 if len(slices) == 1 and not cancelled:
-                    self._emit_error(r, exc)
+                    self.finisher.emit_error(r, exc)
             return cancelled
         finally:
-            self._prefilling_now = frozenset()
+            self.state.prefilling_now = frozenset()
         elapsed = time.perf_counter() - started
         # A lone decoding request's step is what its speculation governor measures.
-        lone_step = len(batch) == 1 and slices[0].decoding and bool(self.speculative_draft)
-        min_rows = self.backend.shape.min_chunk_rows
+        lone_step = len(batch) == 1 and slices[0].decoding and bool(self.state.speculative_draft)
+        min_rows = self.state.backend.shape.min_chunk_rows
         for s, r in zip(slices, batch, strict=True):
             r.n_computed = s.start + s.count
             # Rows of a chunk of min_rows+ computed right after canonical KV are canonical too
@@ -114,8 +119,8 @@ class Runner(LoopState):
                 r.timing.decode_seconds += elapsed
             else:
                 r.timing.prefill_seconds += elapsed
-                if self.warm is not None:
-                    self.warm.after_prefill_step(r)
+                if self.state.warm is not None:
+                    self.state.warm.after_prefill_step(r)
         for row_index, r in samples:
             try:
                 if r.draft:
@@ -127,7 +132,7 @@ class Runner(LoopState):
             except Exception as exc:  # this request's sampler or channels: end it alone
                 if not isinstance(exc, KvllamaError):
                     log.exception("sampling request %s failed", r.id)
-                self._fail(r, exc)
+                self.finisher.fail(r, exc)
         return True
 
     @staticmethod
@@ -144,12 +149,12 @@ class Runner(LoopState):
         rows: list[BatchRow] = []
         samples: list[tuple[int, Request]] = []
         for s in slices:
-            r = self._running[s.key]
+            r = self.state.running[s.key]
             seq = r.seq_id
             assert seq is not None
             if s.decoding:
-                if s.count == 2 and self.backend.shape.canonical_decode:  # recompute the token before
-                    self.backend.clear_sequence(seq, s.start)
+                if s.count == 2 and self.state.backend.shape.canonical_decode:  # recompute the token before
+                    self.state.backend.clear_sequence(seq, s.start)
                     before = s.start - len(r.prompt)
                     token = r.prompt[s.start] if before < 0 else r.generated[before]
                     rows.append((token, s.start, seq, False))
@@ -169,20 +174,20 @@ class Runner(LoopState):
     def _logprob(self, sampler: object, row_index: int, token: int, top_n: int | None) -> TokenLogprob | None:
         if top_n is None:
             return None
-        logprob, top = self.backend.logprobs(sampler, row_index, token, top_n)  # type: ignore[arg-type]
-        piece = self.backend.piece
+        logprob, top = self.state.backend.logprobs(sampler, row_index, token, top_n)  # type: ignore[arg-type]
+        piece = self.state.backend.piece
         return TokenLogprob(token, logprob, piece(token), tuple((t, lp, piece(t)) for t, lp in top))
 
     def _sample(self, r: Request, row_index: int) -> None:
         if r.params.max_tokens == 0:
-            self._finish(r, "length")
+            self.finisher.finish(r, "length")
             return
         channels = r.channels
         greedy = r.greedy_sampler is not None and channels is not None and channels.greedy_now
         p = r.params
-        ban = self.backend.eog_ids if p.ignore_eos or len(r.generated) < p.min_tokens else ()
+        ban = self.state.backend.eog_ids if p.ignore_eos or len(r.generated) < p.min_tokens else ()
         sampler = r.greedy_sampler if greedy else r.sampler
-        token = self.backend.sample(sampler, row_index, ban)
+        token = self.state.backend.sample(sampler, row_index, ban)
         if r.greedy_sampler is not None:
             # Both chains see every token, so grammar and penalty state stay in step.
             (r.sampler if greedy else r.greedy_sampler).accept(token)
@@ -198,11 +203,11 @@ class Runner(LoopState):
         draft, r.draft = r.draft, ()
         tokens: list[int] = []
         for i in range(len(draft) + 1):
-            tokens.append(self.backend.sample(r.sampler, row_index + i))
+            tokens.append(self.state.backend.sample(r.sampler, row_index + i))
             if i == len(draft) or tokens[-1] != draft[i]:
                 break
         keep = r.n_computed - len(draft) + len(tokens) - 1  # the pending row and the accepted drafts
-        self.backend.clear_sequence(r.seq_id, keep)  # type: ignore[arg-type]
+        self.state.backend.clear_sequence(r.seq_id, keep)  # type: ignore[arg-type]
         r.n_computed, r.exact_len = keep, min(r.exact_len, keep)
         r.drafted += len(draft)
         r.accepted += len(tokens) - 1
@@ -218,20 +223,20 @@ class Runner(LoopState):
         if r.timing.first_token_at is None:
             r.timing.first_token_at = now
             r.status = Status.DECODING
-        if r.params.stop_at_eog and self.backend.is_eog(token):
-            self._finish(r, "stop")
+        if r.params.stop_at_eog and self.state.backend.is_eog(token):
+            self.finisher.finish(r, "stop")
             return False
         r.generated.append(token)
         r.sink.put(TokenEvent(token, self._logprob(sampler, row_index, token, p.logprobs)))
         stop = channels.push(token) if channels is not None else None
         if stop is not None:
-            self._finish(r, "stop", stop)
+            self.finisher.finish(r, "stop", stop)
             return False
         if len(r.generated) >= r.params.max_tokens:
-            self._finish(r, "length")
+            self.finisher.finish(r, "length")
             return False
-        if len(r.prompt) + len(r.generated) >= self.backend.shape.n_ctx_seq:
-            self._finish(r, "length")  # the sequence's context is full
+        if len(r.prompt) + len(r.generated) >= self.state.backend.shape.n_ctx_seq:
+            self.finisher.finish(r, "length")  # the sequence's context is full
             return False
         r.pending_token = token
         return True
