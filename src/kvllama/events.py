@@ -116,7 +116,7 @@ class ToolCallEndEvent:
 
     text: str
     raw: bytes
-    # Names the span: its calls are ``call_<span>_<k>`` (engine/tool_memory.py).
+    # Names the span: its calls are ``call_<span>_<k>`` (decoding/tool_memory.py).
     span: str = ""
     type: Literal["tool_call_end"] = "tool_call_end"
 

@@ -58,10 +58,10 @@ class ModelOptions:
     swa_full: bool = True
     kv_unified: bool = False
     # Leave a finished request's prompt KV in its slot until the slot is needed, so a
-    # request that repeats or continues it prefills only its last tokens (engine/residents.py).
+    # request that repeats or continues it prefills only its last tokens (decoding/kept.py).
     keep_finished: bool = True
     # Recompute a kept reply's KV as prompt chunks while the loop is idle, so the next turn
-    # reuses the reply too and prefills only its new message, exactly (engine/settling.py).
+    # reuses the reply too and prefills only its new message, exactly (decoding/settling.py).
     settle_replies: bool = True
     # Decode each step as a 2-row chunk of its sequence (the previous token recomputed), so a
     # reply's KV is computed exactly like a prompt's: resumes keep it, restores leave 2 tokens.
@@ -69,7 +69,7 @@ class ModelOptions:
     canonical_decode: bool = False
     # Speculative decoding by prompt lookup: up to this many draft tokens per step (0: off);
     # needs verify passes computed as decode steps are: kvllama's patched llama.cpp build
-    # (decode passes in one kernel class) or canonical_decode (engine/speculation.py).
+    # (decode passes in one kernel class) or canonical_decode (decoding/speculation.py).
     speculative_draft: int = 0
     # A second GGUF with the same vocabulary whose greedy guesses are the drafts (instead of
     # prompt lookup); needs speculative_draft >= 1 (backend/draft_model.py).
@@ -78,7 +78,7 @@ class ModelOptions:
     prefill_chunk_size: int | None = None
     # Milliseconds an idle loop waits, once a request arrives, for the next one of its burst
     # (again after each, at most 20 windows in all): requests sent together by separate
-    # clients then prefill together (engine/loop.py). A lone request's first token comes
+    # clients then prefill together (decoding/loop.py). A lone request's first token comes
     # this much later; 0 turns it off.
     burst_window_ms: float = 15.0
     # A Jinja chat template to use when the GGUF carries none.

@@ -97,7 +97,7 @@ def test_parent_key_resume_and_prefill_only(tmp_path):
         turn2 = eng.complete("m", turn2_prompt, max_tokens=8, temperature=0,
                              parent_key=turn1.finish_key)
         # Turn 1's finish row is its prompt (the reply is prefilled again, as a cold run does),
-        # unless the idle loop has settled the reply in turn 1's kept slot (engine/settling.py)
+        # unless the idle loop has settled the reply in turn 1's kept sequence (decoding/settling.py)
         # before turn 2 came: then the slot serves the reply too.
         settled = min(len(turn1.context_tokens), len(turn2_prompt) - 8)
         assert turn2.cache_delta.read in (len(turn1_prompt), settled)

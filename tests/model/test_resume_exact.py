@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import kvllama
-from kvllama.engine.request import resume_point
+from kvllama.decoding.request import resume_point
 from kvllama.kvcache import CacheConfig
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def _kept_live(n_prompt: int, window: int) -> tuple[int, int]:
 
 
 def _settled_after(engine: kvllama.Engine, before: int) -> None:
-    """Wait until the idle loop has settled one more reply (engine/settling.py), with a bound."""
+    """Wait until the idle loop has settled one more reply (decoding/settling.py), with a bound."""
     deadline = time.monotonic() + 120
     while engine.model_info(M).settled["sequences"] <= before:
         assert time.monotonic() < deadline, engine.model_info(M).settled

@@ -17,7 +17,7 @@ def test_sticky_turn_two_equals_a_cold_run(engine):
     t1 = engine.complete(MODEL, PROMPT, max_tokens=20, temperature=0, session_id="hist")
     p2 = list(t1.context_tokens) + engine.tokenize(MODEL, " Later, in the nineteenth century,",
                                                    add_special=False)
-    # The idle loop recomputes the parked reply as prompt chunks (engine/settling.py); wait for
+    # The idle loop recomputes the parked reply as prompt chunks (decoding/settling.py); wait for
     # it, so turn 2 reuses the whole transcript (all but the prompt's last 8 tokens at most).
     deadline = time.monotonic() + 60
     while engine.model_info(MODEL).settled["sequences"] <= settled:

@@ -169,7 +169,7 @@ def test_every_later_turn_lands_where_its_conversation_is_and_replies_match_a_si
             # The conversation's earlier prompt is reused: everything up to the previous reply.
             assert cached >= turns[rnd - 1][3] - 64, (key, rnd, cached, turns[rnd - 1][3])
         assert [t[0] for t in turns] == [t[0] for t in alone[key]], f"user {key}: replies differ"
-        # One engine with a slot per user: compaction gives kept slots up, and a turn whose own
+        # One engine with a slot per user: compaction gives kept sequences up, and a turn whose own
         # slot went must restore its own row from the cache, not cut a neighbour's slot back
         # to the shared system prompt.
         for rnd, (_text, _replica, cached, _prompt) in enumerate(alone[key][1:], start=1):

@@ -104,7 +104,7 @@ def test_page_shows_the_models_then_a_new_request(served, profile):
 
 
 def test_page_shows_prompt_reuse_by_source(served, profile):
-    # Two prompts that share a long start: the second copies it from the first's kept slot.
+    # Two prompts that share a long start: the second copies it from the first's kept sequence.
     shared = "Reuse panel. " + " ".join(f"note {i}" for i in range(120))
     with httpx.Client(base_url=served.url, timeout=60) as http:
         for ask in (" First?", " Second, another question?"):
@@ -112,7 +112,7 @@ def test_page_shows_prompt_reuse_by_source(served, profile):
             assert r.status_code == 200, r.text
         model = next(m for m in http.get("/status").json()["models"] if m["name"] == MODEL)
     reuse = model["prompt_reuse"]
-    assert reuse["requests"]["live"] + reuse["requests"]["slot"] >= 1
+    assert reuse["requests"]["live"] + reuse["requests"]["kept"] >= 1
     page = render(f"{served.url}/", profile)
     assert page.state == "ok", page.problem
     shown = {row["data-source"]: row for row in page.reuse if row["data-model"] == MODEL}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvllama.engine.scheduler import SeqProgress, plan
+from kvllama.decoding.scheduler import SeqProgress, plan
 
 
 def test_a_canonical_decode_step_recomputes_the_token_before():

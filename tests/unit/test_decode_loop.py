@@ -342,7 +342,7 @@ def test_every_batch_has_equal_prompt_chunks_first_then_decode_rows_on_consecuti
 
 
 def test_a_prompt_never_shares_a_ubatch_with_a_decoder_even_when_every_id_is_held(stub_engine):
-    # Four requests on four ids, no kept slots: the two short prompts (ids 0 and 3) decode
+    # Four requests on four ids, no kept sequences: the two short prompts (ids 0 and 3) decode
     # while the long ones (1 and 2) still prefill. Compaction would swap 3 and 1 but has no
     # free id, so decoder 3 sits right after prompt 2: llama.cpp would take it into the
     # prompts' ubatch and cut their chunks. The prompts must then go in a pass of their own.
@@ -438,10 +438,10 @@ def test_an_idle_loop_settles_a_kept_reply_so_the_next_turn_prefills_only_its_me
     assert any([r[0] for r in rows] == reply for rows in backend.decode_log)
     follow = (*first.context_tokens, *b"and then?")
     second = engine.complete("s", list(follow), max_tokens=3, temperature=0)
-    # The whole transcript came from the kept slot, reply included.
+    # The whole transcript came from the kept sequence, reply included.
     assert second.cache_delta.read == len(first.context_tokens)
     info = engine.model_info("s")
-    assert info.settled["tokens"] >= len(reply) and info.prompt_reuse["requests"]["slot"] == 1
+    assert info.settled["tokens"] >= len(reply) and info.prompt_reuse["requests"]["kept"] == 1
 
 
 def test_a_request_arriving_during_a_settle_pass_aborts_it_and_the_reply_is_settled_later(stub_engine):

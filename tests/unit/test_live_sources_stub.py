@@ -1,7 +1,7 @@
-"""Live sequences as prefix sources (engine/live_sources.py), on the stub backend.
+"""Live sequences as prefix sources (decoding/live_sources.py), on the stub backend.
 
 A follower copies the prefix it shares with a running request, a parked
-session or a kept slot, and the source goes on as it was. The stub's "model"
+session or a kept sequence, and the source goes on as it was. The stub's "model"
 predicts from the tokens a sequence holds, so a copy that brought the wrong
 cells (or cut them in the wrong place) changes the follower's tokens against a
 cold engine's.
@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from kvllama.engine.live_sources import LiveSource, best_live_source
+from kvllama.decoding.live_sources import LiveSource, best_live_source
 from kvllama.events import TokenEvent
 from kvllama.kvcache import CacheConfig
 
@@ -86,7 +86,7 @@ def test_a_kept_slot_is_copied_when_shared_in_part_and_taken_over_when_continued
     assert _source(engine) == "live"
     turn2 = [*first.context_tokens, *b" more?"]
     again = engine.complete("s", turn2, **GREEDY)
-    assert _source(engine) == "slot" and again.cache_delta.read >= 1 + len(SYSTEM) + len("User A: one?")
+    assert _source(engine) == "kept" and again.cache_delta.read >= 1 + len(SYSTEM) + len("User A: one?")
     assert again.generated_tokens == _cold(stub_engine, turn2)
 
 

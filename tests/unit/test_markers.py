@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvllama.engine.markers import PRESETS, MarkerRouter, MarkerStrings
+from kvllama.decoding.markers import PRESETS, MarkerRouter, MarkerStrings
 from kvllama.signing import sign_thinking, verify_thinking
 
 QWEN = PRESETS["qwen3"]

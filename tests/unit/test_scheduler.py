@@ -1,4 +1,4 @@
-from kvllama.engine.scheduler import SeqProgress, plan
+from kvllama.decoding.scheduler import SeqProgress, plan
 
 
 def prog(key: int, n_prompt: int, n_computed: int, decoding: bool = False, seq: int | None = None):
@@ -71,7 +71,7 @@ def test_nothing_to_do_gives_an_empty_tick():
 
 
 def test_decode_groups_split_many_decoders_into_even_passes():
-    from kvllama.engine.scheduler import decode_groups
+    from kvllama.decoding.scheduler import decode_groups
 
     seqs = [prog(0, 100, 0, seq=8)] + [prog(i, 5, 5, True) for i in range(1, 9)]
     tick = plan(seqs, 64, 16)
@@ -86,7 +86,7 @@ def test_decode_groups_split_many_decoders_into_even_passes():
 
 
 def test_prompts_go_alone_when_a_decoder_follows_their_last_id():
-    from kvllama.engine.scheduler import decode_groups
+    from kvllama.decoding.scheduler import decode_groups
 
     # A prompt on id 2 and decoders on 0, 1 and 3 (compaction could not swap them: every id
     # held). llama.cpp would take decoder 3 into the prompt's ubatch, so the prompt goes alone.
@@ -103,7 +103,7 @@ def test_prompts_go_alone_when_a_decoder_follows_their_last_id():
 
 
 def test_decode_groups_never_exceed_the_cap_and_keep_every_row():
-    from kvllama.engine.scheduler import Slice, decode_groups
+    from kvllama.decoding.scheduler import Slice, decode_groups
 
     for n in range(1, 30):
         for cap in range(1, 9):
@@ -115,7 +115,7 @@ def test_decode_groups_never_exceed_the_cap_and_keep_every_row():
 
 
 def test_no_chunk_of_fewer_than_eight_rows_unless_the_prompt_is_shorter():
-    from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+    from kvllama.decoding.scheduler import MIN_CHUNK_ROWS
 
     # 70 tokens in chunks of 64: 62 + 8, not 64 + 6.
     first = plan([prog(0, 70, 0), prog(1, 5, 5, True)], 512, 64, align=64).slices[0]
@@ -133,7 +133,7 @@ def test_no_chunk_of_fewer_than_eight_rows_unless_the_prompt_is_shorter():
 
 
 def test_every_chunk_of_every_split_is_canonical():
-    from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+    from kvllama.decoding.scheduler import MIN_CHUNK_ROWS
 
     for n in range(8, 400, 7):
         for start in (0, 64, 125):
@@ -148,7 +148,7 @@ def test_every_chunk_of_every_split_is_canonical():
 
 
 def test_with_per_pass_kernels_prompts_and_eight_decoders_go_as_two_passes():
-    from kvllama.engine.scheduler import decode_groups
+    from kvllama.decoding.scheduler import decode_groups
 
     seqs = [prog(i, 5, 5, True) for i in range(12)] + [prog(12, 100, 0)]
     tick = plan(seqs, 128, 16)

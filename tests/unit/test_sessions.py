@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvllama.engine.sessions import Session, SessionPolicy, SessionTable
+from kvllama.decoding.sessions import Session, SessionPolicy, SessionTable
 from kvllama.errors import SessionBusyError
 
 

@@ -1,4 +1,4 @@
-"""Shared prefixes on the stub backend: residents, save points, followers, the pieces behind them."""
+"""Shared prefixes on the stub backend: kept sequences, save points, followers, the pieces behind them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from kvllama.engine.fresh_rows import FreshRow, FreshRows
-from kvllama.engine.recent_prefixes import RecentPrefixes
+from kvllama.decoding.fresh_rows import FreshRow, FreshRows
+from kvllama.decoding.recent_prefixes import RecentPrefixes
 from kvllama.errors import InvalidRequestError
 from kvllama.kvcache import CacheConfig, KeyRoot, KvCache
 from kvllama.request import ChatInput
@@ -25,7 +25,7 @@ def _hold(engine) -> threading.Event:
 # --- finished requests kept in their slots ---------------------------------------------------
 
 def test_a_repeat_is_served_in_place_by_the_finished_request(stub_engine):
-    engine, backend = stub_engine(n_ctx_seq=1024)  # no KV cache at all: residents need none
+    engine, backend = stub_engine(n_ctx_seq=1024)  # no KV cache at all: kept sequences need none
     prompt = "r" * 300
     engine.complete("s", prompt, max_tokens=3, temperature=0)
     again = engine.complete("s", prompt + "!", max_tokens=3, temperature=0)
@@ -53,9 +53,9 @@ def test_residents_give_their_slots_to_new_requests_least_recent_first(stub_engi
     engine.complete("s", "a" * 300, max_tokens=2, temperature=0)
     engine.complete("s", "b" * 300, max_tokens=2, temperature=0)
     loop = engine.models.get("s").loop
-    assert len(loop.residents) == 2
+    assert len(loop.kept) == 2
     engine.complete("s", "c" * 300, max_tokens=2, temperature=0)  # takes the oldest's ("a") slot
-    assert sorted(r.tokens[1] for r in loop.residents.by_seq.values()) == [ord("b"), ord("c")]
+    assert sorted(r.tokens[1] for r in loop.kept.by_seq.values()) == [ord("b"), ord("c")]
     assert engine.cache.flush(10)
     back = engine.complete("s", "a" * 300 + "!", max_tokens=2, temperature=0)  # "b" gives way
     assert back.cache_delta.read > 0 and backend.restores == 1  # from the cache, not a slot
@@ -186,8 +186,8 @@ def test_prompt_reuse_is_counted_by_source(stub_engine):
     engine.complete("s", "v" * 300 + "?", max_tokens=2, temperature=0, session_id="k") # session
     engine.complete("s", "v" * 200 + "w" * 100, max_tokens=2, temperature=0)          # live
     reuse = engine.model_info("s").prompt_reuse
-    assert reuse["requests"] == {"session": 1, "slot": 1, "live": 1, "memory": 0, "cache": 0, "none": 2}
-    assert reuse["tokens"]["slot"] == 302 - 8 and reuse["tokens"]["session"] == 302 - 8
+    assert reuse["requests"] == {"session": 1, "kept": 1, "live": 1, "memory": 0, "cache": 0, "none": 2}
+    assert reuse["tokens"]["kept"] == 302 - 8 and reuse["tokens"]["session"] == 302 - 8
     # The 201 tokens it shares with the session (BOS too), cut to the grid to be saved as a row.
     assert reuse["tokens"]["live"] == 192
     assert reuse["prompt_tokens"] == 301 + 302 + 301 + 302 + 301

@@ -1,6 +1,6 @@
 import random
 
-from kvllama.engine.slots import plan_moves
+from kvllama.decoding.slots import plan_moves
 
 
 def apply(moves, decoders, prompts, n_ids):

@@ -1,4 +1,4 @@
-"""Speculation only while it pays (engine/spec_governor.py), and draft models' vocabulary check."""
+"""Speculation only while it pays (decoding/spec_governor.py), and draft models' vocabulary check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from kvllama.backend.draft_model import _check_vocab
-from kvllama.engine.spec_governor import MAX_PAUSE, SpeculationGovernor
+from kvllama.decoding.spec_governor import MAX_PAUSE, SpeculationGovernor
 from kvllama.errors import InvalidOptionError
 
 

@@ -1,4 +1,4 @@
-from kvllama.engine.text import StopMatcher, Utf8Assembler
+from kvllama.decoding.text import StopMatcher, Utf8Assembler
 
 
 def test_multibyte_character_split_over_pieces_is_never_emitted_broken():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvllama.engine.tool_memory import ToolCallMemory, span_of
+from kvllama.decoding.tool_memory import ToolCallMemory, span_of
 from kvllama.events import ToolCallEndEvent
 from kvllama.replies.reducer import Reducer
 

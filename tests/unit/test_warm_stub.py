@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from kvllama.engine.warm import MAX_SALT_ROOTS, SavePolicy, WarmStart
+from kvllama.decoding.warm import MAX_SALT_ROOTS, SavePolicy, WarmStart
 from kvllama.kvcache import CacheConfig, KeyRoot, KvCache
 
 
@@ -137,15 +137,15 @@ def test_a_conversation_whose_slot_was_taken_restores_its_own_row_not_a_neighbou
     a1 = engine.complete("s", system + " user A asks", max_tokens=4, temperature=0)
     engine.complete("s", "z" * 50, max_tokens=2, temperature=0)
     b1 = engine.complete("s", system + " user B asks", max_tokens=4, temperature=0)
-    # B copies the system prompt from A's kept slot into a free one: A's slot stays as it was...
+    # B copies the system prompt from A's kept sequence into a free one: A's slot stays as it was...
     assert engine.model_info("s").last_cache_hit["source"] == "live" and b1.cache_delta.read > 300
     engine.complete("s", "y" * 50, max_tokens=2, temperature=0)  # ...until it is the oldest to give way
     wait_saves(engine)
     a1_prompt = len(a1.context_tokens) - len(a1.generated_tokens)
     a2 = engine.complete("s", [*a1.context_tokens, *b" and more"], max_tokens=2, temperature=0)
-    # B's kept slot shares the system prompt; A's own row in the cache holds all of A's turn 1.
+    # B's kept sequence shares the system prompt; A's own row in the cache holds all of A's turn 1.
     assert a2.cache_delta.read == a1_prompt
     assert engine.model_info("s").last_cache_hit["source"] == "cache"
     b2 = engine.complete("s", [*b1.context_tokens, *b" and more"], max_tokens=2, temperature=0)
     assert b2.cache_delta.read >= len(b1.context_tokens) - len(b1.generated_tokens)
-    assert engine.model_info("s").last_cache_hit["source"] == "slot"  # B's slot was left alone
+    assert engine.model_info("s").last_cache_hit["source"] == "kept"  # B's slot was left alone

@@ -34,8 +34,8 @@ from kvllama.api.streams import AsyncRequestStream, RequestStream
 from kvllama.api.submission import Submissions
 from kvllama.api.text import TextTools
 from kvllama.chat.prompt import ChatInput, ChatPrompt
-from kvllama.engine.tool_memory import ToolCallMemory
-from kvllama.engine.warm import SavePolicy
+from kvllama.decoding.tool_memory import ToolCallMemory
+from kvllama.decoding.warm import SavePolicy
 from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.factory import BackendFactory, llama_backend_factory
 from kvllama.models.loaded import ModelInfo
@@ -75,7 +75,7 @@ class Engine:
         if isinstance(cache, _DefaultCache):
             cache = CacheConfig()
         self.cache: KvCache | None = KvCache(cache) if cache is not None else None
-        # The turns tool calls came from, for exact replay (engine/tool_memory.py).
+        # The turns tool calls came from, for exact replay (decoding/tool_memory.py).
         self.tool_memory = ToolCallMemory()
         self.models = ModelRegistry(backend_factory or llama_backend_factory, self.cache,
                                     save_policy or SavePolicy(), self.tool_memory, self.thinking_key)

@@ -13,10 +13,10 @@ from dataclasses import replace
 from typing import Any
 
 from kvllama.chat.templates import resolve_template
-from kvllama.engine.loop import PREFILL_ALIGN, ModelLoop
-from kvllama.engine.markers import markers_from_options
-from kvllama.engine.tool_memory import ToolCallMemory
-from kvllama.engine.warm import SavePolicy, WarmStart
+from kvllama.decoding.loop import PREFILL_ALIGN, ModelLoop
+from kvllama.decoding.markers import markers_from_options
+from kvllama.decoding.tool_memory import ToolCallMemory
+from kvllama.decoding.warm import SavePolicy, WarmStart
 from kvllama.errors import (
     EngineClosedError,
     InvalidOptionError,

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from kvllama.backend.protocol import Backend
 from kvllama.chat.prompt import ChatInput, ChatPrompt, Render, build_chat_prompt
-from kvllama.engine.markers import MarkerStrings
-from kvllama.engine.request import EventSink, Request, RequestSpec, new_request_id
+from kvllama.decoding.markers import MarkerStrings
+from kvllama.decoding.request import EventSink, Request, RequestSpec, new_request_id
 from kvllama.errors import ContextOverflowError, InvalidOptionError, InvalidRequestError
 from kvllama.request import GenerationRequest, Prompt
 from kvllama.sampling import SamplingParams

@@ -24,8 +24,8 @@ from kvllama.errors import EngineClosedError
 from kvllama.kvcache.keys import KeyChain, KeyRoot
 
 if TYPE_CHECKING:
-    from kvllama.engine.loop import ModelLoop
-    from kvllama.engine.warm import WarmStart
+    from kvllama.decoding.loop import ModelLoop
+    from kvllama.decoding.warm import WarmStart
     from kvllama.models.loaded import LoadedModel
 
 # Bound on one digest (16 bytes each: 1 MiB), so a huge cache cannot make the
@@ -95,14 +95,14 @@ def routing_snapshot(model: LoadedModel) -> RoutingSnapshot:
 def _slot_blocks(
     loop: ModelLoop, warm: WarmStart | None
 ) -> tuple[list[bytes], frozenset[tuple[str | None, str]]]:
-    """On the loop thread: chain values of what parked sessions and kept slots hold, and the sessions."""
+    """On the loop thread: chain values of what parked sessions and kept sequences hold, and the sessions."""
     parked = list(loop.sessions.parked.values())
     sessions = frozenset(s.key for s in parked)
     if warm is None:
         return [], sessions
     block = warm.cache.config.block_size
     values: list[bytes] = []
-    for held in [*parked, *loop.residents.by_seq.values()]:
+    for held in [*parked, *loop.kept.by_seq.values()]:
         root = warm.root(held.cache_salt, held.adapter_key).digest
         values.extend(KeyChain(root, held.tokens, block).block_values(len(held.tokens) // block))
     return values[:MAX_DIGEST_BLOCKS], sessions

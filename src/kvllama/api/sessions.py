@@ -1,6 +1,6 @@
 """Sticky sessions from outside a request: which are busy, and ending or forking one.
 
-A session's sequence stays in its slot between turns (engine/sessions.py).
+A session's sequence stays in its slot between turns (decoding/sessions.py).
 One request of a session runs at a time: :meth:`Sessions.claim` marks it busy
 when the request is prepared and the request's release hook frees it. The
 engine's ``end_session`` and ``fork_session`` let a client free that slot
@@ -11,7 +11,7 @@ while a request of the session runs.
 from __future__ import annotations
 
 from kvllama.api.models import ModelRegistry
-from kvllama.engine.request import Request
+from kvllama.decoding.request import Request
 from kvllama.errors import SessionBusyError
 
 

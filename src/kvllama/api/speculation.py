@@ -1,14 +1,14 @@
 """``Engine.draft_tokens`` and ``Engine.verify``: speculation's two steps as public calls.
 
 erllama offers them so that a caller can run its own speculation loop. Here
-``draft_tokens`` is the engine's prompt-lookup drafter (engine/speculation.py)
+``draft_tokens`` is the engine's prompt-lookup drafter (decoding/speculation.py)
 and ``verify`` answers with what greedy decoding of ``tokens`` produces next:
 the longest prefix of ``draft`` it agrees with, and the token after that.
 
 On kvllama's patched llama.cpp build the answer takes one decode-class forward
-pass over the draft, on the kept slot that holds ``tokens`` (engine/verify.py;
+pass over the draft, on the kept sequence that holds ``tokens`` (decoding/verify.py;
 the first call for a prefix computes it with a one-token completion, which
-leaves it there). Elsewhere, or without kept slots, it is a greedy completion
+leaves it there). Elsewhere, or without kept sequences, it is a greedy completion
 of ``len(draft) + 1`` tokens. Either way the answer is the engine's own greedy
 continuation, exactly.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvllama.engine.speculation import MAX_DRAFT, ngram_draft
+from kvllama.decoding.speculation import MAX_DRAFT, ngram_draft
 from kvllama.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def verify(
             answer = loop.call(lambda: loop.verify_held(tokens, draft)).result()
             if answer is not None:
                 return answer
-            if attempt == 0:  # compute the prefix once; its kept slot then answers in one pass
+            if attempt == 0:  # compute the prefix once; its kept sequence then answers in one pass
                 engine.complete(model_id, tokens, max_tokens=1, temperature=0.0)
     result = engine.complete(model_id, list(tokens), max_tokens=len(draft) + 1, temperature=0.0)
     out = result.generated_tokens

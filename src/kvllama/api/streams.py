@@ -11,12 +11,12 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from kvllama.engine.request import AsyncioSink, QueueSink, Request
+from kvllama.decoding.request import AsyncioSink, QueueSink, Request
 from kvllama.events import DoneEvent, ErrorEvent, Event
 from kvllama.results import CompletionResult, ResultBuilder
 
 if TYPE_CHECKING:
-    from kvllama.engine.loop import ModelLoop
+    from kvllama.decoding.loop import ModelLoop
 
 
 class _StreamBase:

@@ -21,7 +21,7 @@ from kvllama.api.streams import AsyncRequestStream, RequestStream, asyncio_sink
 from kvllama.api.text import TextTools
 from kvllama.chat.prompt import ChatInput, ChatPrompt
 from kvllama.chat.templates import template_stops
-from kvllama.engine.request import EventSink, QueueSink, Request
+from kvllama.decoding.request import EventSink, QueueSink, Request
 from kvllama.models.loaded import LoadedModel
 from kvllama.request import GenerationRequest
 

@@ -12,7 +12,7 @@ from typing import Any
 from kvllama.api.models import ModelRegistry
 from kvllama.api.preparation import prompt_tokens
 from kvllama.chat.templates import render_chat, resolve_template
-from kvllama.engine.tool_memory import ToolCallMemory
+from kvllama.decoding.tool_memory import ToolCallMemory
 from kvllama.errors import InvalidRequestError
 from kvllama.request import Prompt
 
@@ -57,7 +57,7 @@ class TextTools:
         """Render with the named template, else the GGUF's, else the load option, else 'plain'.
 
         An assistant message carrying exactly the tool calls of a turn this engine
-        generated is rendered as that turn's own text (engine/tool_memory.py).
+        generated is rendered as that turn's own text (decoding/tool_memory.py).
         """
         model = self._models.get(model_id)
         d = model.backend.description

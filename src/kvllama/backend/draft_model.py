@@ -4,7 +4,7 @@ It runs greedy on its own llama.cpp context with one sequence, which holds
 the KV of the context it last drafted from: the next call shares all but
 the newest tokens with it (the target accepted some of the draft and added
 one token), so only those are computed again. Its numbers never reach a
-reply: the target model verifies every drafted token (engine/speculation.py),
+reply: the target model verifies every drafted token (decoding/speculation.py),
 so the draft model's kernels, batch shapes and precision cannot change the
 tokens, only how many drafts are accepted.
 

@@ -8,7 +8,6 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-from kvllama.backend.adapters import AdapterRegistry, AdapterSet
 from kvllama.backend.decode_rows import (
     default_max_decode_rows,
     has_float_weights,
@@ -16,6 +15,7 @@ from kvllama.backend.decode_rows import (
     on_cpu,
     uses_pass_kernels,
 )
+from kvllama.backend.lora_sets import AdapterRegistry, AdapterSet
 from kvllama.backend.protocol import ContextShape, ModelDescription
 from kvllama.errors import ContextOverflowError, InvalidOptionError
 from kvllama.native.batch import BatchRow, NativeBatch

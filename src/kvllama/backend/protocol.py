@@ -62,7 +62,7 @@ class ContextShape:
     canonical_decode: bool = False
     # A verify pass (a decode row plus draft rows of one sequence) computes each row exactly as
     # a one-row decode step would: canonical decoding, or the patched build's decode class.
-    # Speculative decoding needs it (engine/speculation.py).
+    # Speculative decoding needs it (decoding/speculation.py).
     exact_verify: bool = False
 
 

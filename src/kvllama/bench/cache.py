@@ -98,7 +98,7 @@ def run_bench_cache(
     say = progress or (lambda _line: None)
     base = {k: v for k, v in (options or {}).items() if k not in ("n_ctx", "n_seq_max")}
     # This bench measures the cache's tiers: a finished request kept in its slot
-    # (engine/residents.py) would serve the warm requests instead.
+    # (decoding/kept.py) would serve the warm requests instead.
     base["keep_finished"] = False
 
     def make(cache: CacheConfig | None, n_seq_max: int, n_ctx_seq: int) -> Engine:

@@ -12,7 +12,7 @@ Measured, alternating runs, medians:
   which is where drafts from the request's own context are accepted;
 * free text on one stream (a story: nothing to look up), and a list the model
   continues by pattern (counting), where drafts mostly miss and the governor
-  (engine/spec_governor.py) must keep speculation from costing more than it
+  (decoding/spec_governor.py) must keep speculation from costing more than it
   brings;
 * with ``draft_model``, both single-stream tasks again with a third engine
   drafting from that model instead of prompt lookup;

@@ -3,7 +3,7 @@
 Many requests share the start of their prompt and differ after it: users of
 one app after its system prompt, a conversation's branches after its
 history, Anthropic clients after each ``cache_control`` breakpoint. The
-engine can save a row at such a point while it prefills (engine/warm.py,
+engine can save a row at such a point while it prefills (decoding/warm.py,
 ``save_points``); this module finds the points, for any chat template:
 render the conversation once more with everything after the point replaced
 by a marker, and the tokens the two renderings share are the prefix. No

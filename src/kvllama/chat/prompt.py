@@ -59,7 +59,7 @@ class ChatPrompt:
     tokens: tuple[int, ...]
     # Stop strings the template needs (the client's own come first, see with_stops).
     template_stops: tuple[str, ...]
-    # Token offsets where shared prefixes end: the engine saves a row at each (engine/warm.py).
+    # Token offsets where shared prefixes end: the engine saves a row at each (decoding/warm.py).
     save_points: tuple[int, ...] = ()
 
     def with_stops(self, client_stops: Sequence[str]) -> tuple[str, ...]:

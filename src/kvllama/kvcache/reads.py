@@ -62,7 +62,7 @@ class RowReader:
         """The best row for a prefix of ``tokens[:max_len]``: exact key, then parent, then longest prefix.
 
         ``count=False``: a look ahead of a decision (is a restore worth more
-        than a kept slot?), not a lookup the metrics should see.
+        than a kept sequence?), not a lookup the metrics should see.
         """
         started = time.perf_counter()
         digest, toks = self._resolve(root), token_array(tokens)

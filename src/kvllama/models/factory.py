@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.speculation import Drafter
+from kvllama.decoding.speculation import Drafter
 from kvllama.errors import InvalidOptionError
 from kvllama.options import ModelOptions
 

@@ -34,7 +34,7 @@ import os
 from tqdm import tqdm
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.loop import PREFILL_ALIGN
+from kvllama.decoding.loop import PREFILL_ALIGN
 from kvllama.kvcache import KeyRoot
 from kvllama.kvcache.keys import NumericValue
 from kvllama.native.kernels import build_tag, cpu_kernel_mode
@@ -60,7 +60,7 @@ NOT_IN_ROOT = {
     "canonical_decode": "rows hold prompt-chunk KV either way; the kernel mode it needs is in the root",
     "speculative_draft": "accepted drafts are the tokens decoding computes, row for row",
     "draft_model": "the target verifies every draft token: drafts change speed, never tokens or rows",
-    "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (engine/warm.py)",
+    "max_decode_rows": "rows hold KV from prompt chunks only, never from decode rows (decoding/warm.py)",
     "chat_template": "changes the token ids of a request, and the ids are the key",
     "markers": "changes how output is parsed, not the state",
     "thinking_markers": "as markers",
@@ -133,7 +133,7 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
         "prefill_align": min(PREFILL_ALIGN, chunk),
         "use_extra_bufts": options.use_extra_bufts,
         # What a row holds: 2 = prompt-chunk KV only, on the resume grid above a sliding
-        # window (engine/warm.py). Rows of layout 1 carried reply rows and off-grid lengths.
+        # window (decoding/warm.py). Rows of layout 1 carried reply rows and off-grid lengths.
         "row_layout": 2,
         # ggml's CPU kernel choice for K-quant weights (native/kernels.py): other numbers.
         "cpu_tiled_mm": cpu_kernel_mode(),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.loop import ModelLoop
+from kvllama.decoding.loop import ModelLoop
 from kvllama.options import ModelOptions
 
 
@@ -38,12 +38,12 @@ class ModelInfo:
     # False while the decode loop rebuilds a failed llama.cpp context, or after the loop died.
     healthy: bool = True
     # Sequence slots held by parked sticky sessions, and by finished requests kept in their
-    # slots (residents give way to any new request): free = n_seq_max - in_flight - sessions.
+    # slots (kept sequences give way to any new request): free = n_seq_max - in_flight - sessions.
     sessions: int = 0
-    residents: int = 0
+    kept: int = 0
     # Prompt tokens reused, by source (LoopStatus.prompt_reuse): sessions, slots, memory, cache.
     prompt_reuse: dict[str, Any] = field(default_factory=dict)
-    # Replies recomputed as prompt chunks in idle time (engine/settling.py): tokens, fully
+    # Replies recomputed as prompt chunks in idle time (decoding/settling.py): tokens, fully
     # settled sequences, passes aborted for an arriving request, rows saved.
     settled: dict[str, int] = field(default_factory=dict)
 
@@ -109,6 +109,6 @@ class LoadedModel:
             description=d.description,
             healthy=self.loop.healthy,
             sessions=len(self.loop.sessions.parked),
-            residents=len(self.loop.residents),
+            kept=len(self.loop.kept),
             settled=self.loop.settled(),
         )

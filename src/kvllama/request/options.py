@@ -27,12 +27,12 @@ class RequestOptions:
 
     # Tenant isolation: rows and sessions of another salt are invisible.
     cache_salt: str | None = None
-    # Sticky session (engine/sessions.py): the conversation keeps its sequence between turns.
+    # Sticky session (decoding/sessions.py): the conversation keeps its sequence between turns.
     session_id: str | None = None
     # A previous result's finish_key: resume exactly from that row.
     parent_key: bytes | None = None
     # Token offsets where this prompt's prefix is shared with others (the end of a system
-    # prompt, a cache_control breakpoint): the prefill saves a row there (engine/warm.py).
+    # prompt, a cache_control breakpoint): the prefill saves a row there (decoding/warm.py).
     save_points: tuple[int, ...] = ()
     # The prompt continues the session's transcript (its previous prompt and reply) instead
     # of repeating it; optionally only if the transcript is this many tokens long.

@@ -47,7 +47,7 @@ def assert_next_request_is_served(url: str, backend) -> None:
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
 def test_disconnect_mid_stream_cancels(served, path):
     url, engine, backend = served
-    with httpx.Client(base_url=url, timeout=10) as client, \
+    with httpx.Client(base_url=url, timeout=10) as client,\
             client.stream("POST", path, json=chat(LONG, stream=True)) as resp:
         assert resp.status_code == 200
         seen = 0

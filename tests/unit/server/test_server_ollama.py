@@ -300,7 +300,7 @@ def test_an_error_after_the_stream_started_is_an_error_line(scripted):
     chunks = lines(s.client.post("/api/chat", json=chat(stream=True)))
     assert chunks[0]["message"]["content"] == "partial"
     assert chunks[-1] == {"error": str(STALLED)}
-    with ServerThread(s.client.app) as url, ollama.Client(host=url) as client, \
+    with ServerThread(s.client.app) as url, ollama.Client(host=url) as client,\
             pytest.raises(ollama.ResponseError, match="decode stalled"):
         list(client.chat(model="s", messages=chat()["messages"], stream=True))
 

@@ -61,7 +61,7 @@ def _info_fields(info: ModelInfo) -> dict[str, Any]:
         "phase": info.phase,
         "pending": info.pending,
         "in_flight": info.in_flight,
-        "slots": slots(n_seq_max, info.in_flight, info.sessions, info.residents),
+        "slots": slots(n_seq_max, info.in_flight, info.sessions, info.kept),
         "last_cache_hit": dict(info.last_cache_hit),
         "prompt_reuse": info.prompt_reuse,
         "path": info.path,
@@ -78,13 +78,13 @@ def _info_fields(info: ModelInfo) -> dict[str, Any]:
     }
 
 
-def slots(n_seq_max: int, running: int, sessions: int, residents: int) -> dict[str, int]:
-    """Sequence slots: ``free`` = total - running - parked sessions (residents give way, so count free)."""
+def slots(n_seq_max: int, running: int, sessions: int, kept: int) -> dict[str, int]:
+    """Sequence slots: ``free`` = total - running - parked sessions (kept sequences give way: free)."""
     return {
         "total": n_seq_max,
         "running": running,
         "sessions": sessions,
-        "residents": residents,
+        "kept sequences": kept,
         "free": max(0, n_seq_max - running - sessions),
     }
 
@@ -142,7 +142,7 @@ def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 
 
 def process_rss(path: str = "/proc/self/statm") -> int | None:
-    """Resident set size of this process in bytes (None where ``/proc`` is missing)."""
+    """KeptSequence set size of this process in bytes (None where ``/proc`` is missing)."""
     try:
         fields = Path(path).read_text().split()
         return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -78,14 +78,15 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
     <h2>Models</h2>
     <div class="scroll"><table id="models"><thead><tr>
       <th>model</th><th>health</th><th>phase</th><th class="num">queued</th><th class="num">running</th>
-      <th class="num">free slots</th><th class="num">sessions</th><th class="num">residents</th>
+      <th class="num">free slots</th><th class="num">sessions</th><th class="num">kept sequences</th>
       <th>last cache hit</th><th class="num">context</th><th class="num">memory (est.)</th>
     </tr></thead><tbody></tbody></table></div>
   </section>
   <section>
     <h2>Prompt reuse</h2>
     <p class="muted">Prompt tokens each model did not prefill, by where they came from: its own parked
-      session, a kept slot taken over, a copy of another live sequence, a row just saved, the KV cache.</p>
+      session, a kept sequence taken over, a copy of another live sequence, a row just saved, the KV
+      cache.</p>
     <div class="scroll"><table id="reuse"><thead><tr>
       <th>model</th><th>source</th><th class="num">requests</th><th class="num">tokens</th>
       <th class="num">share of prompt tokens</th>
@@ -172,7 +173,7 @@ function renderModels(models) {
     return el("tr", {class: "model", "data-model": m.name},
       el("td", {class: "model-name"}, m.name), el("td", null, health), el("td", null, m.phase),
       num(m.pending), num(m.in_flight), num(slots.free == null ? null : slots.free + " / " + slots.total),
-      num(slots.sessions), num(slots.residents), el("td", null, hit), num(m.n_ctx),
+      num(slots.sessions), num(slots.kept sequences), el("td", null, hit), num(m.n_ctx),
       num(bytes(m.memory_estimate_bytes)));
   }));
 }

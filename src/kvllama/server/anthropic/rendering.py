@@ -110,7 +110,7 @@ def response(
 
 def _tool_use(call: ToolCall | None) -> dict[str, Any]:
     """A tool_use block head; a call the engine sampled keeps its id (``toolu_<span>_<k>``), so
-    the engine replays it exactly when the client sends it back (engine/tool_memory.py)."""
+    the engine replays it exactly when the client sends it back (decoding/tool_memory.py)."""
     call_id = "toolu_" + call.id.removeprefix("call_") if call is not None and call.id else tool_use_id()
     return {"type": "tool_use", "id": call_id, "name": call.name if call is not None else ""}
 

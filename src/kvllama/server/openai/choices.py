@@ -5,7 +5,7 @@ plus the choice's index, so a seeded request is reproducible choice by
 choice). They share the prompt's prefill through the KV cache: queued
 together, the first computes the prompt and saves a row where the others'
 prompts part from it (everything but its last 8 tokens), and the others
-restore that row instead of computing the prompt again (engine/warm.py), so
+restore that row instead of computing the prompt again (decoding/warm.py), so
 ``n`` choices cost one prefill plus ``n`` short tails, and every choice equals
 the same request run alone. Streamed choices interleave their chunks, each
 with its ``index``; the usage chunk and ``[DONE]`` come once, at the end.

@@ -2,15 +2,15 @@
 
 Every sequence in the context holds canonical KV for some leading tokens: a
 running request the prompt chunks it computed so far (``Request.exact_len``),
-a parked session and a kept slot their cut-back context. A new request whose
+a parked session and a kept sequence their cut-back context. A new request whose
 prompt starts like one of them copies that sequence into a slot of its own
 (llama.cpp's whole-stream ``seq_cp``, applied at the next decode) and cuts
 the copy back to the shared part, leaving the source as it was. So the second
 user of a shared prompt skips its prefill even while the first one is still
-decoding its reply, and one user's kept slot serves another without being
+decoding its reply, and one user's kept sequence serves another without being
 ended.
 
-Exact for the same reason a kept slot's reuse is (docs/measured/exactness.md): the
+Exact for the same reason a kept sequence's reuse is (docs/measured/exactness.md): the
 copied cells were computed by prompt chunks of 8+ rows, which a cold prefill
 computes bit for bit the same, the copy keeps their cell layout, and at least
 ``min_chunk_rows`` prompt tokens are left to prefill. On a sliding-window
@@ -34,11 +34,11 @@ Tenant = tuple[str | None, tuple[tuple[str, float], ...]]
 
 @dataclass(frozen=True)
 class LiveSource:
-    # The Request, Session or Resident holding the sequence; read its ``seq_id`` when copying,
+    # The Request, Session or KeptSequence holding the sequence; read its ``seq_id`` when copying,
     # since admission may move idle sequences to other ids first.
     holder: object
     shared: int
-    # The prompt repeats or continues every token the source holds (taking a kept slot over
+    # The prompt repeats or continues every token the source holds (taking a kept sequence over
     # loses nothing).
     whole: bool
 

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from kvllama.engine.spec_governor import SpeculationGovernor
+from kvllama.decoding.spec_governor import SpeculationGovernor
 from kvllama.events import CacheHitKind, Event
 from kvllama.request.options import RequestOptions
 
 if TYPE_CHECKING:
     from kvllama.backend.protocol import Sampler
-    from kvllama.engine.channels import Channels
+    from kvllama.decoding.channels import Channels
 from kvllama.sampling import SamplingParams
 
 _ids = itertools.count(1)
@@ -134,7 +134,7 @@ class Timing:
 
 @dataclass
 class CacheAccount:
-    """What the KV cache did for this request (engine/warm.py fills it)."""
+    """What the KV cache did for this request (decoding/warm.py fills it)."""
 
     hit_kind: CacheHitKind = "cold"
     # Prompt tokens restored, and the most tokens this request added to the cache.
@@ -144,13 +144,13 @@ class CacheAccount:
     # The row restored into the sequence, while the sequence still holds exactly it.
     restored_key: bytes | None = None
     # Where the reused prompt tokens (``read``) came from: "session" (a parked sticky
-    # session), "slot" (a finished request kept in its slot, taken over), "live" (copied from
-    # another live sequence, which goes on: engine/live_sources.py), "memory" (a row saved
+    # session), "kept" (a finished request kept in its slot, taken over), "live" (copied from
+    # another live sequence, which goes on: decoding/live_sources.py), "memory" (a row saved
     # moments ago, still in memory), "cache" (a row of the KV cache), or "none".
     source: str = "none"
     # Prompt length at which to snapshot the prefill (an aligned boundary), if any.
     cold_point: int | None = None
-    # Shared-prefix save points inside the prompt (engine/warm.py picks them at admission;
+    # Shared-prefix save points inside the prompt (decoding/warm.py picks them at admission;
     # a follower that could restore one adds it while this request still prefills).
     prefix_points: set[int] = field(default_factory=set)
 
@@ -172,7 +172,7 @@ class Request:
     draft: tuple[int, ...] = ()
     drafted: int = 0
     accepted: int = 0
-    # Seconds this step's draft took to make, and whether drafting pays (engine/spec_governor.py).
+    # Seconds this step's draft took to make, and whether drafting pays (decoding/spec_governor.py).
     draft_seconds: float = 0.0
     governor: SpeculationGovernor = field(default_factory=SpeculationGovernor)
     # Tokens whose KV is in the sequence.

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from kvllama.engine.loop_state import LoopState, typed_error
-from kvllama.engine.request import Request, Status, resume_point
-from kvllama.engine.residents import Resident
-from kvllama.engine.sessions import Session
-from kvllama.engine.speculation import eligible
+from kvllama.decoding.kept import KeptSequence
+from kvllama.decoding.loop_state import LoopState, typed_error
+from kvllama.decoding.request import Request, Status, resume_point
+from kvllama.decoding.sessions import Session
+from kvllama.decoding.speculation import eligible
 from kvllama.events import CacheDelta, DoneEvent, ErrorEvent, FinishReason, Stats
 
-log = logging.getLogger("kvllama.engine")
+log = logging.getLogger("kvllama.decoding")
 
 
 class Finisher:
@@ -52,10 +52,10 @@ class Finisher:
                 self.state.sessions.park(Session(opts.session_id, r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
                                            transcript=transcript, adapter_key=opts.adapter_key))
                 r.seq_id = None  # the sequence now belongs to the session
-            elif self.state.residents.enabled and reason != "cancelled":
-                greedy_next = r.generated[0] if r.generated and len(context) == len(r.prompt) \
+            elif self.state.kept.enabled and reason != "cancelled":
+                greedy_next = r.generated[0] if r.generated and len(context) == len(r.prompt)\
                     and eligible(r) and not r.drafted else None
-                self.state.residents.keep(Resident(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
+                self.state.kept.keep(KeptSequence(r.seq_id, context, opts.cache_salt,  # type: ignore[arg-type]
                                              adapter_key=opts.adapter_key,
                                              transcript=r.prompt + tuple(r.generated),
                                              greedy_next=greedy_next))
@@ -74,7 +74,7 @@ class Finisher:
         ))
 
     def _remember_calls(self, r: Request, stop: str | None) -> None:
-        """Keep the turn's text for exact replay of its tool calls (engine/tool_memory.py)."""
+        """Keep the turn's text for exact replay of its tool calls (decoding/tool_memory.py)."""
         spans = r.channels.call_spans if r.channels is not None else []
         if not spans or self.state.tool_memory is None:
             return

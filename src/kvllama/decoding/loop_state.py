@@ -1,9 +1,9 @@
 """What the decode loop's parts share: its state, its status, and how a failure reads.
 
 :class:`ModelLoop` (loop.py) is built from three named parts, one concern
-each: :class:`~kvllama.engine.admission.Admission` (sequence ids, sessions,
-restores), the :class:`~kvllama.engine.runner.Runner` (a plan becomes forward
-passes and samples) and the :class:`~kvllama.engine.finishing.Finisher`
+each: :class:`~kvllama.decoding.admission.Admission` (sequence ids, sessions,
+restores), the :class:`~kvllama.decoding.tick_runner.Runner` (a plan becomes forward
+passes and samples) and the :class:`~kvllama.decoding.finishing.Finisher`
 (done events, errors, slots given back). Each holds the one
 :class:`LoopState` they share, owned by the loop thread.
 """
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.markers import MarkerStrings
-from kvllama.engine.request import Request
-from kvllama.engine.residents import ResidentPool
-from kvllama.engine.sessions import SessionTable
-from kvllama.engine.speculation import Drafter
-from kvllama.engine.tool_memory import ToolCallMemory
-from kvllama.engine.warm import WarmStart
+from kvllama.decoding.kept import KeptSequences
+from kvllama.decoding.markers import MarkerStrings
+from kvllama.decoding.request import Request
+from kvllama.decoding.sessions import SessionTable
+from kvllama.decoding.speculation import Drafter
+from kvllama.decoding.tool_memory import ToolCallMemory
+from kvllama.decoding.warm import WarmStart
 from kvllama.errors import InternalEngineError, KvllamaError
 
 
@@ -70,7 +70,7 @@ class LoopStatus:
                 "reused_fraction": reused / self.prompt_tokens if self.prompt_tokens else 0.0}
 
 
-REUSE_SOURCES = ("session", "slot", "live", "memory", "cache", "none")
+REUSE_SOURCES = ("session", "kept", "live", "memory", "cache", "none")
 
 
 def typed_error(exc: Exception) -> Exception:
@@ -78,7 +78,7 @@ def typed_error(exc: Exception) -> Exception:
     if isinstance(exc, KvllamaError):
         return exc
     return InternalEngineError(
-        f"internal error in the decode loop ({type(exc).__name__}: {exc}); see the kvllama.engine log"
+        f"internal error in the decode loop ({type(exc).__name__}: {exc}); see the kvllama.decoding log"
     )
 
 
@@ -89,7 +89,7 @@ class LoopState:
     """
 
     def __init__(self, backend: Backend, *, warm: WarmStart | None, markers: MarkerStrings | None,
-                 signing_key: bytes | None, sessions: SessionTable, residents: ResidentPool,
+                 signing_key: bytes | None, sessions: SessionTable, kept: KeptSequences,
                  tool_memory: ToolCallMemory | None, speculative_draft: int, drafter: Drafter,
                  chunk_size: int, align: int) -> None:
         self.backend = backend
@@ -98,7 +98,7 @@ class LoopState:
         self.markers = markers
         self.signing_key = signing_key
         self.sessions = sessions
-        self.residents = residents
+        self.kept = kept
         self.tool_memory = tool_memory
         self.speculative_draft = speculative_draft
         # Where drafts come from: prompt lookup, or a draft model (closed with the loop).
@@ -111,5 +111,5 @@ class LoopState:
         self.running: list[Request] = []
         # Requests with a prompt chunk in the forward pass running now (read by cancel()).
         self.prefilling_now: frozenset[Request] = frozenset()
-        # The LoRA adapter set of the tick being run (runner.py).
+        # The LoRA adapter set of the tick being run (tick_runner.py).
         self.tick_adapters: tuple[tuple[str, float], ...] = ()

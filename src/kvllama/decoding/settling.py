@@ -4,7 +4,7 @@ A reply's KV comes from decode rows, which llama.cpp computes unlike a
 prompt chunk (docs/measured/exactness.md), so a finished request keeps only its
 prompt's KV (``Finishing._cut_to_exact``) and the next turn of the
 conversation would prefill the reply again before its own message. When the
-decode loop has nothing else to do, the settler prefills a kept slot's (or a
+decode loop has nothing else to do, the settler prefills a kept sequence's (or a
 parked session's) reply as prompt chunks of ``MIN_CHUNK_ROWS``+ rows, one
 chunk per idle step: the slot then holds the whole transcript exactly as a
 cold prefill computes it, the next turn prefills only its new message, and a
@@ -24,13 +24,13 @@ import logging
 from dataclasses import dataclass
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.request import resume_point
-from kvllama.engine.residents import Resident, ResidentPool
-from kvllama.engine.sessions import Session, SessionTable
-from kvllama.engine.warm import WarmStart
+from kvllama.decoding.kept import KeptSequence, KeptSequences
+from kvllama.decoding.request import resume_point
+from kvllama.decoding.sessions import Session, SessionTable
+from kvllama.decoding.warm import WarmStart
 from kvllama.errors import DecodeAbortedError, DecodeTimeoutError, KvllamaError
 
-log = logging.getLogger("kvllama.engine")
+log = logging.getLogger("kvllama.decoding")
 
 
 @dataclass
@@ -48,10 +48,10 @@ class SettleStats:
 class ReplySettler:
     """Loop thread only: picks a held sequence with an unsettled reply and prefills one chunk."""
 
-    def __init__(self, backend: Backend, residents: ResidentPool, sessions: SessionTable,
+    def __init__(self, backend: Backend, kept: KeptSequences, sessions: SessionTable,
                  warm: WarmStart | None, chunk_rows: int) -> None:
         self.backend = backend
-        self.residents = residents
+        self.kept = kept
         self.sessions = sessions
         self.warm = warm
         self.min_rows = backend.shape.min_chunk_rows
@@ -60,13 +60,13 @@ class ReplySettler:
         # True while a settle pass runs: an arriving request aborts it (from any thread).
         self.running = False
 
-    def pending(self) -> Session | Resident | None:
+    def pending(self) -> Session | KeptSequence | None:
         """The most recently used held sequence whose reply is not settled yet."""
-        held: list[Session | Resident] = [*self.residents.by_seq.values(), *self.sessions.parked.values()]
+        held: list[Session | KeptSequence] = [*self.kept.by_seq.values(), *self.sessions.parked.values()]
         todo = [h for h in held if self._unsettled(h) >= self.min_rows]
         return max(todo, key=lambda h: h.last_used) if todo else None
 
-    def _unsettled(self, held: Session | Resident) -> int:
+    def _unsettled(self, held: Session | KeptSequence) -> int:
         if held.adapter_key or len(held.transcript) <= len(held.tokens):
             return 0
         return len(held.transcript) - len(held.tokens)
@@ -97,7 +97,7 @@ class ReplySettler:
         finally:
             self.running = False
         held.tokens = held.transcript[:end]
-        if isinstance(held, Resident):
+        if isinstance(held, KeptSequence):
             held.greedy_next = None  # it was the token after the prompt, which the slot now outgrew
         self.stats.tokens += end - start
         if end == stop:
@@ -106,7 +106,7 @@ class ReplySettler:
             self.stats.sequences += 1
         return True
 
-    def _next_chunk(self, held: Session | Resident) -> tuple[int, int, int]:
+    def _next_chunk(self, held: Session | KeptSequence) -> tuple[int, int, int]:
         """(start, end, stop): this pass's rows, and the point it heads for.
 
         Above a sliding window a row can be restored exactly only on the resume
@@ -122,7 +122,7 @@ class ReplySettler:
             end = stop - self.min_rows if stop - self.min_rows - start >= self.min_rows else stop
         return start, end, stop
 
-    def _save(self, held: Session | Resident) -> None:
+    def _save(self, held: Session | KeptSequence) -> None:
         """A row of the settled transcript (on the resume grid), as a finish row."""
         if self.warm is None:
             return

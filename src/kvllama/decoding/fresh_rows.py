@@ -2,7 +2,7 @@
 
 A row handed to the cache's writer pool becomes visible to lookups only
 once it is packed and stored (tens of milliseconds for a long prompt). A
-follower waiting for a leader's shared prefix (engine/warm.py) would wait
+follower waiting for a leader's shared prefix (decoding/warm.py) would wait
 that long for nothing: the blob is already in memory. So the last few
 prefill rows stay here, bounded by count and bytes, and a restore looks here
 first. A row found here is the same blob the cache stores, so a restore from

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import time
 
-from kvllama.engine.finishing import Finisher
-from kvllama.engine.loop_state import LoopState, Phase
-from kvllama.engine.request import Request, Status
-from kvllama.engine.scheduler import SeqProgress, Slice, decode_groups, plan
-from kvllama.engine.speculation import eligible
+from kvllama.decoding.finishing import Finisher
+from kvllama.decoding.loop_state import LoopState, Phase
+from kvllama.decoding.request import Request, Status
+from kvllama.decoding.scheduler import SeqProgress, Slice, decode_groups, plan
+from kvllama.decoding.speculation import eligible
 from kvllama.errors import DecodeAbortedError, DecodeError, DecodeTimeoutError, KvllamaError
 from kvllama.events import TokenEvent, TokenLogprob
 from kvllama.native.batch import BatchRow
 
-log = logging.getLogger("kvllama.engine")
+log = logging.getLogger("kvllama.decoding")
 
 
 class Runner:
@@ -47,7 +47,7 @@ class Runner:
         self.state.running = [r for r in self.state.running if not r.done]
 
     def _plan_draft(self) -> None:
-        """Speculate while exactly one request runs and it decodes (engine/speculation.py)."""
+        """Speculate while exactly one request runs and it decodes (decoding/speculation.py)."""
         if not self.state.speculative_draft or len(self.state.running) != 1:
             return
         r = self.state.running[0]

@@ -3,7 +3,7 @@
 Everything else talks to it through a queue (submit, cancel, calls such as
 ``embed``), so the loop never waits on a lock held by an HTTP handler, and
 llama.cpp's context is only ever touched from this thread. Each tick is one
-``decode`` call whose rows come from :func:`kvllama.engine.scheduler.plan`:
+``decode`` call whose rows come from :func:`kvllama.decoding.scheduler.plan`:
 decode rows of generating requests co-batched with prefill chunks of new ones.
 
 Observability (:class:`LoopStatus`) is plain attributes written by this thread
@@ -22,19 +22,19 @@ from dataclasses import asdict
 from typing import Any
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.admission import Admission
-from kvllama.engine.finishing import Finisher
-from kvllama.engine.loop_state import LoopState, LoopStatus, Phase, typed_error
-from kvllama.engine.markers import MarkerStrings
-from kvllama.engine.request import Request
-from kvllama.engine.residents import ResidentPool
-from kvllama.engine.runner import Runner
-from kvllama.engine.sessions import SessionPolicy, SessionTable
-from kvllama.engine.settling import ReplySettler
-from kvllama.engine.speculation import Drafter, NgramDrafter
-from kvllama.engine.tool_memory import ToolCallMemory
-from kvllama.engine.verify import held_prefix, verify_on_slot
-from kvllama.engine.warm import WarmStart
+from kvllama.decoding.admission import Admission
+from kvllama.decoding.finishing import Finisher
+from kvllama.decoding.kept import KeptSequences
+from kvllama.decoding.loop_state import LoopState, LoopStatus, Phase, typed_error
+from kvllama.decoding.markers import MarkerStrings
+from kvllama.decoding.request import Request
+from kvllama.decoding.sessions import SessionPolicy, SessionTable
+from kvllama.decoding.settling import ReplySettler
+from kvllama.decoding.speculation import Drafter, NgramDrafter
+from kvllama.decoding.tick_runner import Runner
+from kvllama.decoding.tool_memory import ToolCallMemory
+from kvllama.decoding.verify import held_prefix, verify_on_slot
+from kvllama.decoding.warm import WarmStart
 from kvllama.errors import (
     ContextLostError,
     DecodeError,
@@ -45,7 +45,7 @@ from kvllama.sampling import SamplingParams
 
 __all__ = ["PREFILL_ALIGN", "LoopStatus", "ModelLoop"]
 
-log = logging.getLogger("kvllama.engine")
+log = logging.getLogger("kvllama.decoding")
 
 _STOP = object()
 # The longest burst an idle loop gathers, in burst windows (see ModelLoop._gather_burst).
@@ -55,7 +55,7 @@ PREFILL_ALIGN = 64
 
 class ModelLoop:
     """One model's decode thread, with its parts: ``admission``, ``runner``, ``finisher`` and the
-    ``state`` they share (engine/loop_state.py)."""
+    ``state`` they share (decoding/loop_state.py)."""
 
     def __init__(
         self,
@@ -81,15 +81,15 @@ class ModelLoop:
         self.state = LoopState(
             backend, warm=warm, markers=markers, signing_key=signing_key,
             sessions=SessionTable(backend.shape.n_seq_max, session_policy or SessionPolicy()),
-            residents=ResidentPool(enabled=keep_finished), tool_memory=tool_memory,
+            kept=KeptSequences(enabled=keep_finished), tool_memory=tool_memory,
             speculative_draft=speculative_draft, drafter=drafter or NgramDrafter(),
             chunk_size=chunk_size, align=min(PREFILL_ALIGN, chunk_size),
         )
         self.finisher = Finisher(self.state)
         self.admission = Admission(self.state, self.finisher)
         self.runner = Runner(self.state, self.finisher)
-        # Idle time recomputes kept replies as prompt chunks (engine/settling.py).
-        self.settler = ReplySettler(backend, self.residents, self.sessions, warm, chunk_size) \
+        # Idle time recomputes kept replies as prompt chunks (decoding/settling.py).
+        self.settler = ReplySettler(backend, self.kept, self.sessions, warm, chunk_size)\
             if settle_replies else None
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._submitted = 0
@@ -117,8 +117,8 @@ class ModelLoop:
         return self.state.sessions
 
     @property
-    def residents(self) -> ResidentPool:
-        return self.state.residents
+    def kept(self) -> KeptSequences:
+        return self.state.kept
 
     @property
     def status(self) -> LoopStatus:
@@ -221,7 +221,7 @@ class ModelLoop:
             with self._submit_lock:
                 self._closed = True
             self._drain_inbox(block=False)
-            err = RuntimeError("the decode loop crashed; see the kvllama.engine log")
+            err = RuntimeError("the decode loop crashed; see the kvllama.decoding log")
             for r in [*self.state.running, *self.state.waiting]:
                 self.finisher.emit_error(r, err)
         finally:
@@ -279,7 +279,7 @@ class ModelLoop:
             except Exception:
                 log.exception("could not save session %s before the rebuild", session.id)
                 self.sessions.parked.pop(session.key, None)
-        self.residents.clear()  # their KV goes with the old context; their rows are cached
+        self.kept.clear()  # their KV goes with the old context; their rows are cached
         self.backend.rebuild()
         st.context_rebuilds += 1
         st.healthy = True
@@ -353,17 +353,17 @@ class ModelLoop:
         return bool(self.call(lambda: self.admission.end_session(session_id, cache_salt)).result())
 
     def verify_held(self, tokens: Sequence[int], draft: Sequence[int]) -> tuple[int, int] | None:
-        """Loop thread (through :meth:`call`): verify ``draft`` on a kept slot holding exactly
-        ``tokens`` in one decode-class pass (engine/verify.py); None if no slot can answer."""
-        resident = held_prefix(self.residents, tokens) if self.backend.shape.per_pass_kernels else None
-        if resident is None:
+        """Loop thread (through :meth:`call`): verify ``draft`` on a kept sequence holding exactly
+        ``tokens`` in one decode-class pass (decoding/verify.py); None if no slot can answer."""
+        kept_seq = held_prefix(self.kept, tokens) if self.backend.shape.per_pass_kernels else None
+        if kept_seq is None:
             return None
         greedy = self.backend.new_sampler(SamplingParams(max_tokens=1, temperature=0.0))
         try:
-            answer = verify_on_slot(self.backend, resident, draft, greedy)
+            answer = verify_on_slot(self.backend, kept_seq, draft, greedy)
         finally:
             greedy.close()
-        resident.last_used = time.monotonic()
+        kept_seq.last_used = time.monotonic()
         return answer
 
     def settled(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Turning one request's sampled tokens into stream events, channel by channel.
 
 Without markers every token is reply text. With a model's thinking or
-tool-call markers, :class:`~kvllama.engine.markers.MarkerRouter` splits the
+tool-call markers, :class:`~kvllama.decoding.markers.MarkerRouter` splits the
 stream into text, thinking and tool-call channels; each channel has its own
 UTF-8 assembler, stop sequences apply to the reply text only, a thinking span
 ends with its HMAC signature, and a tool call ends with the exact bytes the
@@ -14,9 +14,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 
-from kvllama.engine.markers import Kind, MarkerRouter, Routed
-from kvllama.engine.request import EventSink
-from kvllama.engine.text import StopMatcher, Utf8Assembler
+from kvllama.decoding.markers import Kind, MarkerRouter, Routed
+from kvllama.decoding.request import EventSink
+from kvllama.decoding.text import StopMatcher, Utf8Assembler
 from kvllama.events import TextEvent, ThinkingEndEvent, ThinkingEvent, ToolCallEndEvent, ToolCallEvent
 from kvllama.replies.tool_calls import parse_tool_calls
 from kvllama.signing import sign_thinking
@@ -42,7 +42,7 @@ class Channels:
         self._stops = StopMatcher(stops)
         self._thinking_parts: list[str] = []
         self._tool_parts: list[str] = []
-        # (span id, calls in it) of every tool-call span so far (engine/tool_memory.py).
+        # (span id, calls in it) of every tool-call span so far (decoding/tool_memory.py).
         self.call_spans: list[tuple[str, int]] = []
         # The stop sequence that ended the reply, once one matched.
         self.stopped: str | None = None

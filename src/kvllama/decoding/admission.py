@@ -12,22 +12,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from kvllama.engine.channels import Channels
-from kvllama.engine.finishing import Finisher
-from kvllama.engine.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, best_live_source
-from kvllama.engine.loop_state import LoopState
-from kvllama.engine.markers import MarkerRouter
-from kvllama.engine.request import AsyncioSink, CacheAccount, Request, Status
-from kvllama.engine.residents import Resident
-from kvllama.engine.sessions import Session, SessionKey
-from kvllama.engine.slots import plan_moves
+from kvllama.decoding.channels import Channels
+from kvllama.decoding.finishing import Finisher
+from kvllama.decoding.kept import KeptSequence
+from kvllama.decoding.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, best_live_source
+from kvllama.decoding.loop_state import LoopState
+from kvllama.decoding.markers import MarkerRouter
+from kvllama.decoding.request import AsyncioSink, CacheAccount, Request, Status
+from kvllama.decoding.sessions import Session, SessionKey
+from kvllama.decoding.slots import plan_moves
 from kvllama.errors import ContextOverflowError, NoFreeSlotError, SessionConflictError, UnknownSessionError
 from kvllama.kvcache import SaveReason
 
-log = logging.getLogger("kvllama.engine")
+log = logging.getLogger("kvllama.decoding")
 
-# A resident is taken over a free slot only if it spares at least this many prompt tokens.
-MIN_RESIDENT_SHARE = 16
+# A kept sequence is taken over a free slot only if it spares at least this many prompt tokens.
+MIN_KEPT_SHARE = 16
 # A lone warm request gathers a burst only when it has more prompt tokens than this left to prefill.
 BURST_MIN_PREFILL = 64
 
@@ -70,22 +70,22 @@ class Admission:
 
     def free_seq_id(self, spare: object = None) -> int:
         """The id the compact layout gives the next running request, else the lowest free one, else a
-        resident's (never ``spare``'s: a live source about to be copied).
+        kept sequence's (never ``spare``'s: a live source about to be copied).
 
         Never a count: right after sessions are released the ids in use have
         holes, and ``len(running) + len(parked)`` can name a held sequence.
         The next running request belongs right after the running ones
         (slots.py); when an idle sequence holds that id and another is free,
         the idle one moves there now, so compaction never meets a cycle with
-        every id held. Residents only wait for a use: the least recently used
+        every id held. Kept sequences only wait for a use: the least recently used
         one gives way.
         """
         running = {r.seq_id for r in self.state.running}
-        used = running | {*self.state.sessions.seq_ids(), *self.state.residents.seq_ids()}
+        used = running | {*self.state.sessions.seq_ids(), *self.state.kept.seq_ids()}
         free = next((i for i in range(self.state.backend.shape.n_seq_max) if i not in used), None)
         if free is None:
-            oldest = self.state.residents.take_oldest(spare=spare)
-            assert oldest is not None, "admission only runs while a slot is free or held by a resident"
+            oldest = self.state.kept.take_oldest(spare=spare)
+            assert oldest is not None, "admission only runs while a slot is free or held by a kept sequence"
             self.state.backend.clear_sequence(oldest.seq_id)
             free = oldest.seq_id
             used.discard(free)
@@ -101,24 +101,24 @@ class Admission:
         Another conversation's slot that shares only a system prompt must not
         win over this conversation's own row in the cache (its slot was given
         up while the turn's reply was read): copying it would restore less.
-        Kept slots come first among equals: one the prompt continues whole is
+        Kept sequences come first among equals: one the prompt continues whole is
         taken over, with no copy at all. ``restorable``: the cache's answer, when
         the caller has it already.
         """
-        if not (self.state.running or self.state.sessions.parked or self.state.residents):
+        if not (self.state.running or self.state.sessions.parked or self.state.kept):
             return None  # no look ahead into the cache when nothing could win
         if restorable is None:
             restorable = self.state.warm.restorable(r) if self.state.warm is not None else 0
         source = best_live_source(
             r.prompt, r.options.kv_tenant, len(r.prompt) - self.state.backend.shape.min_chunk_rows,
-            max(MIN_RESIDENT_SHARE, restorable), self._live_candidates(r))
-        if source is None or (isinstance(source.holder, Resident) and source.whole):
+            max(MIN_KEPT_SHARE, restorable), self._live_candidates(r))
+        if source is None or (isinstance(source.holder, KeptSequence) and source.whole):
             return source
         return source if source.shared >= max(MIN_LIVE_SHARE, restorable + 1) else None
 
     def _live_candidates(self, r: Request) -> Iterator[tuple[object, tuple[int, ...], Tenant]]:
-        """Every sequence in the context with the canonical tokens it holds (engine/live_sources.py)."""
-        for x in sorted(self.state.residents.by_seq.values(), key=lambda x: -x.last_used):
+        """Every sequence in the context with the canonical tokens it holds (decoding/live_sources.py)."""
+        for x in sorted(self.state.kept.by_seq.values(), key=lambda x: -x.last_used):
             yield x, x.tokens, (x.cache_salt, x.adapter_key)
         for s in self.state.sessions.parked.values():
             yield s, s.tokens, (s.cache_salt, s.adapter_key)
@@ -126,10 +126,10 @@ class Admission:
             if q is not r and q.seq_id is not None and q.exact_len > 0:
                 yield q, (q.prompt + tuple(q.generated))[: q.exact_len], q.options.kv_tenant
 
-    def _slot_besides(self, resident: Resident) -> bool:
-        """Could a request get a slot without ending ``resident``?"""
-        held = len(self.state.running) + len(self.state.sessions.parked) + len(self.state.residents)
-        return held < self.state.backend.shape.n_seq_max or len(self.state.residents) > 1
+    def _slot_besides(self, kept_seq: KeptSequence) -> bool:
+        """Could a request get a slot without ending ``kept sequence``?"""
+        held = len(self.state.running) + len(self.state.sessions.parked) + len(self.state.kept)
+        return held < self.state.backend.shape.n_seq_max or len(self.state.kept) > 1
 
     def _copy_live(self, r: Request, source: LiveSource) -> None:
         """Start ``r`` from a copy of the source's shared cells; the source goes on as it was."""
@@ -152,12 +152,12 @@ class Admission:
                 log.exception("saving the prefix request %s copied failed", r.id)
 
     def _move_idle(self, src: int, dst: int) -> None:
-        """Move a parked session or a resident to the free id ``dst``."""
+        """Move a parked session or a kept sequence to the free id ``dst``."""
         self.state.backend.move_sequence(src, dst)
-        resident = self.state.residents.by_seq.pop(src, None)
-        if resident is not None:
-            resident.seq_id = dst
-            self.state.residents.by_seq[dst] = resident
+        kept_seq = self.state.kept.by_seq.pop(src, None)
+        if kept_seq is not None:
+            kept_seq.seq_id = dst
+            self.state.kept.by_seq[dst] = kept_seq
             return
         session = next(x for x in self.state.sessions.parked.values() if x.seq_id == src)
         session.seq_id = dst
@@ -177,10 +177,10 @@ class Admission:
         key: SessionKey | None = (opts.cache_salt, opts.session_id) if opts.session_id is not None else None
         session = self.state.sessions.take(key) if key is not None else None
         source = self.live_source(r) if session is None else None
-        held: Session | Resident | None = session
-        if source is not None and isinstance(source.holder, Resident) and (
+        held: Session | KeptSequence | None = session
+        if source is not None and isinstance(source.holder, KeptSequence) and (
                 source.whole or not self._slot_besides(source.holder)):
-            held, source = self.state.residents.by_seq.pop(source.holder.seq_id), None
+            held, source = self.state.kept.by_seq.pop(source.holder.seq_id), None
         r.seq_id = held.seq_id if held else self.free_seq_id(spare=source.holder if source else None)
         r.timing.admitted_at = time.perf_counter()
         self.state.status.admitted += 1
@@ -248,8 +248,8 @@ class Admission:
                 r.greedy_sampler = self.state.backend.new_sampler(replace(p, temperature=0.0))
         r.channels = Channels(self.state.backend.piece, r.sink, r.params.stop, router, self.state.signing_key)
 
-    def _resume(self, r: Request, held: Session | Resident) -> bool:
-        """Continue a parked session or a resident in place; False when its sequence cannot be reused.
+    def _resume(self, r: Request, held: Session | KeptSequence) -> bool:
+        """Continue a parked session or a kept sequence in place; False when its sequence cannot be reused.
 
         The held tokens are canonical (see Finishing._cut_to_exact); the
         prompt's last ``min_chunk_rows`` tokens are left to prefill, as a cold run
@@ -264,7 +264,7 @@ class Admission:
         if keep < len(held.tokens) and not self.state.backend.truncate_sequence(held.seq_id, keep):
             return False  # e.g. sliding-window layers: the cache takes over
         r.n_computed = r.exact_len = r.cache.read = keep
-        r.cache.source = "session" if isinstance(held, Session) else "slot"
+        r.cache.source = "session" if isinstance(held, Session) else "kept"
         if isinstance(held, Session):
             r.cache.hit_kind = "sticky"
         else:
@@ -292,24 +292,24 @@ class Admission:
         decoders = [r.seq_id for r in self.state.running if r.pending_token is not None]
         prompts = [r.seq_id for r in self.state.running if r.pending_token is None]
         while (moves := plan_moves(decoders, prompts, self.state.backend.shape.n_seq_max,
-                                   self.state.sessions.seq_ids() + self.state.residents.seq_ids())) is None:
+                                   self.state.sessions.seq_ids() + self.state.kept.seq_ids())) is None:
             # A cycle with every id held: a finished request kept in its slot gives way, or the
             # layout waits (prompt chunks then run as a pass of their own) until an id frees.
-            oldest = self.state.residents.take_oldest()
+            oldest = self.state.kept.take_oldest()
             if oldest is None:
                 return
             self.state.backend.clear_sequence(oldest.seq_id)
         if not moves:
             return
-        by_id: dict[int, Request | Session | Resident] = {r.seq_id: r for r in self.state.running}  # type: ignore[misc]
+        by_id: dict[int, Request | Session | KeptSequence] = {r.seq_id: r for r in self.state.running}  # type: ignore[misc]
         by_id.update({s.seq_id: s for s in self.state.sessions.parked.values()})
-        by_id.update(self.state.residents.by_seq)
+        by_id.update(self.state.kept.by_seq)
         for src, dst in moves:
             self.state.backend.move_sequence(src, dst)
             holder = by_id.pop(src)
             holder.seq_id = dst
             by_id[dst] = holder
-        self.state.residents.by_seq = {x.seq_id: x for x in by_id.values() if isinstance(x, Resident)}
+        self.state.kept.by_seq = {x.seq_id: x for x in by_id.values() if isinstance(x, KeptSequence)}
 
     def worth_gathering(self, r: Request) -> bool:
         """Is ``r``'s prefill long enough that others of its burst should share its passes?

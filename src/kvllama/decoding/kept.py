@@ -2,7 +2,7 @@
 
 llama-server keeps each slot's last prompt in KV and reuses its common
 prefix with the next request; kvllama does the same for every request that
-finishes without a ``session_id``. A resident holds the canonical part of
+finishes without a ``session_id``. A kept sequence holds the canonical part of
 the finished request (its prompt, cut to what prompt chunks computed; see
 ``Finishing._cut_to_exact``), so a request that repeats or continues it
 (the next turn of a chat client that sends the whole conversation, the
@@ -10,11 +10,11 @@ same prompt again) keeps the shared part in place: no restore, and the cut
 may fall anywhere (a live sequence keeps its cells where a cold run put
 them), so only the prompt's last ``MIN_CHUNK_ROWS`` tokens are prefilled.
 
-Residents cost nothing but the slot: llama.cpp's KV is allocated for every
-slot up front. A request whose prompt continues a resident whole takes its
-slot over; one that shares only a part copies it (engine/live_sources.py)
-into a free id, else into the least recently used other resident's slot.
-Their rows are already in the cache (at finish), so a resident is dropped
+Kept sequences cost nothing but the slot: llama.cpp's KV is allocated for every
+slot up front. A request whose prompt continues a kept sequence whole takes its
+slot over; one that shares only a part copies it (decoding/live_sources.py)
+into a free id, else into the least recently used other kept sequence's slot.
+Their rows are already in the cache (at finish), so a kept sequence is dropped
 without a save. Loop thread only.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Resident:
+class KeptSequence:
     seq_id: int
     # The tokens whose KV the sequence holds.
     tokens: tuple[int, ...]
@@ -33,29 +33,29 @@ class Resident:
     last_used: float = field(default_factory=time.monotonic)
     adapter_key: tuple[tuple[str, float], ...] = ()
     # The finished request's prompt and reply: the reply's KV (decode-computed) was cut off,
-    # and idle time recomputes it as prompt chunks (engine/settling.py).
+    # and idle time recomputes it as prompt chunks (decoding/settling.py).
     transcript: tuple[int, ...] = ()
     # The token greedy decoding puts after ``tokens`` (a plain-greedy request's first token, from
     # the prompt's last row), while the slot holds exactly its prompt: verify uses it (verify.py).
     greedy_next: int | None = None
 
 
-class ResidentPool:
+class KeptSequences:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.by_seq: dict[int, Resident] = {}
+        self.by_seq: dict[int, KeptSequence] = {}
 
     def __len__(self) -> int:
         return len(self.by_seq)
 
-    def keep(self, resident: Resident) -> None:
-        self.by_seq[resident.seq_id] = resident
+    def keep(self, kept_seq: KeptSequence) -> None:
+        self.by_seq[kept_seq.seq_id] = kept_seq
 
     def seq_ids(self) -> list[int]:
         return list(self.by_seq)
 
-    def take_oldest(self, spare: object = None) -> Resident | None:
-        """The least recently used resident other than ``spare`` (a source about to be copied)."""
+    def take_oldest(self, spare: object = None) -> KeptSequence | None:
+        """The least recently used kept sequence other than ``spare`` (a source about to be copied)."""
         others = [x for x in self.by_seq.values() if x is not spare]
         if not others:
             return None

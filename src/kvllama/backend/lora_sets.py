@@ -9,7 +9,7 @@ graph rebuild, not a reload. Decode thread only, like the context.
 from __future__ import annotations
 
 from kvllama.errors import InvalidRequestError
-from kvllama.native.adapter import NativeAdapter, set_context_adapters
+from kvllama.native.lora_adapter import NativeAdapter, set_context_adapters
 from kvllama.native.model import NativeModel
 
 # ((adapter id, scale), ...), sorted by id, zero scales left out: what a request runs with.

@@ -3,7 +3,7 @@
 Clients that send raw prompts (``/v1/completions``, token lists) name no
 system prompt, yet many of their prompts start alike. When a new prompt
 shares a long block-aligned prefix with one seen recently, the prefill
-saves a row at the end of that shared part (engine/warm.py), so the next
+saves a row at the end of that shared part (decoding/warm.py), so the next
 prompt that starts the same way restores it instead of prefilling it
 again, whatever follows. The index holds only chain values (16 bytes per
 64-token block, see :meth:`~kvllama.kvcache.keys.KeyChain.block_values`), in

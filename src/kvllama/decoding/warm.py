@@ -20,10 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from kvllama.backend.protocol import Backend
-from kvllama.engine.fresh_rows import FreshRow, FreshRows
-from kvllama.engine.recent_prefixes import RecentPrefixes
-from kvllama.engine.request import Request, resume_point
-from kvllama.engine.scheduler import MIN_CHUNK_ROWS
+from kvllama.decoding.fresh_rows import FreshRow, FreshRows
+from kvllama.decoding.recent_prefixes import RecentPrefixes
+from kvllama.decoding.request import Request, resume_point
+from kvllama.decoding.scheduler import MIN_CHUNK_ROWS
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 from kvllama.tokens import shared_prefix
 
@@ -192,7 +192,7 @@ class WarmStart:
         return True
 
     def _load_fresh(self, r: Request, row: FreshRow) -> bool:
-        """Restore a row saved moments ago from its blob in memory (see engine/fresh_rows.py)."""
+        """Restore a row saved moments ago from its blob in memory (see decoding/fresh_rows.py)."""
         assert r.seq_id is not None
         if not self.backend.restore_sequence(r.seq_id, row.blob):
             self.backend.clear_sequence(r.seq_id)
@@ -296,7 +296,7 @@ class WarmStart:
                 continue
             if q.n_computed >= point:
                 # Past its row, the leader's live cells will hold the rest of the shared part after
-                # its next chunk; copying them then (engine/live_sources.py) beats prefilling it here.
+                # its next chunk; copying them then (decoding/live_sources.py) beats prefilling it here.
                 if q.n_computed < shared:
                     return True
                 continue
@@ -314,7 +314,7 @@ class WarmStart:
         pending = self.cache.pending_keys()
         for key in [k for k in self._unpublished if k not in pending]:
             del self._unpublished[key]
-        # A row still at hand (engine/fresh_rows.py) is restorable now: no need to wait for it.
+        # A row still at hand (decoding/fresh_rows.py) is restorable now: no need to wait for it.
         return any(
             tenant == r.options.kv_tenant and len(toks) <= usable and r.prompt[: len(toks)] == toks
             and not self.fresh.covers(r.prompt, tenant, len(toks))
@@ -323,7 +323,7 @@ class WarmStart:
 
     def save_held(self, seq_id: int, tokens: tuple[int, ...],
                   tenant: tuple[str | None, tuple[tuple[str, float], ...]]) -> bytes | None:
-        """A held sequence whose reply was settled (engine/settling.py): saved like a finish row.
+        """A held sequence whose reply was settled (decoding/settling.py): saved like a finish row.
 
         Only on the resume grid (a row off it could not be restored exactly); at
         hand in memory until the writer has stored it, like every finish row.
@@ -337,7 +337,7 @@ class WarmStart:
         return key
 
     def save_live_prefix(self, r: Request) -> None:
-        """A prefix copied from a live sequence (engine/live_sources.py), saved as a row once.
+        """A prefix copied from a live sequence (decoding/live_sources.py), saved as a row once.
 
         The copy leaves no row behind, and on a sliding-window model the
         source's own rows (the whole prompt) cannot be cut back to the shared

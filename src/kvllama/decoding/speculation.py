@@ -19,7 +19,7 @@ log-probabilities, min_tokens or ignore_eos), only while one request is
 decoding and none is prefilling (a batch of several streams already keeps
 the machine busy, and published figures show lookup decoding losing there:
 llama.cpp PR #6828, 1.10x at 1 slot, 0.86x at 4, 0.77x at 8), and only while
-drafts pay for themselves as measured (engine/spec_governor.py).
+drafts pay for themselves as measured (decoding/spec_governor.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from kvllama.engine.request import Request
+from kvllama.decoding.request import Request
 
 MAX_DRAFT = 16
 _NGRAMS = (3, 2, 1)
