@@ -2,7 +2,7 @@
 
 The server runs under RLIMIT_AS (hostile_support.ADDRESS_SPACE_LIMIT), so a
 regression ends in std::bad_alloc or a dead process rather than a machine
-out of memory; the tight time limit and the bound on kept sequence-memory growth
+out of memory; the tight time limit and the bound on resident-memory growth
 make it a failure either way. A case that bloated the server has it
 replaced before the next case.
 """
@@ -13,7 +13,7 @@ import pytest
 from hostile_cases import ALLOCATION_CASES, Case
 from hostile_support import Hostile, answer_problem
 
-# KeptSequence memory the server may gain on one refused request.
+# Resident memory the server may gain on one refused request.
 MAX_GROWTH = 512 << 20
 
 
@@ -28,7 +28,7 @@ def test_allocation_case(hostile: Hostile, case: Case) -> None:
         if growth > MAX_GROWTH // 2:
             hostile.restart_after = True
         if growth > MAX_GROWTH:
-            problems.append(f"the server's kept sequence memory grew by {growth >> 20} MiB")
+            problems.append(f"the server's resident memory grew by {growth >> 20} MiB")
     if problems:
         if error is not None:  # it may still be allocating: do not let it run into the next case
             hostile.restart_after = True

@@ -138,7 +138,7 @@ def test_a_recent_prompt_teaches_where_the_next_ones_part(cache_only, cold):
 @pytest.mark.parametrize("words", [150, 700])  # below and above the sliding window
 def test_a_finished_request_left_in_its_slot_serves_a_repeat_and_the_next_turn(cold, words):
     with _engine(keep_finished=True) as eng:
-        p = system(words, f"kept sequence-{words}")
+        p = system(words, f"kept-{words}")
         first = eng.complete(M, p, **GREEDY)
         n = len(first.context_tokens) - len(first.generated_tokens)
         again = eng.complete(M, p + " Again.", **GREEDY)

@@ -187,7 +187,7 @@ def test_status_reports_models_slots_memory_and_cache(client):
     (model,) = s["models"]
     assert model["name"] == "s" and model["healthy"] is True and model["phase"] == "idle"
     assert model["pending"] == 0 and model["in_flight"] == 0
-    assert model["slots"] == {"total": 4, "running": 0, "sessions": 0, "kept sequences": 0, "free": 4}
+    assert model["slots"] == {"total": 4, "running": 0, "sessions": 0, "kept": 0, "free": 4}
     assert model["n_ctx_seq"] == 256
     mem = s["memory"]
     assert mem["process_rss_bytes"] > 0 and mem["system_total_bytes"] >= mem["system_available_bytes"] > 0
@@ -235,7 +235,7 @@ def test_recent_requests_ring_is_bounded():
 
 
 def test_slots_and_cache_summary():
-    assert slots(4, 1, 2, 1) == {"total": 4, "running": 1, "sessions": 2, "kept sequences": 1, "free": 1}
+    assert slots(4, 1, 2, 1) == {"total": 4, "running": 1, "sessions": 2, "kept": 1, "free": 1}
     assert slots(2, 2, 1, 0)["free"] == 0
     summary = cache_status({"lookups": 4, "hits": {"exact": 1, "partial": 2}, "misses": 1,
                             "tiers": {"ram": {"bytes": 10, "rows": 1, "budget": 100},

@@ -140,7 +140,7 @@ async def cache_lookup(request: Request) -> Response:
     """``tokens``: the prompt's length as the engine counts it; ``cached_tokens``: its longest cached prefix.
 
     A restore always leaves a few prompt tokens to prefill, so a request restores
-    up to ``cached_tokens`` (sticky sessions and slot kept sequences are not counted).
+    up to ``cached_tokens`` (sticky sessions and kept sequences are not counted).
     """
     state = state_of(request)
     body = validate(CacheLookupRequest, await read_json(request))

@@ -84,7 +84,7 @@ def slots(n_seq_max: int, running: int, sessions: int, kept: int) -> dict[str, i
         "total": n_seq_max,
         "running": running,
         "sessions": sessions,
-        "kept sequences": kept,
+        "kept": kept,
         "free": max(0, n_seq_max - running - sessions),
     }
 
@@ -142,7 +142,7 @@ def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 
 
 def process_rss(path: str = "/proc/self/statm") -> int | None:
-    """KeptSequence set size of this process in bytes (None where ``/proc`` is missing)."""
+    """Resident set size of this process in bytes (None where ``/proc`` is missing)."""
     try:
         fields = Path(path).read_text().split()
         return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")

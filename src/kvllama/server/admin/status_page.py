@@ -173,7 +173,7 @@ function renderModels(models) {
     return el("tr", {class: "model", "data-model": m.name},
       el("td", {class: "model-name"}, m.name), el("td", null, health), el("td", null, m.phase),
       num(m.pending), num(m.in_flight), num(slots.free == null ? null : slots.free + " / " + slots.total),
-      num(slots.sessions), num(slots.kept sequences), el("td", null, hit), num(m.n_ctx),
+      num(slots.sessions), num(slots.kept), el("td", null, hit), num(m.n_ctx),
       num(bytes(m.memory_estimate_bytes)));
   }));
 }
