@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -73,11 +72,10 @@ def test_parent_lookup_waits_for_its_in_flight_save(make_cache, root, blob):
     parent = cache.save(root, PROMPT[:40], blob(1), "finish")
     assert entered.wait(5) and cache.in_flight(parent) and parent in cache.pending_keys()
     threading.Timer(0.05, gate.set).start()
-    started = time.monotonic()
     hit = cache.lookup(root, PROMPT, parent_key=parent)
+    # It waited for the write (the row was still in flight when it asked) and then hit it.
     assert hit is not None and (hit.key, hit.source) == (parent, "parent")
-    assert time.monotonic() - started < 4
-    assert not cache.in_flight(parent)
+    assert gate.is_set() and not cache.in_flight(parent)
 
 
 def test_parent_wait_is_bounded(make_cache, root, blob):
@@ -93,9 +91,9 @@ def test_parent_wait_is_bounded(make_cache, root, blob):
     cache._write_job = stuck_write
     parent = cache.save(root, PROMPT[:40], blob(1), "finish")
     assert entered.wait(5)
-    started = time.monotonic()
     assert cache.lookup(root, PROMPT, parent_key=parent) is None
-    assert time.monotonic() - started < 1
+    # It gave up while the write was still stuck: it did not wait for the write to finish.
+    assert not gate.is_set() and cache.in_flight(parent)
     gate.set()
 
 
