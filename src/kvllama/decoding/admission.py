@@ -164,9 +164,8 @@ class Admission:
 
     def _start(self, r: Request) -> None:
         try:
-            # Samplers and channels first: if they fail, a parked session stays untouched.
-            if r.sampler is None:
-                r.sampler = self.state.backend.new_sampler(r.params)
+            # Channels first: if they fail, a parked session stays untouched. (Samplers come
+            # built with the request: api/preparation.py, off this thread.)
             self._open_channels(r)
             if r.options.continue_session:
                 self._continue_prompt(r)
@@ -235,7 +234,7 @@ class Admission:
             r.cache = CacheAccount()
 
     def _open_channels(self, r: Request) -> None:
-        """Per-request event channels; with markers, a router and (for tool calls) a greedy chain."""
+        """Per-request event channels; with markers, a router."""
         markers, router = self.state.markers, None
         if markers is not None:
             p = r.params
@@ -244,8 +243,6 @@ class Admission:
                 thinking_enabled=p.thinking is not False,
                 thinking_budget_tokens=p.thinking_budget_tokens,
             )
-            if markers.has_tool_calls and not p.greedy and r.greedy_sampler is None:
-                r.greedy_sampler = self.state.backend.new_sampler(replace(p, temperature=0.0))
         r.channels = Channels(self.state.backend.piece, r.sink, r.params.stop, router, self.state.signing_key)
 
     def _resume(self, r: Request, held: Session | KeptSequence) -> bool:

@@ -139,7 +139,12 @@ class ModelLoop:
     # --- any thread ---------------------------------------------------------
 
     def submit(self, *requests: Request) -> None:
-        """Several requests go in as one inbox item, so the loop admits them in the same tick."""
+        """Several requests go in as one inbox item, so the loop admits them in the same tick.
+
+        They come prepared (api/preparation.py): samplers built off this thread, grammars parsed.
+        """
+        if any(r.sampler is None for r in requests):
+            raise ValueError("a request reaches the loop with its samplers built (api/preparation.py)")
         with self._submit_lock:
             if self._closed:
                 raise EngineClosedError("this model has been unloaded")

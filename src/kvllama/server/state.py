@@ -67,15 +67,6 @@ class ServerState:
                 code="queue_full",
             )
 
-    def check_max_tokens(self, value: int) -> int:
-        limit = self.config.max_tokens_limit
-        if value < 1:
-            raise ApiError(400, f"max_tokens must be at least 1, got {value}", param="max_tokens")
-        if value > limit:
-            raise ApiError(400, f"max_tokens is {value} but this server allows at most {limit}",
-                           param="max_tokens")
-        return value
-
 
 def state_of(request: Request) -> ServerState:
     return request.app.state.kvllama  # type: ignore[no-any-return]
