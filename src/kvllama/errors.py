@@ -164,6 +164,17 @@ class ModelBusyError(ModelError):
     code = "model_busy"
 
 
+class ModelCapacityError(ModelError):
+    """A model could not be loaded in time: every loaded model was in use and the budget was full."""
+
+    code = "model_capacity"
+
+    def __init__(self, model_id: str, waited: float = 0.0) -> None:
+        self.model_id, self.retry_after = model_id, max(1, int(waited / 4) or 1)
+        super().__init__(f"model {model_id!r} could not be loaded within {waited:g} s: the models in "
+                         "memory are all in use and the memory budget is full; retry later")
+
+
 class DefaultModelUnavailableError(ModelError):
     """No path was given and the embedded default model package is not installed."""
 

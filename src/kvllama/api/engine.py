@@ -29,6 +29,7 @@ from kvllama.api.adapters import Adapters
 from kvllama.api.embedding import embed
 from kvllama.api.models import ModelRegistry
 from kvllama.api.preparation import prompt_tokens
+from kvllama.api.residency import FOREVER, Budget, KnownModel
 from kvllama.api.sessions import Sessions
 from kvllama.api.streams import AsyncRequestStream, RequestStream
 from kvllama.api.submission import Submissions
@@ -40,6 +41,7 @@ from kvllama.kvcache import CacheConfig, KvCache
 from kvllama.models.factory import BackendFactory, llama_backend_factory
 from kvllama.models.loaded import ModelInfo
 from kvllama.request import GenerationRequest, Prompt
+from kvllama.request.options import parse_keep_alive
 from kvllama.results import CompletionResult
 
 Messages = Sequence[Mapping[str, Any]]
@@ -66,11 +68,21 @@ class Engine:
         save_policy: SavePolicy | None = None,
         thinking_key: bytes | str | None = None,
         backend_factory: BackendFactory | None = None,
+        max_loaded_models: int | None = None,
+        max_memory: int | None = None,
+        keep_alive: float | str = FOREVER,
+        load_wait: float = 60.0,
     ) -> None:
         """``cache``: tier budgets and directories (None disables the KV cache).
 
         ``thinking_key`` signs thinking blocks (HMAC-SHA256); without it signatures are empty.
+        ``max_loaded_models`` and ``max_memory`` (bytes) bound the models in memory: a model
+        that does not fit unloads the least recently used idle ones first, waiting at most
+        ``load_wait`` seconds for one to become idle. ``keep_alive``: how long an idle model
+        stays loaded (seconds or a duration such as "5m"; negative, the default: for ever).
         """
+        budget = Budget(max_loaded=max_loaded_models, max_memory=max_memory, load_wait=load_wait,
+                        keep_alive=parse_keep_alive(keep_alive))
         self.thinking_key = thinking_key.encode() if isinstance(thinking_key, str) else thinking_key
         if isinstance(cache, _DefaultCache):
             cache = CacheConfig()
@@ -78,7 +90,7 @@ class Engine:
         # The turns tool calls came from, for exact replay (decoding/tool_memory.py).
         self.tool_memory = ToolCallMemory()
         self.models = ModelRegistry(backend_factory or llama_backend_factory, self.cache,
-                                    save_policy or SavePolicy(), self.tool_memory, self.thinking_key)
+                                    save_policy or SavePolicy(), self.tool_memory, self.thinking_key, budget)
         self.sessions = Sessions(self.models)
         self.text = TextTools(self.models, self.tool_memory)
         self.adapters = Adapters(self.models)
@@ -94,34 +106,62 @@ class Engine:
 
     def load_model(self, model_id: str, path: str | os.PathLike[str] | None = None,
                    **options: Any) -> ModelInfo:
-        """Load a GGUF file (no path: the embedded default) under ``model_id``."""
+        """Load a GGUF file (no path: the embedded default) under ``model_id``, now."""
         return self.models.load(model_id, path, **options).info()
 
+    def register_model(self, model_id: str, path: str | os.PathLike[str] | None = None,
+                       **options: Any) -> None:
+        """Know a model without loading it: its first use loads it (within the memory budget)."""
+        self.models.register(model_id, path, **options)
+
     def unload_model(self, model_id: str, *, cancel: bool = False) -> None:
-        """Free a model. With requests in flight: ModelBusyError, or cancel them if asked."""
+        """Free a model's memory; it stays known, and its next use loads it again (its rows are
+        still cached). With requests in flight: ModelBusyError, or cancel them if asked."""
         self.models.unload(model_id, cancel=cancel)
 
+    def touch_model(self, model_id: str, keep_alive: float | str | None = None) -> None:
+        """Load the model if it is not loaded, and keep it so for ``keep_alive`` (seconds or a
+        duration; None: its default) from now, as Ollama's empty ``generate`` does."""
+        seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
+        self.models.acquire(model_id)
+        self.models.release(model_id, seconds)
+
+    def forget_model(self, model_id: str) -> None:
+        """Unload a model (cancelling its requests) and unregister it."""
+        self.models.forget(model_id)
+
     def list_models(self) -> list[ModelInfo]:
+        """The models in memory now."""
         return [m.info() for m in self.models.all()]
 
+    def known_models(self) -> list[KnownModel]:
+        """Every model this engine can serve, loaded or not (what ``/api/tags`` lists)."""
+        return [self.models.residency.describe(e) for e in self.models.known()]
+
     def model_info(self, model_id: str) -> ModelInfo:
-        return self.models.get(model_id).info()
+        """A loaded model's snapshot (a known model that is not loaded is loaded first)."""
+        with self.models.use(model_id) as model:
+            return model.info()
 
     def in_flight(self) -> int:
         """Requests holding a sequence slot, over all models."""
         return sum(m.loop.status.in_flight for m in self.models.all())
 
     def pending(self, model_id: str | None = None) -> int:
-        """Requests queued for a slot: of one model, or over all models."""
-        return sum(m.loop.pending for m in self.models.find(model_id))
+        """Requests queued for a slot: of one model (0 while it is not loaded), or over all models."""
+        if model_id is not None:
+            self.models.entry(model_id)  # UnknownModelError for an id it never knew
+        return sum(m.loop.pending for m in self.models.all() if model_id is None or m.id == model_id)
 
     def chat_template_source(self, model_id: str) -> str:
         """Where this model's chat template comes from (what ``model_info(id).chat_template_source`` says)."""
-        return self.models.get(model_id).chat_template_source
+        with self.models.use(model_id) as model:
+            return model.chat_template_source
 
     def routing_snapshot(self, model_id: str) -> probes.RoutingSnapshot:
         """The digest and load of ``model_id`` for a cache-affinity router (api/probes.py)."""
-        return probes.routing_snapshot(self.models.get(model_id))
+        with self.models.use(model_id) as model:
+            return probes.routing_snapshot(model)
 
     # --- generation ---------------------------------------------------------
 
@@ -248,7 +288,8 @@ class Engine:
 
     def embed(self, model_id: str, texts: str | Sequence[str]) -> list[list[float]]:
         """One pooled vector per text (mean over tokens; last token where pooling is absent)."""
-        return embed(self.models.get(model_id), texts)
+        with self.models.use(model_id) as model:
+            return embed(model, texts)
 
     # --- speculation's two steps ---------------------------------------------
 
@@ -291,12 +332,12 @@ class Engine:
 
     def list_cached_prefixes(self, model_id: str, tokens: Prompt, cache_salt: str | None = None) -> int:
         """Longest cached prefix of ``tokens`` across all tiers, in tokens (for routers)."""
-        model = self.models.get(model_id)
-        warm = model.loop.warm
-        if warm is None:
-            return 0
-        ids = prompt_tokens(model.backend, tokens)
-        return warm.cache.longest_prefix_len(warm.root(cache_salt), ids)
+        with self.models.use(model_id) as model:
+            warm = model.loop.warm
+            if warm is None:
+                return 0
+            ids = prompt_tokens(model.backend, tokens)
+            return warm.cache.longest_prefix_len(warm.root(cache_salt), ids)
 
     @property
     def saves_prompt_rows(self) -> bool:

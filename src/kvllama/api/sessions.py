@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kvllama.api.models import ModelRegistry
 from kvllama.decoding.request import Request
-from kvllama.errors import SessionBusyError
+from kvllama.errors import SessionBusyError, UnknownModelError, UnknownSessionError
 
 
 class Sessions:
@@ -36,7 +36,7 @@ class Sessions:
             with self._models.lock:
                 self._busy.discard(slot)
 
-        request.on_release = release
+        request.add_release(release)
 
     def end(self, session_id: str, model_id: str | None = None, cache_salt: str | None = None) -> bool:
         """Release a sticky session's sequence slot (saving it to the cache first).
@@ -45,7 +45,9 @@ class Sessions:
         no model holds that session idle (unknown, or a request of it is still
         running: then ``SessionBusyError``).
         """
-        models = self._models.find(model_id)
+        if model_id is not None:
+            self._models.entry(model_id)  # UnknownModelError for an id it never knew
+        models = [m for m in self._models.all() if model_id is None or m.id == model_id]
         with self._models.lock:
             busy = any((m.id, cache_salt, session_id) in self._busy for m in models)
         if busy:
@@ -60,7 +62,11 @@ class Sessions:
         own new tokens. Raises SessionBusyError (a request of either is running),
         UnknownSessionError, SessionConflictError or NoFreeSlotError.
         """
-        model = self._models.get(model_id)
+        try:
+            model = self._models.get(model_id)
+        except UnknownModelError:
+            self._models.entry(model_id)  # unknown model: that error
+            raise UnknownSessionError(session_id) from None  # known, not loaded: no session lives
         with self._models.lock:
             for sid in (session_id, new_session_id):
                 if (model.id, cache_salt, sid) in self._busy:

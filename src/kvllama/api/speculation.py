@@ -44,15 +44,17 @@ def verify(
     if len(draft) > MAX_VERIFY:
         raise InvalidRequestError(f"draft has {len(draft)} tokens; verify takes at most {MAX_VERIFY}")
     engine.prompt_tokens(model_id, [*tokens, *draft])  # checks the ids
-    loop = engine.models.get(model_id).loop
-    shape = loop.backend.shape
-    if shape.per_pass_kernels and len(tokens) + len(draft) < shape.n_ctx_seq:
-        for attempt in range(2):
-            answer = loop.call(lambda: loop.verify_held(tokens, draft)).result()
-            if answer is not None:
-                return answer
-            if attempt == 0:  # compute the prefix once; its kept sequence then answers in one pass
-                engine.complete(model_id, tokens, max_tokens=1, temperature=0.0)
+    for attempt in range(2):
+        with engine.models.use(model_id) as model:
+            loop = model.loop
+            shape = loop.backend.shape
+            if not (shape.per_pass_kernels and len(tokens) + len(draft) < shape.n_ctx_seq):
+                break
+            answer = loop.call(lambda held=loop: held.verify_held(tokens, draft)).result()
+        if answer is not None:
+            return answer
+        if attempt == 0:  # compute the prefix once; its kept sequence then answers in one pass
+            engine.complete(model_id, tokens, max_tokens=1, temperature=0.0)
     result = engine.complete(model_id, list(tokens), max_tokens=len(draft) + 1, temperature=0.0)
     out = result.generated_tokens
     accepted = 0

@@ -57,7 +57,7 @@ class Submissions:
                 release(stream.request)
             raise
         if streams:
-            self._submit(self._models.get(model_id), *streams)
+            self._submit(model, *streams)
         return streams
 
     def astart(self, model_id: str, request: GenerationRequest) -> AsyncRequestStream:
@@ -77,40 +77,50 @@ class Submissions:
         return self._streams.get(request_id)
 
     def resolve(self, model_id: str, request: GenerationRequest) -> GenerationRequest:
-        model = self._models.get(model_id)
-
-        def build_chat(chat: ChatInput, find_save_points: bool) -> ChatPrompt:
-            find = find_save_points and self._saves_prompt_rows()
-            return self.chat_prompt(model_id, chat, find_save_points=find)
-
-        return resolve(model.backend, request, build_chat)
+        with self._models.use(model_id) as model:
+            return self._resolve(model, request)
 
     def chat_prompt(self, model_id: str, chat: ChatInput, *, find_save_points: bool = False) -> ChatPrompt:
-        model = self._models.get(model_id)
-        stops = template_stops(chat.template or model.chat_template_source)
-
-        def render(messages: Any, system: Any, tools: Any) -> str:
-            return self._text.apply_chat_template(model_id, messages, system=system, tools=tools,
-                                                  template=chat.template)
-
-        return chat_prompt(model.backend, chat, render, stops, find_save_points=find_save_points)
+        with self._models.use(model_id) as model:
+            return self._chat_prompt(model, chat, find_save_points)
 
     def prepare(
         self, model_id: str, request: GenerationRequest, sink: EventSink
     ) -> tuple[LoadedModel, Request]:
-        """The loop's request, built and checked (its session claimed); not yet submitted."""
-        model = self._models.get(model_id)
-        defaults = {i: scale for i, (_path, scale) in model.adapters.items()}
-        resolved = self.resolve(model_id, request)
-        loop_req = loop_request(model.backend, model.loop.markers, resolved, sink, defaults)
+        """The loop's request, built and checked (its session claimed, its model held until it
+        ends, loaded first if need be); not yet submitted."""
+        model = self._models.acquire(model_id)
+        try:
+            defaults = {i: scale for i, (_path, scale) in model.adapters.items()}
+            loop_req = loop_request(model.backend, model.loop.markers, self._resolve(model, request), sink,
+                                    defaults)
+        except BaseException:
+            self._models.release(model_id)
+            raise
+        keep_alive = request.options.keep_alive
+        loop_req.add_release(lambda: self._models.release(model_id, keep_alive))
         session_id = loop_req.options.session_id
         if session_id is not None:
             try:
                 self._sessions.claim(model_id, session_id, loop_req)
             except BaseException:
-                close_samplers(loop_req)
+                release(loop_req)
                 raise
         return model, loop_req
+
+    def _resolve(self, model: LoadedModel, request: GenerationRequest) -> GenerationRequest:
+        def build_chat(chat: ChatInput, find_save_points: bool) -> ChatPrompt:
+            return self._chat_prompt(model, chat, find_save_points and self._saves_prompt_rows())
+
+        return resolve(model.backend, request, build_chat)
+
+    def _chat_prompt(self, model: LoadedModel, chat: ChatInput, find_save_points: bool) -> ChatPrompt:
+        stops = template_stops(chat.template or model.chat_template_source)
+
+        def render(messages: Any, system: Any, tools: Any) -> str:
+            return self._text.render_chat(model, messages, system, tools, chat.template)
+
+        return chat_prompt(model.backend, chat, render, stops, find_save_points=find_save_points)
 
     def _submit(self, model: LoadedModel, *streams: Stream) -> None:
         for stream in streams:

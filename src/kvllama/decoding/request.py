@@ -200,6 +200,19 @@ class Request:
     def id(self) -> str:
         return self.spec.id
 
+    def add_release(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` too when the request ends (hooks run newest first, each even if one fails)."""
+        earlier = self.on_release
+
+        def both() -> None:
+            try:
+                hook()
+            finally:
+                if earlier is not None:
+                    earlier()
+
+        self.on_release = both
+
     @property
     def prompt(self) -> tuple[int, ...]:
         return self.spec.prompt

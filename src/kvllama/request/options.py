@@ -9,6 +9,7 @@ whichever way it arrives.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,9 @@ class RequestOptions:
     # model's defaults and files are known (GenerationRequest.adapters is what was asked).
     adapters: AdapterSet = ()
     adapter_key: AdapterSet = ()
+    # Seconds the model stays loaded after this request (Ollama's keep_alive: 0 unloads at
+    # once, negative keeps it loaded); None: the model's default (api/residency.py).
+    keep_alive: float | None = None
 
     @property
     def kv_tenant(self) -> tuple[str | None, AdapterSet]:
@@ -82,9 +86,37 @@ def take_options(params: dict[str, Any]) -> RequestOptions:
     if expect is not None and (isinstance(expect, bool) or not isinstance(expect, int) or expect < 0
                                or not continue_session):
         raise InvalidRequestError("expect_session_tokens is a token count, with continue_session")
+    keep_alive = params.pop("keep_alive", None)
     return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key,
                           save_points=save_points, continue_session=continue_session,
-                          expect_session_tokens=expect)
+                          expect_session_tokens=expect,
+                          keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive))
+
+
+_DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: object) -> float:
+    """Seconds, from Ollama's ``keep_alive``: a number of seconds or a Go duration ("5m", "1h30m",
+    "-1s"). Negative: for ever."""
+    if isinstance(value, bool):
+        raise InvalidRequestError("keep_alive is seconds or a duration such as \"5m\"")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidRequestError("keep_alive must be a finite number of seconds")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            sign = -1.0 if text.startswith("-") else 1.0
+            return sign * sum(abs(float(n)) * _UNIT[u] for n, u in parts)
+    raise InvalidRequestError(f"keep_alive is seconds or a duration such as \"5m\", got {value!r}")
 
 
 def adapter_set(given: object) -> AdapterSet:

@@ -25,10 +25,11 @@ class ServerState:
         self.metrics = ServerMetrics(self.engine, self.served, self.config.cache_metrics_provider)
 
     def served(self) -> dict[str, str]:
-        """Served name -> engine model id (the config's mapping, else every loaded model)."""
+        """Served name -> engine model id (the config's mapping, else every model the engine knows,
+        loaded or not: a request for one that is not loaded loads it)."""
         if self.config.models:
             return dict(self.config.models)
-        return {info.id: info.id for info in self.engine.list_models()}
+        return {known.id: known.id for known in self.engine.known_models()}
 
     def resolve(self, name: str | None) -> tuple[str, str]:
         """(served name, engine id) for a request's ``model`` field; 404 if unknown."""

@@ -164,7 +164,7 @@ def test_an_unexpected_exception_is_a_logged_500_in_the_familys_shape(make_clien
     def broken(*_args: Any, **_kwargs: Any) -> str:
         raise RuntimeError("template bug")
 
-    monkeypatch.setattr(engine.text, "apply_chat_template", broken)
+    monkeypatch.setattr(engine.text, "render_chat", broken)
     r = client.post(path, json=body())
     assert r.status_code == 500
     assert error_type(r, family) == ("api_error" if family == "anthropic" else "server_error")

@@ -82,8 +82,10 @@ class MessagesRequest(_Conversation):
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
     lora: list[LoraRef] | None = None
-    # Extension (as on the OpenAI routes): a GBNF grammar constraining the reply.
+    # Extensions (as on the OpenAI routes): a GBNF grammar constraining the reply, and how
+    # long the model stays loaded after this request (Ollama's keep_alive).
     grammar: str | None = None
+    keep_alive: float | str | None = None
 
 
     def to_request(self, edge: Edge) -> GenerationRequest:
@@ -94,7 +96,7 @@ class MessagesRequest(_Conversation):
             chat=chat, max_tokens=edge.max_tokens(self.max_tokens), stop=self.stop_sequences,
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             grammar=self.grammar, cache_salt=self.cache_salt, session_id=edge.session(self.session_id),
-            adapters=edge.adapters(self.lora), **thinking,
+            adapters=edge.adapters(self.lora), keep_alive=self.keep_alive, **thinking,
         )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kvllama.api.residency import KnownModel
 from kvllama.events import Event, TextEvent, ThinkingEvent
 from kvllama.models.loaded import ModelInfo
 from kvllama.replies import Block, BlockStart, Delta, Reply, TextDelta, ThinkingDelta
@@ -49,14 +50,15 @@ def ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))
 
 
-def loaded(model: str, kind: Kind) -> dict[str, Any]:
-    """Ollama's answer to an empty prompt or message list: the model is loaded, nothing generated."""
+def loaded(model: str, kind: Kind, reason: str = "load") -> dict[str, Any]:
+    """Ollama's answer to an empty prompt or message list: the model is loaded (or, with
+    ``keep_alive`` 0, unloaded), nothing generated."""
     body: dict[str, Any] = {"model": model, "created_at": timestamp()}
     if kind == "chat":
         body["message"] = {"role": "assistant", "content": ""}
     else:
         body["response"] = ""
-    return {**body, "done": True, "done_reason": "load"}
+    return {**body, "done": True, "done_reason": reason}
 
 
 def final(result: CompletionResult, started: float) -> dict[str, Any]:
@@ -188,18 +190,34 @@ def modified_at(info: ModelInfo) -> str:
 
 
 def tag(name: str, info: ModelInfo) -> dict[str, Any]:
-    """One ``/api/tags`` entry."""
+    """One ``/api/tags`` entry for a loaded model."""
     shown = display_name(name)
     return {"name": shown, "model": shown, "modified_at": modified_at(info), "size": info.size_bytes,
             "digest": digest(info), "details": details(info)}
 
 
-def running(name: str, info: ModelInfo) -> dict[str, Any]:
+def tag_unloaded(name: str, known: KnownModel) -> dict[str, Any]:
+    """One ``/api/tags`` entry for a model that is not loaded (read from its GGUF header)."""
+    shown = display_name(name)
+    path = known.path or ""
+    try:
+        modified = timestamp(os.stat(path).st_mtime)
+    except (OSError, ValueError):
+        modified = timestamp()
+    family = known.architecture
+    return {"name": shown, "model": shown, "modified_at": modified, "size": known.size_bytes,
+            "digest": hashlib.sha256(f"{path}\0{known.size_bytes}".encode()).hexdigest(),
+            "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+                        "parameter_size": "", "quantization_level": known.quant}}
+
+
+def running(name: str, info: ModelInfo, expires_in: float | None) -> dict[str, Any]:
     """One ``/api/ps`` entry; ``size_vram`` counts the whole model when layers are offloaded."""
     shown = display_name(name)
     size = info.memory_estimate_bytes
+    expires = NEVER_EXPIRES if expires_in is None else timestamp(time.time() + expires_in)
     return {"name": shown, "model": shown, "size": size, "digest": digest(info), "details": details(info),
-            "expires_at": NEVER_EXPIRES, "size_vram": size if info.context.get("n_gpu_layers") else 0,
+            "expires_at": expires, "size_vram": size if info.context.get("n_gpu_layers") else 0,
             "context_length": info.context.get("n_ctx_seq", info.n_ctx_train)}
 
 

@@ -22,6 +22,7 @@ answer NDJSON streams by default.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import kvllama
-from kvllama.errors import KvllamaError
+from kvllama.errors import ModelBusyError
 from kvllama.request import GenerationRequest
+from kvllama.request.options import parse_keep_alive
 from kvllama.server.edge import Edge
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.ollama import rendering as ollama_rendering
@@ -68,7 +70,7 @@ async def generate(request: Request) -> Response:
     body = validate(GenerateRequest, await read_json(request))
     model = resolve(state, body.model)
     if not body.prompt:
-        return JSONResponse(ollama_rendering.loaded(model[0], "generate"))
+        return JSONResponse(await _load_or_unload(state, model, "generate", body.keep_alive))
     generation = body.to_request(Edge.of(request, state, model[2]))
     return await _generate(request, state, "generate", model, generation, body.stream, started)
 
@@ -80,9 +82,28 @@ async def chat(request: Request) -> Response:
     body = validate(ChatRequest, await read_json(request))
     model = resolve(state, body.model)
     if not body.messages:
-        return JSONResponse(ollama_rendering.loaded(model[0], "chat"))
+        return JSONResponse(await _load_or_unload(state, model, "chat", body.keep_alive))
     generation = body.to_request(Edge.of(request, state, model[2]))
     return await _generate(request, state, "chat", model, generation, body.stream, started)
+
+
+async def _load_or_unload(state: ServerState, model: tuple[str, str, str], kind: Kind,
+                          keep_alive: float | str | None) -> dict[str, Any]:
+    """Ollama's empty prompt: load the model (kept alive as asked), or with keep_alive 0 unload it."""
+    shown, _, model_id = model
+    seconds = None if keep_alive is None else parse_keep_alive(keep_alive)
+    if seconds == 0:
+        await run_in_threadpool(_unload_when_idle, state, model_id)
+        return ollama_rendering.loaded(shown, kind, "unload")
+    await run_in_threadpool(state.engine.touch_model, model_id, seconds)
+    return ollama_rendering.loaded(shown, kind)
+
+
+def _unload_when_idle(state: ServerState, model_id: str) -> None:
+    try:
+        state.engine.unload_model(model_id)
+    except ModelBusyError:
+        state.engine.touch_model(model_id, 0)  # its requests run on; it unloads after the last
 
 
 async def _generate(
@@ -134,24 +155,31 @@ async def embeddings(request: Request) -> Response:
 
 @router.get("/api/tags")
 async def tags(request: Request) -> Response:
+    """Every model the server can run, loaded or not."""
     state = state_of(request)
-    return JSONResponse({"models": [ollama_rendering.tag(n, i) for n, i in _loaded(state)]})
+    known = {k.id: k for k in state.engine.known_models()}
+    loaded = {info.id: info for info in state.engine.list_models()}
+    rows = []
+    for name, model_id in sorted(state.served().items()):
+        if model_id in loaded:
+            rows.append(ollama_rendering.tag(name, loaded[model_id]))
+        elif model_id in known:
+            rows.append(ollama_rendering.tag_unloaded(name, known[model_id]))
+    return JSONResponse({"models": rows})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> Response:
+    """The models in memory now, with when each unloads if left idle."""
     state = state_of(request)
-    return JSONResponse({"models": [ollama_rendering.running(n, i) for n, i in _loaded(state)]})
-
-
-def _loaded(state: ServerState) -> list[tuple[str, kvllama.ModelInfo]]:
-    out = []
+    known = {k.id: k for k in state.engine.known_models()}
+    loaded = {info.id: info for info in state.engine.list_models()}
+    rows = []
     for name, model_id in sorted(state.served().items()):
-        try:
-            out.append((name, state.engine.model_info(model_id)))
-        except KvllamaError:  # unloaded behind the server's back: not listed
-            continue
-    return out
+        if model_id in loaded:
+            expires_in = known[model_id].expires_in if model_id in known else None
+            rows.append(ollama_rendering.running(name, loaded[model_id], expires_in))
+    return JSONResponse({"models": rows})
 
 
 @router.post("/api/show", openapi_extra=body_schema(ShowRequest))

@@ -45,7 +45,8 @@ class _Generation(_Body):
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: float | str | None = None  # accepted; models stay loaded
+    # How long the model stays loaded after this request (seconds or a duration, "5m").
+    keep_alive: float | str | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
 
     @field_validator("format", mode="before")
@@ -68,7 +69,7 @@ class _Generation(_Body):
             repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
             frequency_penalty=o.frequency_penalty, presence_penalty=o.presence_penalty,
             grammar=_grammar(self.format), thinking=self.think if self.think is None else bool(self.think),
-            **extra,
+            keep_alive=self.keep_alive, **extra,
         )
 
 

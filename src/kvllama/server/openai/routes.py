@@ -126,8 +126,8 @@ async def get_model(request: Request, model: str) -> Response:
 
 
 def _card(state: ServerState, name: str, model_id: str) -> dict[str, Any]:
-    try:
-        created = int(state.engine.model_info(model_id).loaded_at)
-    except Exception:  # unloaded behind the server's back: still list it
-        created = int(state.started_at)
+    """A served model, loaded or not (listing never loads one): created = when it was loaded."""
+    loaded = {info.id: info for info in state.engine.list_models()}
+    info = loaded.get(model_id)
+    created = int(info.loaded_at) if info is not None else int(state.started_at)
     return {"id": name, "object": "model", "created": created, "owned_by": "kvllama"}

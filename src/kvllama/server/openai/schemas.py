@@ -70,6 +70,8 @@ class _Sampling(_Body):
     session_id: SessionId | None = None
     # llama-server's per-request LoRA set: [{"id": index or name, "scale"}]; unset: the defaults.
     lora: list[LoraRef] | None = None
+    # Extension (Ollama's meaning): how long the model stays loaded after this request.
+    keep_alive: float | str | None = None
 
     def _options(self, edge: Edge, max_tokens: int) -> dict[str, Any]:
         """The options both routes share, as GenerationRequest.build takes them (None: unset)."""
@@ -80,6 +82,7 @@ class _Sampling(_Body):
             presence_penalty=self.presence_penalty, logit_bias=self.logit_bias, min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos or None, grammar=self.grammar, cache_salt=self.cache_salt,
             session_id=edge.session(self.session_id), adapters=edge.adapters(self.lora),
+            keep_alive=self.keep_alive,
         )
 
 
