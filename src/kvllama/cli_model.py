@@ -20,6 +20,11 @@ MODEL_ID = "default"
 
 def add_model_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
     g = p.add_argument_group("model")
+    _add_model_argument(g, several)
+    _add_load_flags(g)
+
+
+def _add_model_argument(g: Any, several: bool) -> None:
     if several:
         g.add_argument("--model", "-m", action="append", default=None, metavar="[NAME=]PATH",
                        help="a model to serve, repeatable: NAME=PATH, or 'default' (the embedded Gemma 3 "
@@ -30,6 +35,9 @@ def add_model_flags(p: argparse.ArgumentParser, *, several: bool = False) -> Non
         g.add_argument("--model", "-m", default=None,
                        help="GGUF path (default: embedded Gemma 3 270M; benches also take tiny, kquant, "
                             "smollm2)")
+
+
+def _add_load_flags(g: Any) -> None:
     g.add_argument("--n-ctx", type=int, default=None, help="KV cells over all sequences")
     g.add_argument("--n-batch", type=int, default=None)
     g.add_argument("--n-ubatch", type=int, default=None)

@@ -91,7 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             models[name] = f"{k.architecture} {k.quant} ({k.path or 'embedded Gemma 3 270M'}; {state})"
 
         def announce(url: str) -> None:
-            banner = listening_banner(url, models, api_key=args.api_key is not None, bind=args.host)
+            banner = listening_banner(url, models, api_key=args.api_key is not None, bind=args.host,
+                                      try_model="smollm2")
             print(banner, flush=True)
 
         serve(engine, config, host=args.host, port=args.port, log_level=args.log_level, on_listening=announce)

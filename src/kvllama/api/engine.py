@@ -134,6 +134,10 @@ class Engine:
         """The models in memory now."""
         return [m.info() for m in self.models.all()]
 
+    def model_ids(self) -> list[str]:
+        """The ids of every model this engine can serve, loaded or not (cheap: no file is read)."""
+        return [e.id for e in self.models.entries()]
+
     def known_models(self) -> list[KnownModel]:
         """Every model this engine can serve, loaded or not (what ``/api/tags`` lists)."""
         return [self.models.residency.describe(e) for e in self.models.known()]

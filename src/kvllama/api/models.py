@@ -54,10 +54,12 @@ class ModelEntry:
     options: ModelOptions
     # adapter id -> (path, default scale), in load order.
     adapters: dict[str, tuple[str, float]] = field(default_factory=dict)
-    # From the GGUF header, read at registration (what /api/tags lists without loading it).
+    # From the GGUF header, read the first time the entry is listed (what /api/tags shows
+    # without loading the model; a tokenizer's arrays make a header take ~0.3 s to parse).
     architecture: str = "unknown"
     quant: str = "unknown"
     size_bytes: int = 0
+    header_read: bool = False
 
 
 class ModelRegistry:
@@ -87,7 +89,6 @@ class ModelRegistry:
         if path is not None and not os.path.exists(os.fspath(path)):
             raise ModelFileNotFoundError(os.fspath(path))  # now, not at the first request
         entry = ModelEntry(model_id, os.fspath(path) if path is not None else None, opts)
-        _read_header(entry)
         with self.lock:
             self.check_open()
             if model_id in self._entries:
@@ -120,9 +121,18 @@ class ModelRegistry:
             raise UnknownModelError(model_id)
         return entry
 
-    def known(self) -> list[ModelEntry]:
+    def entries(self) -> list[ModelEntry]:
         with self.lock:
             return list(self._entries.values())
+
+    def known(self) -> list[ModelEntry]:
+        """Every registered model, its GGUF header read (once)."""
+        with self.lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            if not entry.header_read:
+                _read_header(entry)
+        return entries
 
     # --- using models ---------------------------------------------------------
 
@@ -267,11 +277,17 @@ class ModelRegistry:
     def _estimate(self, model_id: str) -> int:
         """Bytes a model will take before it was ever loaded: its file's size (its KV comes on top)."""
         entry = self._entries.get(model_id)
-        return entry.size_bytes if entry is not None else 0
+        if entry is None or entry.path is None:
+            return 0
+        try:
+            return os.path.getsize(entry.path)
+        except OSError:
+            return 0
 
 
 def _read_header(entry: ModelEntry) -> None:
     """The GGUF header's architecture, quantisation and size (left unknown if the file cannot tell)."""
+    entry.header_read = True
     try:
         gguf = read_gguf(entry.path if entry.path is not None else default_model_path())
     except (KvllamaError, OSError):

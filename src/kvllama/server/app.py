@@ -65,13 +65,11 @@ async def health(request: Request) -> Response:
     """
     state = state_of(request)
     served = state.served()
-    unhealthy = []
-    for name, model_id in sorted(served.items()):
-        try:
-            if not state.engine.model_info(model_id).healthy:
-                unhealthy.append(name)
-        except KvllamaError:
-            unhealthy.append(name)
+    loaded = {info.id: info for info in state.engine.list_models()}
+    known = {k.id for k in state.engine.known_models()}
+    # A model that is not in memory is healthy: its next request loads it. Never loads one here.
+    unhealthy = [name for name, model_id in sorted(served.items())
+                 if model_id not in known or (model_id in loaded and not loaded[model_id].healthy)]
     body = {"status": "unhealthy" if unhealthy else "ok", "models": sorted(served), "unhealthy": unhealthy}
     return JSONResponse(body, status_code=503 if unhealthy else 200)
 

@@ -86,12 +86,14 @@ def client_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def listening_banner(url: str, models: Mapping[str, str], *, api_key: bool, bind: str | None = None) -> str:
+def listening_banner(url: str, models: Mapping[str, str], *, api_key: bool, bind: str | None = None,
+                     try_model: str | None = None) -> str:
     """What ``kvllama serve`` prints once it listens: where, which models, a curl to try.
 
-    ``models``: served name -> a description (a path, say). The key itself is never printed.
+    ``models``: served name -> a description (a path, say); the curl asks ``try_model`` (a chat
+    model, if one is served), else the first. The key itself is never printed.
     """
-    name = next(iter(models), "default")
+    name = try_model if try_model in models else next(iter(models), "default")
     body = json.dumps({"model": name, "max_tokens": 32,
                        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     auth = ' -H "Authorization: Bearer $KVLLAMA_API_KEY"' if api_key else ""

@@ -29,7 +29,7 @@ class ServerState:
         loaded or not: a request for one that is not loaded loads it)."""
         if self.config.models:
             return dict(self.config.models)
-        return {known.id: known.id for known in self.engine.known_models()}
+        return {model_id: model_id for model_id in self.engine.model_ids()}
 
     def resolve(self, name: str | None) -> tuple[str, str]:
         """(served name, engine id) for a request's ``model`` field; 404 if unknown."""

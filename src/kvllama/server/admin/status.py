@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import kvllama
-from kvllama.errors import KvllamaError
 from kvllama.models.loaded import ModelInfo
 from kvllama.server.state import ServerState
 
@@ -32,7 +31,7 @@ def collect(state: ServerState, recent: int = STATUS_RECENT) -> dict[str, Any]:
         "now": now,
         "uptime_seconds": round(now - state.started_at, 3),
         "auth": state.config.api_key is not None,
-        "models": [model_status(state, name, model_id) for name, model_id in sorted(state.served().items())],
+        "models": models_status(state),
         "memory": memory(),
         "cache": cache_status(state.engine.cache_metrics()),
         "requests_finished": state.metrics.recent.count,
@@ -45,13 +44,28 @@ def collect(state: ServerState, recent: int = STATUS_RECENT) -> dict[str, Any]:
     return body
 
 
-def model_status(state: ServerState, name: str, model_id: str) -> dict[str, Any]:
-    """One served model; a model unloaded behind the server's back is listed as unhealthy."""
-    try:
-        info = state.engine.model_info(model_id)
-    except KvllamaError as exc:
-        return {"name": name, "id": model_id, "healthy": False, "error": str(exc)}
-    return {"name": name, "id": model_id, **_info_fields(info)}
+def models_status(state: ServerState) -> list[dict[str, Any]]:
+    """Every served model: a loaded one in full, one that is not in memory (it loads on its next
+    request) as what its GGUF header says; reading this never loads a model."""
+    loaded = {info.id: info for info in state.engine.list_models()}
+    known = {k.id: k for k in state.engine.known_models()}
+    out = []
+    for name, model_id in sorted(state.served().items()):
+        info, entry = loaded.get(model_id), known.get(model_id)
+        if info is not None:
+            expires = entry.expires_in if entry is not None else None
+            out.append({"name": name, "id": model_id, "loaded": True, "expires_in": expires,
+                        **_info_fields(info)})
+        elif entry is not None:
+            out.append({"name": name, "id": model_id, "loaded": False, "healthy": True, "phase": "unloaded",
+                        "pending": 0, "in_flight": entry.in_use, "slots": slots(0, 0, 0, 0),
+                        "last_cache_hit": {}, "prompt_reuse": {}, "path": entry.path,
+                        "architecture": entry.architecture, "quant": entry.quant,
+                        "memory_estimate_bytes": entry.memory_bytes})
+        else:
+            out.append({"name": name, "id": model_id, "loaded": False, "healthy": False,
+                        "error": f"model {model_id!r} is not known to the engine"})
+    return out
 
 
 def _info_fields(info: ModelInfo) -> dict[str, Any]:
