@@ -7,6 +7,9 @@ its tokens must equal those of an engine without any cache computing the same
 token list from scratch: greedy and seeded, below and above the 512-token
 sliding window. Before the reply's decode-computed KV was re-prefilled on
 resume, greedy output diverged from the cold run at about the 8th token.
+
+Every test runs on both architectures: the embedded Gemma 3 270M (sliding
+window) and SmolLM2-135M-Instruct (llama, none).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 import kvllama
 from kvllama.decoding.request import resume_point
 from kvllama.kvcache import CacheConfig
+from kvllama.models.smollm2 import smollm2_model_path
 
 pytestmark = pytest.mark.slow
 
@@ -41,22 +45,27 @@ def _text(words: int, seed: int = 0) -> str:
     return " ".join(f"{TOPICS[(i + seed) % len(TOPICS)]} {i + seed * 1000}" for i in range(words // 2))
 
 
+@pytest.fixture(scope="module", params=["gemma3", "smollm2"])
+def model_path(request: pytest.FixtureRequest) -> str | None:
+    return smollm2_model_path() if request.param == "smollm2" else None
+
+
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def disk(tmp_path_factory: pytest.TempPathFactory, model_path: str | None) -> Path:
     return tmp_path_factory.mktemp("resume-disk")
 
 
 @pytest.fixture(scope="module")
-def warm(disk: Path) -> Iterator[kvllama.Engine]:
+def warm(disk: Path, model_path: str | None) -> Iterator[kvllama.Engine]:
     with kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)) as eng:
-        eng.load_model(M, **OPTIONS)
+        eng.load_model(M, model_path, **OPTIONS)
         yield eng
 
 
 @pytest.fixture(scope="module")
-def cold() -> Iterator[kvllama.Engine]:
+def cold(model_path: str | None) -> Iterator[kvllama.Engine]:
     with kvllama.Engine(cache=None) as eng:
-        eng.load_model(M, **OPTIONS)
+        eng.load_model(M, model_path, **OPTIONS)
         yield eng
 
 
@@ -92,7 +101,7 @@ def _hold(engine: kvllama.Engine) -> threading.Event:
 
 
 @pytest.mark.parametrize(("words", "sampling"), CASES)
-def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sampling):
+def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, model_path, words, sampling):
     params = {"max_tokens": 16, **sampling}
     prompt = _text(words, seed=words)
     sid = f"conv-{words}-{sampling['temperature']}"
@@ -125,7 +134,7 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
 
     assert warm.cache.flush(30)
     with kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=disk)) as restarted:
-        restarted.load_model(M, **OPTIONS)
+        restarted.load_model(M, model_path, **OPTIONS)
         after = restarted.complete(M, p2, **params)
     assert after.cache_delta.read >= kept and after.generated_tokens == expected
 
@@ -139,7 +148,7 @@ def test_turn_two_equals_a_cold_run_served_every_way(warm, cold, disk, words, sa
 
 
 @pytest.mark.parametrize("settle", [False, True], ids=["prefilled-on-resume", "settled-while-idle"])
-def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold, settle):
+def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold, model_path, settle):
     # 600 generated tokens (decode rows) are cut off the parked session. Without settling they
     # are prefilled by turn 2 as part of its prompt; with it (the default) the idle loop has
     # recomputed them as prompt chunks and turn 2 reuses them. Either way turn 2 equals a
@@ -148,7 +157,7 @@ def test_a_long_reply_is_cut_back_and_resumed_exactly(warm, cold, settle):
     engine = warm
     if not settle:
         engine = kvllama.Engine(cache=None)
-        engine.load_model(M, settle_replies=False, **OPTIONS)
+        engine.load_model(M, model_path, settle_replies=False, **OPTIONS)
     try:
         settled = warm.model_info(M).settled["sequences"]
         turn1 = engine.complete(M, prompt, max_tokens=600, temperature=0, stop_at_eog=False,
