@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvllama.cache_cli import engine_cache_config
+from kvllama.models_file import ServedModel
 from kvllama.options import FLASH_ATTN_MODES, KV_TYPES, SPLIT_MODES
 
 # The engine id of the one model the CLI loads (HTTP clients see --served-model-name).
@@ -107,17 +108,36 @@ def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 def engine_spec(args: argparse.Namespace) -> Any:
     from kvllama.api.engine_spec import EngineSpec, parse_lora
 
-    models = served_models(args.model)
-    (model_id, path), others = models[0], tuple(models[1:])
+    first, *others = catalog(args)
     budget = {"max_loaded_models": getattr(args, "max_loaded_models", None),
               "max_memory": getattr(args, "max_memory", None),
               "keep_alive": getattr(args, "keep_alive", None)}
+    own = dict(first.options)
+    loras = [*(getattr(args, "lora", None) or []), *own.pop("adapters", [])]
     return EngineSpec(
-        model_id=model_id, path=path, options=pick(args, MODEL_FLAGS),
-        loras=tuple(parse_lora(s) for s in getattr(args, "lora", None) or []),
+        model_id=first.name, path=first.path, options={**pick(args, MODEL_FLAGS), **own},
+        loras=tuple(parse_lora(s) for s in loras),
         cache=engine_cache_config(args), thinking_key=getattr(args, "thinking_key", None),
-        more_models=others, budget={k: v for k, v in budget.items() if v is not None},
+        more_models=tuple((m.name, m.path, m.options) for m in others),
+        budget={k: v for k, v in budget.items() if v is not None},
     )
+
+
+def catalog(args: argparse.Namespace) -> list[ServedModel]:
+    """``--model`` flags, then ``--models-dir``, then ``--models-file``: every model to serve."""
+    from kvllama.models_file import merge, read_models_file, scan_models_dir
+
+    flags = [ServedModel(name, path) for name, path in served_models(args.model)]
+    directory = getattr(args, "models_dir", None)
+    file = getattr(args, "models_file", None)
+    if (directory or file) and args.model is None:
+        flags = []  # the embedded default is served only when asked for
+    named = {n: named_model_path(n) for n in NAMED_MODELS}
+    models = merge(flags, scan_models_dir(directory) if directory else [],
+                   read_models_file(file, named) if file else [])
+    if not models:
+        raise SystemExit("no model to serve")
+    return models
 
 
 NAMED_MODELS = ("default", "smollm2")

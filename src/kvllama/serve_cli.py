@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from kvllama.cache_cli import add_cache_flags, parse_bytes
-from kvllama.cli_model import MODEL_ID, add_model_flags, load, served_models
+from kvllama.cli_model import MODEL_ID, add_model_flags, catalog, load
 from kvllama.scale_cli import serve_replicas
 from kvllama.server.config import DEFAULT_MAX_QUEUE
 
@@ -37,6 +37,11 @@ def add_serve_parser(sub: Any) -> None:
                         f"(default {DEFAULT_MAX_QUEUE}; -1: unbounded)")
     g.add_argument("--thinking-key", default=os.environ.get("KVLLAMA_THINKING_KEY"),
                    help="sign thinking blocks with this key (default: $KVLLAMA_THINKING_KEY)")
+    g.add_argument("--models-dir", default=None, metavar="DIR",
+                   help="serve every *.gguf in DIR under its file stem (loaded on first use)")
+    g.add_argument("--models-file", default=None, metavar="FILE",
+                   help="TOML or JSON: per model a path and its own load options, keep_alive and adapters "
+                        "(docs/guide/models.md)")
     g.add_argument("--keep-alive", default="5m", metavar="DURATION",
                    help="how long an idle model stays loaded (Ollama's keep_alive: 5m, 1h, 0, -1 = for ever; "
                         "requests may set their own)")
@@ -57,10 +62,10 @@ def add_serve_parser(sub: Any) -> None:
 
 def _served_names(args: argparse.Namespace) -> dict[str, str]:
     """Served name -> engine id: one bare model under --served-model-name, else each under its NAME."""
-    models = served_models(args.model)
-    if len(models) == 1 and models[0][0] == MODEL_ID:
+    models = catalog(args)
+    if len(models) == 1 and models[0].name == MODEL_ID:
         return {args.served_model_name: MODEL_ID}
-    return {model_id: model_id for model_id, _path in models}
+    return {m.name: m.name for m in models}
 
 
 def _server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
@@ -78,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvllama.server.runner import listening_banner
 
     if args.replicas:
-        if len(served_models(args.model)) > 1:
+        if len(catalog(args)) > 1:
             raise SystemExit("--replicas serves one model: give a single --model")
         return serve_replicas(args, _server_config(args))
     with load(args) as engine:

@@ -109,10 +109,13 @@ class Engine:
         """Load a GGUF file (no path: the embedded default) under ``model_id``, now."""
         return self.models.load(model_id, path, **options).info()
 
-    def register_model(self, model_id: str, path: str | os.PathLike[str] | None = None,
-                       **options: Any) -> None:
-        """Know a model without loading it: its first use loads it (within the memory budget)."""
-        self.models.register(model_id, path, **options)
+    def register_model(self, model_id: str, path: str | os.PathLike[str] | None = None, *,
+                       keep_alive: float | str | None = None, **options: Any) -> None:
+        """Know a model without loading it: its first use loads it (within the memory budget).
+
+        ``keep_alive``: how long this model stays loaded when idle (None: the engine's).
+        """
+        self.models.register(model_id, path, keep_alive=keep_alive, **options)
 
     def unload_model(self, model_id: str, *, cancel: bool = False) -> None:
         """Free a model's memory; it stays known, and its next use loads it again (its rows are

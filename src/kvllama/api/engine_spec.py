@@ -26,8 +26,9 @@ class EngineSpec:
     loras: tuple[tuple[str, float], ...] = ()
     cache: CacheConfig | None = field(default_factory=CacheConfig)
     thinking_key: str | None = None
-    # Further models, registered (loaded on first use): (engine id, path).
-    more_models: tuple[tuple[str, str | None], ...] = ()
+    # Further models, registered (loaded on first use): (engine id, path, their own load options
+    # over ``options``: keep_alive and "adapters" ([PATH[:SCALE], ...]) too).
+    more_models: tuple[tuple[str, str | None, dict[str, Any]], ...] = ()
     # Engine(...) keywords for the models in memory: max_loaded_models, max_memory, keep_alive.
     budget: dict[str, Any] = field(default_factory=dict)
 
@@ -40,8 +41,13 @@ class EngineSpec:
             engine.load_model(self.model_id, self.path, **self.options)
             for path, scale in self.loras:
                 engine.load_adapter(self.model_id, Path(path).stem, path, scale)
-            for model_id, path in self.more_models:
-                engine.register_model(model_id, path, **self.options)
+            for model_id, path, own in self.more_models:
+                own = dict(own)
+                adapters = own.pop("adapters", None) or []
+                engine.register_model(model_id, path, **{**self.options, **own})
+                for spec in adapters:
+                    adapter_path, scale = parse_lora(spec)
+                    engine.models.remember_adapter(model_id, Path(adapter_path).stem, adapter_path, scale)
         except BaseException:
             engine.close()
             raise

@@ -43,6 +43,7 @@ from kvllama.models.fingerprint import key_root
 from kvllama.models.loaded import LoadedModel
 from kvllama.native.gguf import read_gguf
 from kvllama.options import ModelOptions
+from kvllama.request.options import parse_keep_alive
 
 
 @dataclass
@@ -60,6 +61,8 @@ class ModelEntry:
     quant: str = "unknown"
     size_bytes: int = 0
     header_read: bool = False
+    # Seconds it stays loaded when idle (None: the engine's keep-alive).
+    keep_alive: float | None = None
 
 
 class ModelRegistry:
@@ -80,15 +83,17 @@ class ModelRegistry:
 
     # --- knowing models -------------------------------------------------------
 
-    def register(self, model_id: str, path: str | os.PathLike[str] | None, **options: Any) -> ModelEntry:
+    def register(self, model_id: str, path: str | os.PathLike[str] | None, *,
+                 keep_alive: float | str | None = None, **options: Any) -> ModelEntry:
         """Know a model without loading it (its options are checked now)."""
         if not isinstance(model_id, str) or not model_id.strip():
             raise InvalidRequestError("model_id must be a non-empty string")
         opts = ModelOptions.from_kwargs(**options)
+        keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         markers_from_options(opts)  # an unknown preset fails before loading
         if path is not None and not os.path.exists(os.fspath(path)):
             raise ModelFileNotFoundError(os.fspath(path))  # now, not at the first request
-        entry = ModelEntry(model_id, os.fspath(path) if path is not None else None, opts)
+        entry = ModelEntry(model_id, os.fspath(path) if path is not None else None, opts, keep_alive=keep)
         with self.lock:
             self.check_open()
             if model_id in self._entries:
@@ -96,9 +101,10 @@ class ModelRegistry:
             self._entries[model_id] = entry
         return entry
 
-    def load(self, model_id: str, path: str | os.PathLike[str] | None, **options: Any) -> LoadedModel:
+    def load(self, model_id: str, path: str | os.PathLike[str] | None, *,
+             keep_alive: float | str | None = None, **options: Any) -> LoadedModel:
         """Register and load now (within the budget); the model stays loaded for its keep-alive."""
-        self.register(model_id, path, **options)
+        self.register(model_id, path, keep_alive=keep_alive, **options)
         try:
             with self.use(model_id) as model:
                 return model
@@ -143,6 +149,11 @@ class ModelRegistry:
         return self.residency.acquire(model_id)
 
     def release(self, model_id: str, keep_alive: float | None = None) -> None:
+        """One use ended; the model stays loaded for ``keep_alive``, else its own, else the engine's."""
+        if keep_alive is None:
+            with self.lock:
+                entry = self._entries.get(model_id)
+            keep_alive = entry.keep_alive if entry is not None else None
         self.residency.release(model_id, keep_alive)
 
     @contextlib.contextmanager

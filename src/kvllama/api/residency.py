@@ -115,16 +115,6 @@ class Residency:
             res.expires_at = None if seconds < 0 else now + seconds
             self._changed.notify_all()
 
-    def adopt(self, model_id: str, model: LoadedModel) -> None:
-        """A model loaded by an explicit ``load_model``: resident now, idle, within the budget."""
-        with self._changed:
-            res = self.residents.setdefault(model_id, Resident())
-            res.loaded, res.last_used = model, time.monotonic()
-            res.memory = model.info().memory_estimate_bytes
-            seconds = self.budget.keep_alive
-            res.expires_at = None if seconds < 0 else time.monotonic() + seconds
-            self._changed.notify_all()
-
     def evict(self, model_id: str) -> LoadedModel | None:
         """Take a model out of memory now (the caller unloads what is returned)."""
         with self._changed:

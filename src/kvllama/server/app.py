@@ -19,6 +19,7 @@ import kvllama
 from kvllama.api.engine import Engine
 from kvllama.errors import KvllamaError
 from kvllama.server.admin import lora
+from kvllama.server.admin import models as model_routes
 from kvllama.server.admin import routes as admin_routes
 from kvllama.server.anthropic import routes as anthropic_routes
 from kvllama.server.config import ServerConfig
@@ -41,6 +42,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.include_router(admin_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(lora.router)
+    app.include_router(model_routes.router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     publish_request_bodies(app)
