@@ -15,6 +15,7 @@ from typing import Any
 
 from kvllama.cache_cli import add_cache_flags, parse_bytes
 from kvllama.cli_model import MODEL_ID, add_model_flags, catalog, load
+from kvllama.models.default import default_model_path
 from kvllama.scale_cli import serve_replicas
 from kvllama.server.config import DEFAULT_MAX_QUEUE
 
@@ -89,11 +90,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with load(args) as engine:
         config = _server_config(args, engine.cache_metrics)
         known = {k.id: k for k in engine.known_models()}
+        loaded = {info.id: info for info in engine.list_models()}
         models = {}
         for name, model_id in config.models.items():
-            k = known[model_id]
-            state = "loaded" if k.loaded else "loads on first use"
-            models[name] = f"{k.architecture} {k.quant} ({k.path or 'embedded Gemma 3 270M'}; {state})"
+            k, info = known[model_id], loaded.get(model_id)
+            if info is not None:
+                models[name] = f"{info.description or info.architecture} ({info.path})"
+            else:
+                path = k.path or default_model_path()
+                models[name] = f"{k.architecture} {k.quant} ({path}; loads on first use)"
 
         def announce(url: str) -> None:
             banner = listening_banner(url, models, api_key=args.api_key is not None, bind=args.host,

@@ -42,6 +42,7 @@ from kvllama.models.factory import BackendFactory, draft_model_for
 from kvllama.models.fingerprint import key_root
 from kvllama.models.loaded import LoadedModel
 from kvllama.native.gguf import read_gguf
+from kvllama.native.heap import trim_heap
 from kvllama.options import ModelOptions
 from kvllama.request.options import parse_keep_alive
 
@@ -281,9 +282,11 @@ class ModelRegistry:
 
     @staticmethod
     def _close_model(model: LoadedModel) -> None:
-        """Stop its loop (parked sessions are saved to the cache as it stops), then free it."""
+        """Stop its loop (parked sessions are saved to the cache as it stops), free it, and give
+        the freed memory back to the operating system (native/heap.py)."""
         model.loop.close()
         model.backend.close()
+        trim_heap()
 
     def _estimate(self, model_id: str) -> int:
         """Bytes a model will take before it was ever loaded: its file's size (its KV comes on top)."""
