@@ -199,3 +199,24 @@ def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.01)
+
+
+def test_a_model_being_loaded_says_so_and_a_capacity_refusal_is_a_503_with_retry_after(many):
+    from starlette.testclient import TestClient
+
+    from kvllama.server import ServerConfig, create_app
+
+    engine, factory = many(max_loaded_models=1, load_wait=0.2)
+    factory.gate = threading.Event()
+    loader = threading.Thread(target=engine.touch_model, args=("a",))
+    loader.start()
+    wait_until(lambda: any(k.loading for k in engine.known_models()))
+    with TestClient(create_app(engine, ServerConfig())) as client:
+        assert {m["id"]: m["phase"] for m in client.get("/status").json()["models"]}["a"] == "loading"
+        factory.gate.set()
+        loader.join(10)
+        engine.models.acquire("a")  # "a" busy: "b" cannot fit within load_wait
+        r = client.post("/v1/completions", json={"model": "b", "prompt": "x", "max_tokens": 1})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "model_capacity"
+        engine.models.release("a")

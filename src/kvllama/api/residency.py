@@ -133,7 +133,7 @@ class Residency:
             until = res.expires_at
             left = None if not loaded or until is None else max(0.0, until - time.monotonic())
             return KnownModel(entry.id, entry.path, entry.architecture, entry.quant, entry.size_bytes, loaded,
-                              res.users, left, res.memory)
+                              res.loading, res.users, left, res.memory)
 
     def in_use(self, model_id: str) -> int:
         with self._changed:
@@ -249,6 +249,8 @@ class KnownModel:
     # The GGUF file's size.
     size_bytes: int
     loaded: bool
+    # A load is under way (requests for it wait).
+    loading: bool
     in_use: int
     # Seconds until an idle loaded model unloads (None: never, or not loaded).
     expires_in: float | None

@@ -43,13 +43,16 @@ class ApiError(Exception):
     """An error the server answers on purpose. ``status`` 429 means "overloaded" in either family."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        # Seconds a client should wait before retrying (the Retry-After header); 429s say 1.
+        self.retry_after = retry_after if retry_after is not None else (1 if status == 429 else None)
 
 
 class ClientDisconnected(Exception):
@@ -82,6 +85,8 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.DecodeTimeoutError | kv.ContextLostError):
         return ApiError(503, str(exc), code=exc.code)
+    if isinstance(exc, kv.ModelCapacityError):
+        return ApiError(503, str(exc), param="model", code=exc.code, retry_after=exc.retry_after)
     if isinstance(exc, kv.EngineClosedError | kv.ModelBusyError):
         return ApiError(503, str(exc), code=exc.code)
     if isinstance(exc, kv.KvllamaError):
@@ -108,5 +113,5 @@ def error_body(err: ApiError, family: Family) -> dict[str, Any]:
 
 def error_response(exc: BaseException, family: Family) -> JSONResponse:
     err = from_exception(exc)
-    headers = {"retry-after": "1"} if err.status == 429 else None
+    headers = {"retry-after": str(err.retry_after)} if err.retry_after is not None else None
     return JSONResponse(error_body(err, family), status_code=status_for(err, family), headers=headers)

@@ -40,7 +40,7 @@ async def list_models(request: Request) -> Response:
         k = known.get(model_id)
         if k is None:
             continue
-        status: dict[str, Any] = {"value": "loaded" if k.loaded else "unloaded"}
+        status: dict[str, Any] = {"value": "loaded" if k.loaded else "loading" if k.loading else "unloaded"}
         if k.loaded and k.expires_in is not None:
             status["expires_in"] = round(k.expires_in, 3)
         data.append({"id": name, "object": "model", "owned_by": "kvllama", "created": int(state.started_at),

@@ -57,7 +57,8 @@ def models_status(state: ServerState) -> list[dict[str, Any]]:
             out.append({"name": name, "id": model_id, "loaded": True, "expires_in": expires,
                         **_info_fields(info)})
         elif entry is not None:
-            out.append({"name": name, "id": model_id, "loaded": False, "healthy": True, "phase": "unloaded",
+            phase = "loading" if entry.loading else "unloaded"
+            out.append({"name": name, "id": model_id, "loaded": False, "healthy": True, "phase": phase,
                         "pending": 0, "in_flight": entry.in_use, "slots": slots(0, 0, 0, 0),
                         "last_cache_hit": {}, "prompt_reuse": {}, "path": entry.path,
                         "architecture": entry.architecture, "quant": entry.quant,
