@@ -42,7 +42,7 @@ NOKEEP = "gemma-cache-only"  # finished requests leave their slots: every reuse 
 def cache_only_model(served):
     served.engine.load_model(NOKEEP, n_seq_max=2, n_ctx=4096, n_threads=1, keep_finished=False)
     yield NOKEEP
-    served.engine.unload_model(NOKEEP)
+    served.engine.forget_model(NOKEEP)
 
 
 def _document(tag: str) -> str:

@@ -18,7 +18,7 @@ def lora_model(served, tmp_path_factory):
     served.engine.load_model(MODEL, n_seq_max=2, n_ctx=2048, n_threads=1)
     served.engine.load_adapter(MODEL, "a", path)
     yield MODEL
-    served.engine.unload_model(MODEL)
+    served.engine.forget_model(MODEL)
 
 
 def _text(http: httpx.Client, **extra: object) -> str:
