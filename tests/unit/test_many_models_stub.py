@@ -220,3 +220,35 @@ def test_a_model_being_loaded_says_so_and_a_capacity_refusal_is_a_503_with_retry
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "model_capacity"
         engine.models.release("a")
+
+
+def test_a_memory_budget_unloads_the_least_recently_used_idle_models_first(tmp_path):
+    sizes = {"big": 600, "mid": 300, "small": 200}
+
+    def factory(path: str | None, options: Any) -> StubBackend:
+        return StubBackend(StubConfig(size_bytes=sizes[stem(path or "")]))
+
+    with kvllama.Engine(cache=None, backend_factory=factory, max_memory=1000) as engine:
+        for name in sizes:
+            (tmp_path / f"{name}.gguf").write_bytes(b"x" * sizes[name])  # the estimate before a first load
+            engine.register_model(name, str(tmp_path / f"{name}.gguf"))
+        for name in ("mid", "small"):
+            engine.touch_model(name)
+        assert loaded(engine) == ["mid", "small"]  # 500 of 1000
+        engine.touch_model("big")  # 600 more: "mid", the least recently used, goes
+        assert loaded(engine) == ["big", "small"]
+        engine.touch_model("small")
+        engine.touch_model("mid")  # 300 more: "big" (now the least recently used) goes
+        assert loaded(engine) == ["mid", "small"]
+        assert {k.id: k.memory_bytes for k in engine.known_models()} == sizes
+
+
+def test_a_sticky_session_goes_on_warm_and_exact_after_its_model_unloads(many):
+    engine, _ = many(cache=RAM_ONLY)
+    prompt = "s" * 150
+    first = engine.complete("a", prompt, max_tokens=4, temperature=0, session_id="conv")
+    engine.unload_model("a")  # parked sessions are saved to the cache as the loop stops
+    turn2 = [*first.context_tokens, *engine.tokenize("a", " more", add_special=False)]
+    resumed = engine.complete("a", turn2, max_tokens=4, temperature=0, session_id="conv")
+    cold = engine.complete("a", turn2, max_tokens=4, temperature=0, cache_salt="cold")
+    assert resumed.cache_delta.read >= len(prompt) - 8 and resumed.generated_tokens == cold.generated_tokens

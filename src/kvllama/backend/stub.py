@@ -67,6 +67,8 @@ class StubConfig:
     per_pass_kernels: bool = False
     # Behave like a sliding-window model whose memory cannot be cut mid-sequence.
     refuse_truncate: bool = False
+    # What the model's memory estimate says (weights; the KV estimate stays 0): budget tests.
+    size_bytes: int = 0
     # Decode steps as 2-row chunks (ModelOptions.canonical_decode).
     canonical_decode: bool = False
 
@@ -84,7 +86,7 @@ class StubBackend:
         self.config = config or StubConfig()
         c = self.config
         self.description = ModelDescription(
-            path="<stub>", architecture="stub", quant="none", n_params=0, size_bytes=0,
+            path="<stub>", architecture="stub", quant="none", n_params=0, size_bytes=c.size_bytes,
             n_layer=1, n_ctx_train=c.n_ctx_seq, n_embd=8, n_vocab=258, description="stub",
             chat_template=c.chat_template,
             special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
