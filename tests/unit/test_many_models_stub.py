@@ -252,3 +252,12 @@ def test_a_sticky_session_goes_on_warm_and_exact_after_its_model_unloads(many):
     resumed = engine.complete("a", turn2, max_tokens=4, temperature=0, session_id="conv")
     cold = engine.complete("a", turn2, max_tokens=4, temperature=0, cache_salt="cold")
     assert resumed.cache_delta.read >= len(prompt) - 8 and resumed.generated_tokens == cold.generated_tokens
+
+
+def test_the_engines_keep_alive_unloads_an_idle_model_and_a_model_may_have_its_own(many, tmp_path):
+    engine, _ = many(keep_alive="200ms")
+    (tmp_path / "own.gguf").write_bytes(b"x")
+    engine.register_model("own", str(tmp_path / "own.gguf"), keep_alive=-1)
+    engine.complete("a", "hello", max_tokens=2)
+    engine.complete("own", "hello", max_tokens=2)
+    wait_until(lambda: loaded(engine) == ["own"])  # "a" went after 200 ms idle; "own" stays
