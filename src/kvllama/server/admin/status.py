@@ -60,7 +60,7 @@ def models_status(state: ServerState) -> list[dict[str, Any]]:
             phase = "loading" if entry.loading else "unloaded"
             out.append({"name": name, "id": model_id, "loaded": False, "healthy": True, "phase": phase,
                         "pending": 0, "in_flight": entry.in_use, "slots": slots(0, 0, 0, 0),
-                        "last_cache_hit": {}, "prompt_reuse": {}, "path": entry.path,
+                        "last_cache_hit": None, "prompt_reuse": None, "path": entry.path,
                         "architecture": entry.architecture, "quant": entry.quant,
                         "memory_estimate_bytes": entry.memory_bytes})
         else:
