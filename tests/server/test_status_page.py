@@ -103,6 +103,17 @@ def test_page_shows_the_models_then_a_new_request(served, profile):
     assert page.requests[0].get("data-n") == str(newest["n"])  # newest first
 
 
+def test_page_lists_a_model_that_is_not_loaded_without_loading_it(served, profile):
+    served.engine.register_model("gemma-later", None, n_seq_max=1, n_ctx=512, n_threads=1)
+    try:
+        page = render(f"{served.url}/", profile)
+        assert page.state == "ok", f"page state {page.state!r}: {page.problem}"
+        assert "gemma-later" in page.models and "unloaded" in page.html
+        assert "gemma-later" not in {info.id for info in served.engine.list_models()}
+    finally:
+        served.engine.forget_model("gemma-later")
+
+
 def test_page_shows_prompt_reuse_by_source(served, profile):
     # Two prompts that share a long start: the second copies it from the first's kept sequence.
     shared = "Reuse panel. " + " ".join(f"note {i}" for i in range(120))
