@@ -261,3 +261,27 @@ def test_the_engines_keep_alive_unloads_an_idle_model_and_a_model_may_have_its_o
     engine.complete("a", "hello", max_tokens=2)
     engine.complete("own", "hello", max_tokens=2)
     wait_until(lambda: loaded(engine) == ["own"])  # "a" went after 200 ms idle; "own" stays
+
+
+def test_a_caller_that_leaves_while_its_model_loads_holds_nothing(many):
+    import asyncio
+
+    from kvllama.request import GenerationRequest
+
+    engine, factory = many()
+    factory.gate = threading.Event()
+
+    async def leave_during_the_load() -> None:
+        request = GenerationRequest.build("hello", max_tokens=2, session_id="s1")
+        task = asyncio.ensure_future(engine.asubmit("a", request))
+        await asyncio.to_thread(wait_until, lambda: any(k.loading for k in engine.known_models()))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        factory.gate.set()  # the load finishes after the caller left
+        released = lambda: loaded(engine) == ["a"] and engine.models.residency.in_use("a") == 0  # noqa: E731
+        await asyncio.to_thread(wait_until, released)
+
+    asyncio.run(leave_during_the_load())
+    # The session the prepared request claimed is free again: a request of it runs.
+    assert engine.complete("a", "hello", max_tokens=2, session_id="s1").generated_tokens

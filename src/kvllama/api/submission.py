@@ -68,7 +68,15 @@ class Submissions:
 
     async def asubmit(self, model_id: str, request: GenerationRequest) -> AsyncRequestStream:
         sink = asyncio_sink()
-        model, loop_req = await asyncio.to_thread(self.prepare, model_id, request, sink)
+        prepared = asyncio.ensure_future(asyncio.to_thread(self.prepare, model_id, request, sink))
+        try:
+            model, loop_req = await asyncio.shield(prepared)
+        except asyncio.CancelledError:
+            # The caller left (a client that disconnected while its model loaded): the worker
+            # thread runs on, so what it prepares (the model held, a session claimed) is given
+            # back when it is done instead of being held for ever.
+            prepared.add_done_callback(_release_prepared)
+            raise
         stream = AsyncRequestStream(loop_req, model.loop, model_id)
         self._submit(model, stream)
         return stream
@@ -131,6 +139,11 @@ class Submissions:
             for stream in streams:
                 release(stream.request)
             raise
+
+
+def _release_prepared(done: asyncio.Future[tuple[LoadedModel, Request]]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        release(done.result()[1])
 
 
 def release(request: Request) -> None:
