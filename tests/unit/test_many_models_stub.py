@@ -133,7 +133,7 @@ def test_a_failed_load_answers_every_waiter_with_its_error(many):
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for t in threads:
         t.start()
-    wait_until(lambda: engine.models.residency.residents.get("a") is not None)
+    wait_until(lambda: engine.models.residency.states.get("a") is not None)
     factory.gate.set()
     for t in threads:
         t.join(10)

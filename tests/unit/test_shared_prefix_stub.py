@@ -39,7 +39,7 @@ def test_without_keep_finished_nothing_is_kept(stub_engine):
     assert engine.complete("s", "r" * 300 + "!", max_tokens=3, temperature=0).cache_delta.read == 0
 
 
-def test_residents_are_per_tenant(stub_engine):
+def test_kept_sequences_are_per_tenant(stub_engine):
     engine, _ = stub_engine(n_ctx_seq=1024)
     engine.complete("s", "t" * 300, max_tokens=3, temperature=0, cache_salt="a")
     other = engine.complete("s", "t" * 300 + "!", max_tokens=3, temperature=0, cache_salt="b")
@@ -48,7 +48,7 @@ def test_residents_are_per_tenant(stub_engine):
     assert same.cache_delta.read == 302 - 8
 
 
-def test_residents_give_their_slots_to_new_requests_least_recent_first(stub_engine):
+def test_kept_sequences_give_their_slots_to_new_requests_least_recent_first(stub_engine):
     engine, backend = stub_engine(n_ctx_seq=1024, n_seq_max=2, cache=RAM_ONLY)
     engine.complete("s", "a" * 300, max_tokens=2, temperature=0)
     engine.complete("s", "b" * 300, max_tokens=2, temperature=0)

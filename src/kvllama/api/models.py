@@ -119,7 +119,7 @@ class ModelRegistry:
         self.unload(model_id, cancel=True)
         with self.lock:
             self._entries.pop(model_id, None)
-            self.residency.residents.pop(model_id, None)
+            self.residency.states.pop(model_id, None)
 
     def entry(self, model_id: str) -> ModelEntry:
         with self.lock:
@@ -171,22 +171,16 @@ class ModelRegistry:
         after this returns, so calls that touch it go through :meth:`use`."""
         with self.lock:
             self.check_open()
-            res = self.residency.residents.get(model_id)
+            res = self.residency.states.get(model_id)
             model = res.loaded if res is not None else None
         if model is None:
             raise UnknownModelError(model_id)
         return model
 
-    def find(self, model_id: str | None) -> list[LoadedModel]:
-        """One loaded model by id (UnknownModelError if not loaded), or every loaded model for None."""
-        if model_id is not None:
-            return [self.get(model_id)]
-        return self.all()
-
     def all(self) -> list[LoadedModel]:
         """The loaded models."""
         with self.lock:
-            return [r.loaded for r in self.residency.residents.values() if r.loaded is not None]
+            return [r.loaded for r in self.residency.states.values() if r.loaded is not None]
 
     def remember_adapter(self, model_id: str, adapter_id: str, path: str | None, scale: float) -> None:
         """Keep the entry's adapters in step with the loaded model's (path None: unloaded)."""

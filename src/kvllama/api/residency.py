@@ -47,7 +47,7 @@ class Budget:
 
 
 @dataclass
-class Resident:
+class LoadState:
     """One known model's residency: loaded or not, its users, when it may go."""
 
     loaded: LoadedModel | None = None
@@ -70,7 +70,7 @@ class Residency:
         self.budget = budget
         self._changed = threading.Condition(lock)
         self._load, self._unload, self._estimate = load, unload, estimate
-        self.residents: dict[str, Resident] = {}
+        self.states: dict[str, LoadState] = {}
         # model id -> when its load started waiting for room (fairness, see the module docstring).
         self._waiting_since: dict[str, float] = {}
         self._closed = False
@@ -84,13 +84,13 @@ class Residency:
         deadline = time.monotonic() + self.budget.load_wait
         with self._changed:
             while True:
-                res = self.residents.setdefault(model_id, Resident())
+                res = self.states.setdefault(model_id, LoadState())
                 if res.loaded is not None and not self._yields(model_id):
                     res.users += 1
                     res.last_used = time.monotonic()
                     return res.loaded
                 if res.loading:
-                    self._wait_for_load(res, deadline)
+                    self._wait_for_load(model_id, res, deadline)
                     continue
                 if res.loaded is None:
                     victims = self._room_for(model_id)
@@ -105,7 +105,7 @@ class Residency:
     def release(self, model_id: str, keep_alive: float | None = None) -> None:
         """One use ended (any thread, the decode thread included: it never blocks on a load)."""
         with self._changed:
-            res = self.residents.get(model_id)
+            res = self.states.get(model_id)
             if res is None:
                 return
             res.users = max(0, res.users - 1)
@@ -118,7 +118,7 @@ class Residency:
     def evict(self, model_id: str) -> LoadedModel | None:
         """Take a model out of memory now (the caller unloads what is returned)."""
         with self._changed:
-            res = self.residents.get(model_id)
+            res = self.states.get(model_id)
             if res is None or res.loaded is None:
                 return None
             model, res.loaded, res.expires_at = res.loaded, None, None
@@ -128,7 +128,7 @@ class Residency:
     def describe(self, entry: Any) -> KnownModel:
         """A registry entry (api/models.py ModelEntry) with its residency now."""
         with self._changed:
-            res = self.residents.get(entry.id) or Resident()
+            res = self.states.get(entry.id) or LoadState()
             loaded = res.loaded is not None
             until = res.expires_at
             left = None if not loaded or until is None else max(0.0, until - time.monotonic())
@@ -137,7 +137,7 @@ class Residency:
 
     def in_use(self, model_id: str) -> int:
         with self._changed:
-            res = self.residents.get(model_id)
+            res = self.states.get(model_id)
             return res.users if res is not None else 0
 
     def close(self) -> None:
@@ -157,8 +157,8 @@ class Residency:
     def _room_for(self, model_id: str) -> list[LoadedModel] | None:
         """Idle models to unload so that ``model_id`` fits (LRU first); None while it cannot fit yet."""
         b = self.budget
-        loaded = {k: r for k, r in self.residents.items() if r.loaded is not None or r.loading}
-        need = self.residents[model_id].memory or self._estimate(model_id)
+        loaded = {k: r for k, r in self.states.items() if r.loaded is not None or r.loading}
+        need = self.states[model_id].memory or self._estimate(model_id)
         count, memory = len(loaded), sum(r.memory for r in loaded.values())
         idle = sorted((r.last_used, k) for k, r in loaded.items() if r.users == 0 and r.loaded is not None)
         victims: list[str] = []
@@ -171,7 +171,7 @@ class Residency:
             count, memory = count - 1, memory - loaded[victim].memory
         out = []
         for victim in victims:
-            res = self.residents[victim]
+            res = self.states[victim]
             assert res.loaded is not None
             out.append(res.loaded)
             res.loaded, res.expires_at = None, None
@@ -184,19 +184,19 @@ class Residency:
             raise ModelCapacityError(model_id, self.budget.load_wait)
         self._changed.wait(min(left, 0.5))
 
-    def _wait_for_load(self, res: Resident, deadline: float) -> None:
+    def _wait_for_load(self, model_id: str, res: LoadState, deadline: float) -> None:
         attempt = res.attempt
         while res.loading and res.attempt == attempt:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ModelCapacityError("(loading)", self.budget.load_wait)
+                raise ModelCapacityError(model_id, self.budget.load_wait)
             self._changed.wait(min(left, 0.5))
         if res.attempt == attempt and res.error is not None:
             raise res.error
 
     # --- outside the lock -------------------------------------------------------
 
-    def _load_now(self, model_id: str, res: Resident, victims: list[LoadedModel]) -> LoadedModel:
+    def _load_now(self, model_id: str, res: LoadState, victims: list[LoadedModel]) -> LoadedModel:
         for victim in victims:
             self._unload(victim)
         try:
@@ -220,15 +220,15 @@ class Residency:
                 if self._closed:
                     return
                 now = time.monotonic()
-                expired = [k for k, r in self.residents.items() if r.loaded is not None and r.users == 0
+                expired = [k for k, r in self.states.items() if r.loaded is not None and r.users == 0
                            and r.expires_at is not None and r.expires_at <= now]
                 models = []
                 for k in expired:
-                    res = self.residents[k]
+                    res = self.states[k]
                     models.append(res.loaded)
                     res.loaded, res.expires_at = None, None
                 if not models:
-                    nexts = [r.expires_at for r in self.residents.values()
+                    nexts = [r.expires_at for r in self.states.values()
                              if r.loaded is not None and r.expires_at is not None]
                     self._changed.wait(max(0.01, min(nexts) - now) if nexts else None)
                     continue

@@ -68,7 +68,7 @@ async def health(request: Request) -> Response:
     state = state_of(request)
     served = state.served()
     loaded = {info.id: info for info in state.engine.list_models()}
-    known = {k.id for k in state.engine.known_models()}
+    known = set(state.engine.model_ids())
     # A model that is not in memory is healthy: its next request loads it. Never loads one here.
     unhealthy = [name for name, model_id in sorted(served.items())
                  if model_id not in known or (model_id in loaded and not loaded[model_id].healthy)]

@@ -168,12 +168,6 @@ def _describe(error: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def stops(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 class LoraRef(BaseModel):
     """One adapter of a request's ``lora`` list: its index in ``/lora-adapters`` or its name."""
 

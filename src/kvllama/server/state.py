@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from kvllama.api.engine import Engine
+from kvllama.api.residency import KnownModel
 from kvllama.errors import UnknownModelError
+from kvllama.models.loaded import ModelInfo
 from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError
 from kvllama.server.metrics import ServerMetrics
@@ -30,6 +32,11 @@ class ServerState:
         if self.config.models:
             return dict(self.config.models)
         return {model_id: model_id for model_id in self.engine.model_ids()}
+
+    def models_now(self) -> tuple[dict[str, KnownModel], dict[str, ModelInfo]]:
+        """Every known model and the loaded ones' snapshots, by engine id (never loads a model)."""
+        known = {k.id: k for k in self.engine.known_models()}
+        return known, {info.id: info for info in self.engine.list_models()}
 
     def resolve(self, name: str | None) -> tuple[str, str]:
         """(served name, engine id) for a request's ``model`` field; 404 if unknown."""

@@ -34,7 +34,7 @@ class ModelRef(BaseModel):
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     state = state_of(request)
-    known = {k.id: k for k in await run_in_threadpool(state.engine.known_models)}
+    known, _loaded = await run_in_threadpool(state.models_now)
     data: list[dict[str, Any]] = []
     for name, model_id in sorted(state.served().items()):
         k = known.get(model_id)

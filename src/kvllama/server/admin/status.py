@@ -47,8 +47,7 @@ def collect(state: ServerState, recent: int = STATUS_RECENT) -> dict[str, Any]:
 def models_status(state: ServerState) -> list[dict[str, Any]]:
     """Every served model: a loaded one in full, one that is not in memory (it loads on its next
     request) as what its GGUF header says; reading this never loads a model."""
-    loaded = {info.id: info for info in state.engine.list_models()}
-    known = {k.id: k for k in state.engine.known_models()}
+    known, loaded = state.models_now()
     out = []
     for name, model_id in sorted(state.served().items()):
         info, entry = loaded.get(model_id), known.get(model_id)

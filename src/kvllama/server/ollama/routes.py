@@ -65,26 +65,23 @@ def resolve(state: ServerState, name: str | None) -> tuple[str, str, str]:
 
 @router.post("/api/generate", openapi_extra=body_schema(GenerateRequest))
 async def generate(request: Request) -> Response:
-    started = time.perf_counter()
-    state = state_of(request)
-    body = validate(GenerateRequest, await read_json(request))
-    model = resolve(state, body.model)
-    if not body.prompt:
-        return JSONResponse(await _load_or_unload(state, model, "generate", body.keep_alive))
-    generation = body.to_request(Edge.of(request, state, model[2]))
-    return await _generate(request, state, "generate", model, generation, body.stream, started)
+    return await _serve(request, GenerateRequest, "generate")
 
 
 @router.post("/api/chat", openapi_extra=body_schema(ChatRequest))
 async def chat(request: Request) -> Response:
+    return await _serve(request, ChatRequest, "chat")
+
+
+async def _serve(request: Request, schema: type[GenerateRequest | ChatRequest], kind: Kind) -> Response:
     started = time.perf_counter()
     state = state_of(request)
-    body = validate(ChatRequest, await read_json(request))
+    body = validate(schema, await read_json(request))
     model = resolve(state, body.model)
-    if not body.messages:
-        return JSONResponse(await _load_or_unload(state, model, "chat", body.keep_alive))
+    if body.empty():
+        return JSONResponse(await _load_or_unload(state, model, kind, body.keep_alive))
     generation = body.to_request(Edge.of(request, state, model[2]))
-    return await _generate(request, state, "chat", model, generation, body.stream, started)
+    return await _generate(request, state, kind, model, generation, body.stream, started)
 
 
 async def _load_or_unload(state: ServerState, model: tuple[str, str, str], kind: Kind,
@@ -157,8 +154,7 @@ async def embeddings(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     """Every model the server can run, loaded or not."""
     state = state_of(request)
-    known = {k.id: k for k in state.engine.known_models()}
-    loaded = {info.id: info for info in state.engine.list_models()}
+    known, loaded = state.models_now()
     rows = []
     for name, model_id in sorted(state.served().items()):
         if model_id in loaded:
@@ -172,8 +168,7 @@ async def tags(request: Request) -> Response:
 async def ps(request: Request) -> Response:
     """The models in memory now, with when each unloads if left idle."""
     state = state_of(request)
-    known = {k.id: k for k in state.engine.known_models()}
-    loaded = {info.id: info for info in state.engine.list_models()}
+    known, loaded = state.models_now()
     rows = []
     for name, model_id in sorted(state.served().items()):
         if model_id in loaded:

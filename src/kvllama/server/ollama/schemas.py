@@ -107,6 +107,10 @@ class GenerateRequest(_Generation):
     def _no_images(cls, value: list[str] | None) -> list[str] | None:
         return _refuse_images(value)
 
+    def empty(self) -> bool:
+        """No prompt: Ollama's way to load (or, with keep_alive 0, unload) a model."""
+        return not self.prompt
+
     def to_request(self, edge: Edge) -> GenerationRequest:
         """One user turn through the template unless ``raw``; after ``context`` (reply tokens) if given."""
         context = tuple(self.context or ())
@@ -155,6 +159,10 @@ class Message(_Body):
 class ChatRequest(_Generation):
     messages: list[Message] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+
+    def empty(self) -> bool:
+        """No messages: Ollama's way to load (or, with keep_alive 0, unload) a model."""
+        return not self.messages
 
     def to_request(self, edge: Edge) -> GenerationRequest:
         chat = ChatInput.of([m.for_template() for m in self.messages], tools=self.tools)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from kvllama.models.loaded import ModelInfo
 from kvllama.request import GenerationRequest
 from kvllama.server.edge import Edge
 from kvllama.server.errors import ApiError
@@ -33,22 +34,23 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    started = time.perf_counter()
-    state = state_of(request)
-    body = validate(ChatCompletionRequest, await read_json(request))
-    name, model_id = state.resolve(body.model)
-    generation = body.to_request(Edge.of(request, state, model_id))
-    return await _generate(request, state, "chat", (name, model_id), generation, body, started)
+    return await _serve(request, ChatCompletionRequest, "chat")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
+    return await _serve(request, CompletionRequest, "completion")
+
+
+async def _serve(
+    request: Request, schema: type[ChatCompletionRequest | CompletionRequest], kind: Kind
+) -> Response:
     started = time.perf_counter()
     state = state_of(request)
-    body = validate(CompletionRequest, await read_json(request))
+    body = validate(schema, await read_json(request))
     name, model_id = state.resolve(body.model)
     generation = body.to_request(Edge.of(request, state, model_id))
-    return await _generate(request, state, "completion", (name, model_id), generation, body, started)
+    return await _generate(request, state, kind, (name, model_id), generation, body, started)
 
 
 async def _generate(
@@ -115,19 +117,24 @@ def _encode(vector: list[float], fmt: str) -> list[float] | str:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     state = state_of(request)
-    return JSONResponse({"object": "list", "data": [_card(state, n, m) for n, m in state.served().items()]})
+    loaded = _loaded(state)
+    return JSONResponse({"object": "list",
+                         "data": [_card(state, n, m, loaded) for n, m in state.served().items()]})
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(request: Request, model: str) -> Response:
     state = state_of(request)
     name, model_id = state.resolve(model)
-    return JSONResponse(_card(state, name, model_id))
+    return JSONResponse(_card(state, name, model_id, _loaded(state)))
 
 
-def _card(state: ServerState, name: str, model_id: str) -> dict[str, Any]:
+def _loaded(state: ServerState) -> dict[str, ModelInfo]:
+    return {info.id: info for info in state.engine.list_models()}
+
+
+def _card(state: ServerState, name: str, model_id: str, loaded: dict[str, ModelInfo]) -> dict[str, Any]:
     """A served model, loaded or not (listing never loads one): created = when it was loaded."""
-    loaded = {info.id: info for info in state.engine.list_models()}
     info = loaded.get(model_id)
     created = int(info.loaded_at) if info is not None else int(state.started_at)
     return {"id": name, "object": "model", "created": created, "owned_by": "kvllama"}
