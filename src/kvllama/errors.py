@@ -79,6 +79,13 @@ class InvalidChatContentError(InvalidRequestError):
     code = "invalid_chat_content"
 
 
+class InvalidMediaError(InvalidRequestError):
+    """An image or audio input that cannot be used: undecodable, too large, too many, or a model
+    without a projector for it. Always refused before it reaches the decode loop."""
+
+    code = "invalid_media"
+
+
 class ChatTemplateError(InvalidRequestError):
     """No chat template is available, or the template failed to render."""
 

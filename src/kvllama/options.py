@@ -81,6 +81,8 @@ class ModelOptions:
     # clients then prefill together (decoding/loop.py). A lone request's first token comes
     # this much later; 0 turns it off.
     burst_window_ms: float = 15.0
+    # A multimodal projector GGUF (llama.cpp's mmproj) for images and/or audio in prompts.
+    mmproj: str | None = None
     # A Jinja chat template to use when the GGUF carries none.
     chat_template: str | None = None
     use_mmap: bool = True
@@ -150,6 +152,8 @@ class ModelOptions:
             _int("max_decode_rows", self.max_decode_rows, minimum=0)
         self._validate_times()
         self._validate_speculation()
+        if self.mmproj is not None and (not isinstance(self.mmproj, str) or not self.mmproj):
+            raise InvalidOptionError("mmproj", self.mmproj, "the path of a projector GGUF (an mmproj file)")
         if self.n_threads_batch is not None:
             _int("n_threads_batch", self.n_threads_batch, minimum=1)
         if self.n_ctx is not None:
@@ -202,7 +206,8 @@ class ModelOptions:
         return data
 
 
-_NULLABLE = {"n_ctx", "draft_model", "n_threads_batch", "prefill_chunk_size", "chat_template", "markers",
+_NULLABLE = {"n_ctx", "draft_model", "mmproj",
+             "n_threads_batch", "prefill_chunk_size", "chat_template", "markers",
              "thinking_markers", "tool_call_markers"}
 
 

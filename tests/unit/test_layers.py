@@ -23,6 +23,7 @@ FORBIDDEN = {
     "decoding": {"api", "server", "bench", "ray"},
     "replies": {"decoding", "api", "server", "bench", "ray"},
     "chat": {"decoding", "api", "server", "bench", "ray"},
+    "media": {"backend", "kvcache", "decoding", "api", "server", "replies", "bench", "ray"},
     "models": {"api", "server", "bench", "ray"},
     "api": {"server", "bench", "ray"},
     "server": {"bench", "ray"},

@@ -18,7 +18,7 @@ from kvllama.backend.protocol import Backend
 from kvllama.chat.prompt import ChatInput, ChatPrompt, Render, build_chat_prompt
 from kvllama.decoding.markers import MarkerStrings
 from kvllama.decoding.request import EventSink, Request, RequestSpec, new_request_id
-from kvllama.errors import ContextOverflowError, InvalidOptionError, InvalidRequestError
+from kvllama.errors import ContextOverflowError, InvalidMediaError, InvalidOptionError, InvalidRequestError
 from kvllama.request import GenerationRequest, Prompt
 from kvllama.sampling import SamplingParams
 
@@ -38,6 +38,8 @@ def resolve(backend: Backend, request: GenerationRequest,
 
     ``build_chat(chat, find_save_points)``: the model's :func:`chat_prompt`.
     """
+    if request.media:
+        return _with_media(backend, request, build_chat)
     if request.chat is not None:
         return _with_chat_prompt(backend, request, build_chat(request.chat, not request.context))
     prompt = request.prompt
@@ -63,6 +65,38 @@ def _with_chat_prompt(backend: Backend, request: GenerationRequest, chat: ChatPr
     return replace(request, prompt=tokens, chat=None, context=(), sampling=sampling, options=options)
 
 
+def _with_media(backend: Backend, request: GenerationRequest,
+                build_chat: Callable[[ChatInput, bool], ChatPrompt]) -> GenerationRequest:
+    """A prompt with images or audio: its text (a conversation rendered once) through the projector.
+
+    No shared-prefix save points are looked for (their offsets come from the text tokenizer);
+    the prompt's rows are found by the layout's rules instead (kvllama.media.layout).
+    """
+    media = backend.media
+    if media is None:
+        raise InvalidMediaError("this model was loaded without a projector, so it takes no images or "
+                                "audio (load it with mmproj=PATH, or kvllama serve --mmproj PATH)")
+    if request.context or request.options.continue_session:
+        raise InvalidMediaError("media cannot follow a session's transcript or an Ollama context; "
+                                "send the whole conversation")
+    if request.chat is not None:
+        chat = build_chat(request.chat, False)
+        text = chat.text
+        stops = chat.with_stops(request.sampling.stop)
+        request = replace(request, sampling=replace(request.sampling, stop=stops))
+    elif isinstance(request.prompt, str):
+        text = request.prompt
+    else:
+        raise InvalidMediaError(f"a prompt with media must be text with one {media.marker} marker per "
+                                "medium, not token ids")
+    bos = backend.description.special_tokens.get("bos_token")
+    try:
+        tokens, layout = media.tokenize(text, request.media, add_special=not (bos and text.startswith(bos)))
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"the prompt contains an unpaired surrogate at index {exc.start}") from None
+    return replace(request, prompt=tokens, chat=None, context=(), layout=layout)
+
+
 def _ids(backend: Backend, context: Sequence[int]) -> list[int]:
     return prompt_tokens(backend, context) if context else []
 
@@ -85,7 +119,7 @@ def loop_request(
     n_ctx_seq = backend.shape.n_ctx_seq
     if len(tokens) >= n_ctx_seq:
         raise ContextOverflowError(len(tokens), n_ctx_seq)
-    loop_req = Request(RequestSpec(new_request_id(), tokens, sampling, options), sink)
+    loop_req = Request(RequestSpec(new_request_id(), tokens, sampling, options, layout=request.layout), sink)
     loop_req.sampler = backend.new_sampler(sampling)
     try:
         if markers is not None and markers.has_tool_calls and not sampling.greedy:

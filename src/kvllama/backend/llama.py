@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -17,12 +18,14 @@ from kvllama.backend.decode_rows import (
 )
 from kvllama.backend.lora_sets import AdapterRegistry, AdapterSet
 from kvllama.backend.protocol import ContextShape, ModelDescription
-from kvllama.errors import ContextOverflowError, InvalidOptionError
-from kvllama.native.batch import BatchRow, NativeBatch
+from kvllama.errors import ContextOverflowError, InvalidOptionError, ModelFileNotFoundError
+from kvllama.media.projector import MediaPrompter
+from kvllama.native.batch import BatchRow, EmbeddingBatch, NativeBatch
 from kvllama.native.context import NativeContext
 from kvllama.native.gguf import GgufInfo, read_gguf
 from kvllama.native.kernels import DECODE_CLASS, STOCK, THREAD_DEFAULT, THREAD_OFF, cpu_kernel_mode
 from kvllama.native.model import NativeModel
+from kvllama.native.projector import NativeProjector
 from kvllama.native.sampler import CandidateBuffer, NativeSampler
 from kvllama.options import DEFAULT_N_CTX_PER_SEQ, ModelOptions
 from kvllama.sampling import SamplingParams
@@ -66,6 +69,7 @@ class LlamaBackend:
             self._stack.callback(self.batch.close)
             self._flush_batch = NativeBatch(1)
             self._stack.callback(self._flush_batch.close)
+            self.media = self._projector(facts["n_embd"]) if options.mmproj else None
         except BaseException:
             self._stack.close()
             raise
@@ -88,6 +92,17 @@ class LlamaBackend:
             n_swa=facts["n_swa"],
         )
         self.shape = self._shape(facts)
+
+    def _projector(self, n_embd: int) -> MediaPrompter:
+        """The model's projector; freed before the model (the stack unwinds in reverse)."""
+        path = str(self.options.mmproj)
+        if not os.path.isfile(path):
+            raise ModelFileNotFoundError(path)
+        native = NativeProjector(path, self.model.handle, self.options.n_threads)
+        min_rows = 2 if self.options.canonical_decode else 8  # ContextShape.min_chunk_rows
+        media = MediaPrompter(native, n_embd, min_rows, self.ctx.n_batch, self.options.n_ubatch)
+        self._stack.callback(media.close)
+        return media
 
     def _shape(self, facts: dict[str, Any]) -> ContextShape:
         options = self.options
@@ -175,6 +190,29 @@ class LlamaBackend:
         self.adapters.use(adapters, self.ctx.handle)
         self.batch.fill(rows)
         self.ctx.decode(self.batch, self._decode_kernels if decode_only else THREAD_DEFAULT)
+
+    def decode_media(self, seq_id: int, start: int, rows: Any, non_causal: bool, want_logits: bool,
+                     adapters: AdapterSet = ()) -> int:
+        """A medium's embedding rows at positions ``start``...: one pass if attention inside it
+        goes both ways (it must be one ubatch), else passes of at most ``n_batch`` rows. Returns
+        the last row's index in its pass (where its logits are)."""
+        self.adapters.use(adapters, self.ctx.handle)
+        step = len(rows) if non_causal else self.ctx.n_batch
+        a = 0
+        if non_causal:
+            self.ctx.set_causal(False)
+        try:
+            for a in range(0, len(rows), step):
+                last = a + step >= len(rows)
+                batch = EmbeddingBatch(rows[a : a + step], start + a, seq_id, want_logits and last)
+                try:
+                    self.ctx.decode(batch)
+                finally:
+                    batch.close()
+        finally:
+            if non_causal:
+                self.ctx.set_causal(True)
+        return len(rows) - 1 - a
 
     def load_adapter(self, adapter_id: str, path: str) -> str:
         return self.adapters.load(adapter_id, path)

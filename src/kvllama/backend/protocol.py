@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvllama.native.batch import BatchRow
 from kvllama.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from kvllama.media.projector import MediaPrompter
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Sampler(Protocol):
 class Backend(Protocol):
     description: ModelDescription
     shape: ContextShape
+    # The model's projector, if it was loaded with one (images and audio in prompts).
+    media: MediaPrompter | None
 
     # --- vocabulary: pure, callable from any thread ---
     def tokenize(self, text: str, *, add_special: bool = True,
@@ -94,6 +99,11 @@ class Backend(Protocol):
         """One forward pass with these LoRA adapters (id, scale) applied to all its rows;
         ``decode_only``: every row is a decode row (a sequence's next token, or its draft tokens
         to verify), so the pass takes the decode kernel class (native/kernels.py)."""
+    def decode_media(self, seq_id: int, start: int, rows: Any, non_causal: bool, want_logits: bool,
+                     adapters: tuple[tuple[str, float], ...] = ()) -> int:
+        """A medium's embedding rows (``(n, n_embd)`` floats) at positions ``start``...; attention
+        both ways inside it when ``non_causal``; logits for the last row when ``want_logits``
+        (its index in the pass is returned)."""
     def load_adapter(self, adapter_id: str, path: str) -> str:
         """Load a LoRA adapter (decode thread); its file's sha256."""
     def unload_adapter(self, adapter_id: str) -> None: ...

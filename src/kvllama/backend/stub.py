@@ -98,6 +98,7 @@ class StubBackend:
             min_chunk_rows=2 if c.canonical_decode else 8, canonical_decode=c.canonical_decode,
             exact_verify=c.canonical_decode or c.per_pass_kernels,
         )
+        self.media = None  # the stub takes no images or audio
         self.seqs: dict[int, _SeqState] = {}
         # Every decode call's rows, in order (tests read this).
         self.decode_log: list[list[BatchRow]] = []
@@ -159,6 +160,9 @@ class StubBackend:
         if adapter_id not in self.adapters:
             raise InvalidRequestError(f"no adapter {adapter_id!r} is loaded for this model")
         return self.adapters[adapter_id]
+
+    def decode_media(self, *_args: object, **_kwargs: object) -> None:
+        raise InvalidRequestError("the stub backend takes no images or audio")
 
     def decode(self, rows: Sequence[BatchRow], adapters: tuple[tuple[str, float], ...] = (),
                decode_only: bool = False) -> None:

@@ -18,6 +18,7 @@ from kvllama.decoding.kept import KeptSequence
 from kvllama.decoding.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, best_live_source
 from kvllama.decoding.loop_state import LoopState
 from kvllama.decoding.markers import MarkerRouter
+from kvllama.decoding.media_steps import fit_warm_start
 from kvllama.decoding.request import AsyncioSink, CacheAccount, Request, Status
 from kvllama.decoding.sessions import Session, SessionKey
 from kvllama.decoding.slots import plan_moves
@@ -193,9 +194,10 @@ class Admission:
         except Exception as exc:
             self.finisher.fail(r, exc)
             return
+        if self.state.warm is not None and r.n_computed == 0:
+            self._restore(r)
+        fit_warm_start(r, self.state.backend)
         if self.state.warm is not None:
-            if r.n_computed == 0:
-                self._restore(r)
             try:
                 self.state.warm.plan_save_points(r)
             except Exception:  # costs only this prompt's rows, never the request

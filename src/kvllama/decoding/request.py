@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kvllama.decoding.spec_governor import SpeculationGovernor
 from kvllama.events import CacheHitKind, Event
+from kvllama.media.layout import PromptLayout
 from kvllama.request.options import RequestOptions
 
 if TYPE_CHECKING:
@@ -122,6 +123,9 @@ class RequestSpec:
     params: SamplingParams
     options: RequestOptions = field(default_factory=RequestOptions)
     submitted_at: float = field(default_factory=time.perf_counter)
+    # Where the prompt's media are (None: text only); media positions are computed from
+    # embeddings, and resumes follow the layout's rules (kvllama.media.layout).
+    layout: PromptLayout | None = None
 
 
 @dataclass

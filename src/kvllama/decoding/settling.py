@@ -69,6 +69,8 @@ class ReplySettler:
     def _unsettled(self, held: Session | KeptSequence) -> int:
         if held.adapter_key or len(held.transcript) <= len(held.tokens):
             return 0
+        if min(held.transcript[len(held.tokens):]) < 0:
+            return 0  # a prompt's media or tagged ids (kvllama.media.layout) are not tokens to decode
         return len(held.transcript) - len(held.tokens)
 
     def step(self) -> bool:

@@ -68,5 +68,6 @@ def eligible(r: Request) -> bool:
     p = r.params
     plain = (p.greedy and p.grammar is None and p.repetition_penalty == 1.0 and not p.frequency_penalty
              and not p.presence_penalty and not p.logit_bias)
+    # A prompt with media holds ids that are no vocabulary's (kvllama.media.layout): nothing to draft from.
     return (plain and p.logprobs is None and p.min_tokens == 0 and not p.ignore_eos
-            and r.greedy_sampler is None)
+            and r.greedy_sampler is None and r.spec.layout is None)

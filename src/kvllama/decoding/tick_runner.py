@@ -7,6 +7,7 @@ import time
 
 from kvllama.decoding.finishing import Finisher
 from kvllama.decoding.loop_state import LoopState, Phase
+from kvllama.decoding.media_steps import MediaSteps, canonical_chunk, prompt_end, sample_only_at_prompt_end
 from kvllama.decoding.request import Request, Status
 from kvllama.decoding.scheduler import SeqProgress, Slice, decode_groups, plan
 from kvllama.decoding.speculation import eligible
@@ -21,19 +22,22 @@ class Runner:
     def __init__(self, state: LoopState, finisher: Finisher) -> None:
         self.state = state
         self.finisher = finisher
+        self.media = MediaSteps(state, finisher, self._sample)
 
     def tick(self) -> None:
         adapters = self._adapters_this_tick()
         self.state.tick_adapters = adapters
         shape = self.state.backend.shape
+        self.media.run(adapters)
         self._plan_draft()
         views = [
-            SeqProgress(i, r.seq_id, len(r.prompt), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
+            SeqProgress(i, r.seq_id, prompt_end(r), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
                         r.cache.next_save_point(r.n_computed), len(r.draft))
             for i, r in enumerate(self.state.running) if r.options.adapters == adapters
         ]
         tick = plan(views, shape.n_batch, self.state.chunk_size, self.state.align, shape.n_ubatch,
                     min_rows=shape.min_chunk_rows, decode_rows=2 if shape.canonical_decode else 1)
+        tick = sample_only_at_prompt_end(tick, self.state.running)
         if tick.slices:
             self.state.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             seq_ids = {v.key: v.seq_id for v in views}
@@ -113,7 +117,7 @@ class Runner:
             r.n_computed = s.start + s.count
             # Rows of a chunk of min_rows+ computed right after canonical KV are canonical too
             # (with canonical decoding, decode steps are such chunks).
-            if s.count >= min_rows and r.exact_len >= s.start:
+            if r.exact_len >= s.start and canonical_chunk(r, s.start, s.count, min_rows):
                 r.exact_len = r.n_computed
             if s.decoding:
                 r.timing.decode_seconds += elapsed
@@ -157,6 +161,7 @@ class Runner:
                     self.state.backend.clear_sequence(seq, s.start)
                     before = s.start - len(r.prompt)
                     token = r.prompt[s.start] if before < 0 else r.generated[before]
+                    token = token if token >= 0 else ~token  # a tagged id (kvllama.media.layout)
                     rows.append((token, s.start, seq, False))
                 pending_at = s.start + s.count - 1 - len(r.draft)
                 rows.append((r.pending_token, pending_at, seq, True))  # type: ignore[arg-type]
@@ -165,7 +170,8 @@ class Runner:
             else:
                 last = s.start + s.count - 1
                 prompt = r.prompt
-                rows.extend((prompt[p], p, seq, s.sample and p == last)
+                # ``~t``: a short text segment's tagged id (kvllama.media.layout).
+                rows.extend((t if (t := prompt[p]) >= 0 else ~t, p, seq, s.sample and p == last)
                             for p in range(s.start, s.start + s.count))
             if s.sample:
                 samples.append((len(rows) - 1 - (len(r.draft) if s.decoding else 0), r))

@@ -151,7 +151,9 @@ class WarmStart:
         if found is None:
             return None
         hit, shared = found
-        cut = self.grid_point(min(shared, limit))
+        if r.spec.layout is not None:  # media: the tokens past the shared blocks may agree too
+            shared = shared_prefix(tuple(hit.tokens[: limit + 1]), r.prompt[: limit + 1])
+        cut = self.cut_point(r, min(shared, limit))
         if cut <= max(better_than, self.policy.min_restore - 1) or not self._can_cut(hit.n_tokens, cut):
             return None
         return hit, cut
@@ -165,6 +167,17 @@ class WarmStart:
         """
         n_swa = self.backend.description.n_swa
         return n_swa <= 0 or max(0, row_len - n_swa) <= max(0, n_keep - n_swa)
+
+    def cut_point(self, r: Request, n: int) -> int:
+        """Where ``r`` may resume from a row cut back to at most ``n`` tokens: the save grid, or for a
+        prompt with media its layout's rule (kvllama.media.layout), then the resume grid."""
+        layout = r.spec.layout
+        if layout is None:
+            return self.grid_point(n)
+        window = self.backend.shape.swa_window
+        while (fitted := resume_point(layout.resume_point(n), window)) != n:
+            n = fitted
+        return n
 
     def grid_point(self, n: int) -> int:
         """The longest save or cut point at most ``n`` tokens: on the boundary grid, then the resume grid."""
@@ -260,10 +273,12 @@ class WarmStart:
         """
         n = len(r.prompt)
         cold = self.cold_save_point(n)
+        if cold is not None and r.spec.layout is not None:
+            cold = self.cut_point(r, cold)
         r.cache.cold_point = cold if cold is not None and cold > r.n_computed else None
         root = self.root(*r.options.kv_tenant)
         recent = self.recent.observe(root.digest, r.prompt)
-        wanted = sorted({self.grid_point(p) for p in (*r.options.save_points, recent) if p <= n})
+        wanted = sorted({self.cut_point(r, p) for p in (*r.options.save_points, recent) if p <= n})
         points: set[int] = set()
         for p in wanted:
             if len(points) >= self.policy.max_prefix_points:

@@ -46,7 +46,7 @@ _CHUNK = 4 << 20
 IN_ROOT = frozenset({
     "type_k", "type_v", "flash_attn", "kv_unified", "n_seq_max", "swa_full", "fingerprint",
     "n_ctx", "n_batch", "n_ubatch", "prefill_chunk_size", "use_extra_bufts",
-    "n_gpu_layers", "split_mode", "main_gpu", "tensor_split",
+    "n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "mmproj",
 })
 NOT_IN_ROOT = {
     "n_threads": "ggml splits work by output rows and each output is reduced by one thread in a "
@@ -146,6 +146,11 @@ def numerics(backend: Backend, options: ModelOptions, *, stub: bool) -> dict[str
     if options.n_gpu_layers != 0:
         values.update(split_mode=options.split_mode, main_gpu=options.main_gpu,
                       tensor_split=",".join(repr(x) for x in options.tensor_split))
+    if options.mmproj:
+        # The projector file (its weights and preprocessing settings: image size, mean, std, mel
+        # bins) and how media positions are keyed (kvllama.media.layout's placeholders, version 1):
+        # the same image under another projector never restores a row.
+        values.update(projector=file_fingerprint(options.mmproj, options.fingerprint), media_ids=1)
     return values
 
 

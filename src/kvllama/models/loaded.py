@@ -46,6 +46,11 @@ class ModelInfo:
     # Replies recomputed as prompt chunks in idle time (decoding/settling.py): tokens, fully
     # settled sequences, passes aborted for an arriving request, rows saved.
     settled: dict[str, int] = field(default_factory=dict)
+    # What prompts may hold ("text", plus "image" / "audio" with a projector), the projector's
+    # file, and media spans encoded since the load (a warm start encodes none: kvllama.media).
+    modalities: tuple[str, ...] = ("text",)
+    projector: str | None = None
+    media_encoded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -111,4 +116,7 @@ class LoadedModel:
             sessions=len(self.loop.sessions.parked),
             kept=len(self.loop.kept),
             settled=self.loop.settled(),
+            modalities=media.modalities if (media := self.backend.media) is not None else ("text",),
+            projector=opts.mmproj,
+            media_encoded=media.encodes if media is not None else 0,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 from kvllama.errors import BatchOverflowError
@@ -31,6 +32,35 @@ class NativeBatch:
             seq[i][0] = s
             logits[i] = want
         b.n_tokens = len(rows)
+
+    def close(self) -> None:
+        struct, self.struct = getattr(self, "struct", None), None
+        if struct is not None:
+            self._lib.llama_batch_free(struct)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class EmbeddingBatch:
+    """A ``llama_batch`` of embedding rows (a medium's positions) for one sequence."""
+
+    def __init__(self, rows: object, start: int, seq_id: int, want_last: bool) -> None:
+        import numpy as np
+
+        lib = llama()
+        self._lib = lib
+        data = np.ascontiguousarray(rows, dtype=np.float32)
+        n, n_embd = data.shape
+        self.struct = lib.llama_batch_init(n, n_embd, 1)
+        b = self.struct
+        ctypes.memmove(b.embd, data.ctypes.data, data.nbytes)
+        for i in range(n):
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_id
+            b.logits[i] = want_last and i == n - 1
+        b.n_tokens = n
 
     def close(self) -> None:
         struct, self.struct = getattr(self, "struct", None), None

@@ -12,7 +12,7 @@ from kvllama.errors import (
     NoKvSlotError,
 )
 from kvllama.native.abort import AbortFlag, DecodeWatchdog
-from kvllama.native.batch import NativeBatch
+from kvllama.native.batch import EmbeddingBatch, NativeBatch
 from kvllama.native.kernels import THREAD_DEFAULT, pass_kernels
 from kvllama.native.library import llama
 from kvllama.native.model import NativeModel
@@ -93,7 +93,7 @@ class NativeContext:
     def __del__(self) -> None:
         self.close()
 
-    def decode(self, batch: NativeBatch, kernels: int = THREAD_DEFAULT) -> None:
+    def decode(self, batch: NativeBatch | EmbeddingBatch, kernels: int = THREAD_DEFAULT) -> None:
         """One forward pass; llama.cpp's status codes become typed exceptions.
 
         ``kernels``: the CPU matmul mode for this pass (native/kernels.py; a no-op on
@@ -119,6 +119,10 @@ class NativeContext:
                 )
             raise DecodeAbortedError(status, "aborted")
         raise DecodeError(status, "invalid batch" if status == -1 else "fatal error")
+
+    def set_causal(self, causal: bool) -> None:
+        """Attention masked to earlier positions (the default) or both ways (an image's rows)."""
+        self._lib.llama_set_causal_attn(self.handle, causal)
 
     def clear_sequence(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, p0, p1))

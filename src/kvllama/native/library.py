@@ -41,6 +41,12 @@ def llama() -> ModuleType:
     return _state["module"]
 
 
+def log_callback() -> Any:
+    """The installed ctypes log callback (libmtmd takes the same one); alive for the process."""
+    llama()
+    return _state["callback"]
+
+
 def _forward_log(level: int, text: bytes | None, _user_data: object) -> None:
     # Called from llama.cpp threads; must never raise into C.
     try:
