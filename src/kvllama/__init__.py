@@ -22,6 +22,7 @@ from kvllama.events import (
     TokenLogprob,
 )
 from kvllama.kvcache import CacheConfig, KvCache
+from kvllama.media.inputs import MediaLimits
 from kvllama.models.loaded import ModelInfo
 from kvllama.options import ModelOptions
 from kvllama.request import ChatInput, GenerationRequest, RequestOptions
@@ -40,6 +41,7 @@ __all__ = [
     "Event",
     "GenerationRequest",
     "KvCache",
+    "MediaLimits",
     "ModelInfo",
     "ModelOptions",
     "RequestOptions",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvllama.bench.media import add_bench_media_parser
 from kvllama.bench.named_models import bench_model_path
 from kvllama.bench.plots import plot_cache, plot_path, plot_serve, plot_throughput
 from kvllama.cache_cli import add_cache_flags
@@ -88,6 +89,7 @@ def _add_bench_parsers(sub: Any) -> None:
     tput.set_defaults(func=_cmd_bench_throughput)
     _add_bench_serve_parser(bench_sub)
     _add_bench_cache_parser(bench_sub)
+    add_bench_media_parser(bench_sub)
     spec = bench_sub.add_parser(
         "spec", help="speculative decoding on vs off (copy task, and by concurrency), same-tokens check",
         description="Canonical decoding on both sides (the command sets GGML_CPU_TILED_MM=0): one "

@@ -91,6 +91,9 @@ def _add_load_flags(g: Any) -> None:
                    help="read the weights into memory instead of mapping the file")
     g.add_argument("--decode-timeout", type=float, default=None,
                    help="seconds one forward pass may run before it is aborted (default 120; 0 = no limit)")
+    g.add_argument("--mmproj", default=None, metavar="PATH",
+                   help="a multimodal projector GGUF (llama.cpp's mmproj): the model then takes images "
+                        "and/or audio (one model; with several, give mmproj per model in a models file)")
 
 
 MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_layers",
@@ -99,7 +102,7 @@ MODEL_FLAGS = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "n_gpu_
                 "draft_model", "chat_template",
                 "use_extra_bufts", "max_decode_rows", "markers",
                 "decode_timeout", "prefill_chunk_size", "n_threads_batch", "use_mmap", "burst_window_ms",
-                "settle_replies")
+                "settle_replies", "mmproj")
 
 def pick(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -109,6 +112,8 @@ def engine_spec(args: argparse.Namespace) -> Any:
     from kvllama.api.engine_spec import EngineSpec, parse_lora
 
     first, *others = catalog(args)
+    if others and getattr(args, "mmproj", None):
+        raise SystemExit("--mmproj is for one model; with several, give each its mmproj in a models file")
     budget = {"max_loaded_models": getattr(args, "max_loaded_models", None),
               "max_memory": getattr(args, "max_memory", None),
               "keep_alive": getattr(args, "keep_alive", None)}

@@ -58,6 +58,8 @@ def read_models_file(path: str, named: dict[str, str | None]) -> list[ServedMode
             raise InvalidOptionError(f"models.{name}.path", None, "the GGUF file's path")
         if model_path is not None:
             model_path = str((Path(path).parent / str(model_path)).resolve())
+        if isinstance(own.get("mmproj"), str):  # the model's projector, relative to the file too
+            own["mmproj"] = str((Path(path).parent / own["mmproj"]).resolve())
         out.append(ServedModel(name, model_path if model_path is not None else named[name], own))
     return out
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from kvllama.cache_cli import add_cache_flags, parse_bytes
 from kvllama.cli_model import MODEL_ID, add_model_flags, catalog, load
+from kvllama.media.inputs import MediaLimits
 from kvllama.models.default import default_model_path
 from kvllama.scale_cli import serve_replicas
 from kvllama.server.config import DEFAULT_MAX_QUEUE
@@ -32,7 +33,14 @@ def add_serve_parser(sub: Any) -> None:
     g.add_argument("--api-key", default=os.environ.get("KVLLAMA_API_KEY"),
                    help="require this key (default: $KVLLAMA_API_KEY, else no auth)")
     g.add_argument("--max-tokens-limit", type=int, default=4096)
-    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    g.add_argument("--max-body-bytes", type=int, default=None,
+                   help="larger bodies are refused (413); default 4 MiB, 64 MiB when a model has a projector")
+    g.add_argument("--max-media", type=int, default=MediaLimits.max_media, metavar="N",
+                   help="images and audio clips per request (default %(default)s)")
+    g.add_argument("--max-media-bytes", type=parse_bytes, default=MediaLimits.max_bytes, metavar="BYTES",
+                   help="bytes per image or audio clip (default 20MB)")
+    g.add_argument("--max-image-pixels", type=int, default=MediaLimits.max_pixels, metavar="N",
+                   help="pixels per image, read from its header before decoding (default 50,000,000)")
     g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help="refuse (429/529) beyond this many queued requests per model "
                         f"(default {DEFAULT_MAX_QUEUE}; -1: unbounded)")
@@ -69,12 +77,18 @@ def _served_names(args: argparse.Namespace) -> dict[str, str]:
     return {m.name: m.name for m in models}
 
 
-def _server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
+def server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
     from kvllama.server import ServerConfig
 
     names = _served_names(args)
+    limits = MediaLimits(max_media=args.max_media, max_bytes=args.max_media_bytes,
+                         max_pixels=args.max_image_pixels)
+    body = args.max_body_bytes
+    if body is None:
+        with_media = getattr(args, "mmproj", None) or any(m.options.get("mmproj") for m in catalog(args))
+        body = (64 if with_media else 4) * 1024 * 1024
     return ServerConfig(models=names, default_model=next(iter(names)), api_key=args.api_key,
-                        max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                        max_tokens_limit=args.max_tokens_limit, max_body_bytes=body, media_limits=limits,
                         max_queue=None if args.max_queue < 0 else args.max_queue,
                         cache_metrics_provider=cache_metrics)
 
@@ -86,9 +100,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.replicas:
         if len(catalog(args)) > 1:
             raise SystemExit("--replicas serves one model: give a single --model")
-        return serve_replicas(args, _server_config(args))
+        return serve_replicas(args, server_config(args))
     with load(args) as engine:
-        config = _server_config(args, engine.cache_metrics)
+        config = server_config(args, engine.cache_metrics)
         known = {k.id: k for k in engine.known_models()}
         loaded = {info.id: info for info in engine.list_models()}
         models = {}

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostile_support import N_CTX
+from hostile_support import MAX_MEDIA_BYTES, N_CTX
+
+from kvllama.bench.media_samples import b64, data_url, pixel_bomb_png, png, wav
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -384,7 +386,65 @@ _SESSIONS = [
     Case("cache-salt-messages-slash", MESSAGES, message(cache_salt="a/b")),
 ]
 
-OWN_CASES = _WRONG_TYPES + _ANTHROPIC + _HUGE + _BODIES + _SESSIONS
+# --- images and audio (issue 25): each refused with a 400 naming the problem --------------------
+
+_PNG = png(24, 16, 7)
+_WAV = wav(0.5, 7)
+OLLAMA_CHAT, OLLAMA_GENERATE = "/api/chat", "/api/generate"
+
+
+def image_part(data: bytes, mime: str = "image/png") -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": data_url(data, mime)}}
+
+
+def anthropic_image(data: str, media_type: str = "image/png") -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+_MEDIA = [
+    Case("media-png-truncated", CHAT, chat([image_part(_PNG[: len(_PNG) // 2])]), expect=(400,)),
+    Case("media-png-garbage-after-header", CHAT, chat([image_part(_PNG[:33] + b"\xff" * 200)]), expect=(400,)),
+    Case("media-png-header-only", CHAT, chat([image_part(_PNG[:24])]), expect=(400,)),
+    Case("media-not-an-image", CHAT, chat([image_part(b"just some text, not a picture")]), expect=(400,)),
+    Case("media-mislabelled-jpeg", CHAT, chat([image_part(_PNG, "image/jpeg")]), expect=(400,)),
+    Case("media-webp", CHAT, chat([image_part(b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 32, "image/webp")]),
+         expect=(400,)),
+    Case("media-pixel-bomb", CHAT, chat([image_part(pixel_bomb_png())]), expect=(400,), timeout=5),
+    Case("media-pixel-bomb-anthropic", MESSAGES, message([anthropic_image(b64(pixel_bomb_png()))]),
+         expect=(400,), timeout=5),
+    Case("media-zero-size-image", CHAT, chat([image_part(pixel_bomb_png(0, 0))]), expect=(400,)),
+    Case("media-too-many", CHAT, chat([image_part(_PNG)] * 9), expect=(400,)),
+    Case("media-too-large", CHAT, chat([image_part(_PNG + b"\x00" * MAX_MEDIA_BYTES)]), expect=(400,)),
+    Case("media-remote-url", CHAT, chat([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}]),
+         expect=(400,)),
+    Case("media-file-url", CHAT, chat([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]),
+         expect=(400,)),
+    Case("media-bad-base64", CHAT, chat([{"type": "image_url", "image_url": {"url": "data:image/png;base64,***"}}]),
+         expect=(400,)),
+    Case("media-image-url-not-a-string", CHAT, chat([{"type": "image_url", "image_url": {"url": 5}}]),
+         expect=(400,)),
+    Case("media-audio-garbage", CHAT,
+         chat([{"type": "input_audio", "input_audio": {"data": b64(b"RIFF" + b"\x00" * 40), "format": "wav"}}]),
+         expect=(400,)),
+    Case("media-audio-is-an-image", CHAT,
+         chat([{"type": "input_audio", "input_audio": {"data": b64(_PNG), "format": "wav"}}]), expect=(400,)),
+    Case("media-audio-format-unknown", CHAT,
+         chat([{"type": "input_audio", "input_audio": {"data": b64(_WAV), "format": "ogg"}}]), expect=(400,)),
+    Case("media-anthropic-url-source", MESSAGES,
+         message([{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]), expect=(400,)),
+    Case("media-anthropic-truncated", MESSAGES, message([anthropic_image(b64(_PNG[:40]))]), expect=(400,)),
+    Case("media-ollama-chat-garbage", OLLAMA_CHAT,
+         {"model": "default", "stream": False, "messages": [{"role": "user", "content": "x", "images": ["@@@"]}]},
+         expect=(400,)),
+    Case("media-ollama-generate-truncated", OLLAMA_GENERATE,
+         {"model": "default", "stream": False, "prompt": "x", "images": [b64(_PNG[:50])]}, expect=(400,)),
+    Case("media-marker-without-media", COMPLETIONS, completion(prompt="<__media__> hello"), expect=(200,)),
+    # A good image, for contrast: answered.
+    Case("media-good-image", CHAT, chat([image_part(_PNG), {"type": "text", "text": "What is this?"}]),
+         expect=(200,)),
+]
+
+OWN_CASES = _WRONG_TYPES + _ANTHROPIC + _HUGE + _BODIES + _SESSIONS + _MEDIA
 
 # --- issue #9, case 3: requests that made llama.cpp's grammar parser allocate until OOM ------
 # Run by test_allocation.py with a tight time limit and a bound on the server's memory growth.

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kvllama.bench.synthetic_projector import cached_multimodal_projector
 from kvllama.server.sse import decode_frames
 
 # The cap on the server's address space: a 270M model needs ~1.3 GiB of it; what llama.cpp's
@@ -43,6 +44,8 @@ STARTUP_TIMEOUT = 180.0
 N_CTX = 2048
 N_SEQ_MAX = 2
 MAX_TOKENS_LIMIT = 128
+# Bytes per image or audio clip (kvllama serve --max-media-bytes): an oversized medium stays cheap to send.
+MAX_MEDIA_BYTES = 200_000
 
 REFERENCE = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
 
@@ -107,6 +110,8 @@ class ServerProcess:
             "--n-threads", "1", "--n-ctx", str(N_CTX), "--n-seq-max", str(N_SEQ_MAX),
             "--max-tokens-limit", str(MAX_TOKENS_LIMIT), "--shm-dir", str(shm),
             "--ram-bytes", "256M", "--shm-bytes", "64M", "--log-level", "warning",
+            # Images and audio go through the real projector path (a synthetic projector).
+            "--mmproj", str(cached_multimodal_projector()), "--max-media-bytes", str(MAX_MEDIA_BYTES),
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it; closed below)
         log.write(f"\n==== start {self.starts}: {' '.join(cmd)}\n".encode())

@@ -165,7 +165,8 @@ def test_bad_media_are_refused_before_decoding(warm, engine):
     with pytest.raises(InvalidMediaError, match="without a projector"):
         engine.complete("gemma", "<__media__>", media=[good], max_tokens=2)
     # The model answers on as before.
-    assert len(warm.chat(M, image_turn("Still there?", good), max_tokens=3, temperature=0).generated_tokens) > 0
+    after = warm.chat(M, image_turn("Still there?", good), max_tokens=3, temperature=0)
+    assert len(after.generated_tokens) > 0
 
 
 def test_a_pixel_bomb_costs_almost_nothing():
@@ -181,7 +182,7 @@ def test_a_pixel_bomb_costs_almost_nothing():
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)
-def test_an_image_at_the_end_of_a_turn_leaves_a_short_tail_that_the_next_turn_recomputes(warm, cold, sampling):
+def test_an_image_ending_a_turn_leaves_a_short_tail_that_the_next_turn_recomputes(warm, cold, sampling):
     """Text, then the image last: the few tokens after it (end of image, end of turn, the model's
     turn) are a short segment, computed alone as one small chunk. In turn 2 they lie inside a long
     segment, which a cold run computes in canonical chunks, so turn 2 resumes right after the image

@@ -58,3 +58,26 @@ def test_a_models_dir_serves_every_gguf_by_stem_and_names_must_be_unique(tmp_pat
         catalog(args)  # "a" twice
     args = argparse.Namespace(model=None, models_dir=str(tmp_path), models_file=None)
     assert [m.name for m in catalog(args)] == ["a", "b"]  # no embedded default unless asked for
+
+
+def test_a_models_file_gives_a_model_its_projector_and_serve_takes_one_for_one_model(tmp_path):
+    from kvllama.cli_model import engine_spec
+    from kvllama.serve_cli import add_serve_parser, server_config
+
+    (tmp_path / "models.toml").write_text('[models.eyes]\npath = "v.gguf"\nmmproj = "proj/v-mmproj.gguf"\n'
+                                          "[models.default]\n")
+    got = read_models_file(str(tmp_path / "models.toml"), NAMED)
+    assert got[0].options == {"mmproj": str((tmp_path / "proj" / "v-mmproj.gguf").resolve())}
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    with_file = parser.parse_args(["serve", "--models-file", str(tmp_path / "models.toml")])
+    assert server_config(with_file).max_body_bytes == 64 << 20  # media need room
+    one = parser.parse_args(["serve", "--mmproj", "/p/mm.gguf", "--max-media", "2",
+                             "--max-media-bytes", "1MB"])
+    assert engine_spec(one).options["mmproj"] == "/p/mm.gguf"
+    config = server_config(one)
+    assert config.media_limits.max_media == 2 and config.media_limits.max_bytes == 1 << 20
+    assert server_config(parser.parse_args(["serve"])).max_body_bytes == 4 << 20
+    with pytest.raises(SystemExit, match="models file"):
+        two = ["--model", "default", "--model", "smollm2"]
+        engine_spec(parser.parse_args(["serve", *two, "--mmproj", "/p"]))

@@ -39,6 +39,12 @@ class MediaLimits:
     max_bytes: int = 20_000_000
     max_pixels: int = 50_000_000
 
+    def __post_init__(self) -> None:
+        for name in ("max_media", "max_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MediaLimits.{name} must be a positive integer, got {value!r}")
+
 
 @dataclass(frozen=True, eq=False)
 class Medium:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvllama.media.inputs import MediaLimits
+
 MIB = 1024 * 1024
 # Queued requests per model beyond which a server refuses new ones: a burst of
 # clients then hears "overloaded" at once instead of waiting without bound.
@@ -46,6 +48,8 @@ class ServerConfig:
     # with; None: the engine's own `thinking_key`, if it has one, else no check.
     # (Thinking and tool-call markers are per model, set when the engine loads it.)
     thinking_key: bytes | None = None
+    # Images and audio per request, bytes per medium, pixels per image (models with a projector).
+    media_limits: MediaLimits = field(default_factory=MediaLimits)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:

@@ -93,7 +93,8 @@ class MessagesRequest(_Conversation):
         check_thinking_signatures(edge.thinking_key, chat.messages)
         thinking = self.thinking.engine_params() if self.thinking is not None else {}
         return GenerationRequest.build(
-            chat=chat, max_tokens=edge.max_tokens(self.max_tokens), stop=self.stop_sequences,
+            chat=chat, media_limits=edge.config.media_limits, max_tokens=edge.max_tokens(self.max_tokens),
+            stop=self.stop_sequences,
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             grammar=self.grammar, cache_salt=self.cache_salt, session_id=edge.session(self.session_id),
             adapters=edge.adapters(self.lora), keep_alive=self.keep_alive, **thinking,

@@ -236,7 +236,9 @@ def show(info: ModelInfo) -> dict[str, Any]:
             f"{arch}.context_length": info.n_ctx_train, f"{arch}.block_count": info.n_layer,
             "kvllama.context_length": n_ctx_seq, "kvllama.chat_template_source": info.chat_template_source,
         },
-        "capabilities": list(CAPABILITIES),
+        # Ollama's names: "vision" for images, "audio" for audio (a model with a projector).
+        "capabilities": [*CAPABILITIES, *(("vision",) if "image" in info.modalities else ()),
+                         *(("audio",) if "audio" in info.modalities else ())],
         "modified_at": modified_at(info),
     }
 

@@ -1,7 +1,7 @@
 """Ollama's request bodies (pydantic), as its clients send them.
 
 Unknown fields and options are ignored, as Ollama ignores them; fields
-kvllama cannot honour (``suffix``, ``images``) are a 400 when set.
+kvllama cannot honour (``suffix``) are a 400 when set; ``images`` need a model with a projector.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kvllama.media.inputs import from_base64
+from kvllama.media.messages import MEDIA_MARKER
 from kvllama.request import ChatInput, GenerationRequest
 from kvllama.server.edge import Edge
 from kvllama.server.grammar import JSON_OBJECT_GRAMMAR, json_schema_grammar
@@ -63,7 +65,7 @@ class _Generation(_Body):
         # Ollama never refuses num_predict: the server's limit caps it, and <= 0 means "as many as allowed".
         max_tokens = limit if o.num_predict is None or o.num_predict <= 0 else min(o.num_predict, limit)
         return GenerationRequest.build(
-            prompt, chat=chat, max_tokens=max_tokens, stop=o.stop,
+            prompt, chat=chat, media_limits=edge.config.media_limits, max_tokens=max_tokens, stop=o.stop,
             seed=o.seed if o.seed is None or o.seed >= 0 else None,
             temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, min_p=o.min_p,
             repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
@@ -81,12 +83,6 @@ def _grammar(fmt: str | dict[str, Any] | None) -> str | None:
     return json_schema_grammar(fmt)
 
 
-def _refuse_images(value: list[str] | None) -> list[str] | None:
-    if value:
-        raise ValueError("images are not supported: kvllama serves text models")
-    return value
-
-
 class GenerateRequest(_Generation):
     prompt: str = ""
     system: str | None = None
@@ -95,17 +91,13 @@ class GenerateRequest(_Generation):
     context: list[int] | None = None
     raw: bool = False
     suffix: str | None = None
+    # Base64 images (models loaded with a projector): before the prompt's text, as Ollama puts them.
     images: list[str] | None = None
 
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, value: str | None) -> str | None:
         return refuse_suffix(value)
-
-    @field_validator("images")
-    @classmethod
-    def _no_images(cls, value: list[str] | None) -> list[str] | None:
-        return _refuse_images(value)
 
     def empty(self) -> bool:
         """No prompt: Ollama's way to load (or, with keep_alive 0, unload) a model."""
@@ -115,8 +107,14 @@ class GenerateRequest(_Generation):
         """One user turn through the template unless ``raw``; after ``context`` (reply tokens) if given."""
         context = tuple(self.context or ())
         if self.raw:
-            return self._build(edge, self.prompt, context=context)
-        chat = ChatInput.of([{"role": "user", "content": self.prompt}], system=self.system)
+            media = [from_base64(d, f"images[{i}]", kind="image", limits=edge.config.media_limits)
+                     for i, d in enumerate(self.images or ())]
+            prompt = self.prompt if MEDIA_MARKER in self.prompt else MEDIA_MARKER * len(media) + self.prompt
+            return self._build(edge, prompt, context=context, media=media)
+        user: dict[str, Any] = {"role": "user", "content": self.prompt}
+        if self.images:
+            user["images"] = self.images
+        chat = ChatInput.of([user], system=self.system)
         return self._build(edge, chat=chat, context=context)
 
 
@@ -137,11 +135,6 @@ class Message(_Body):
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
 
-    @field_validator("images")
-    @classmethod
-    def _no_images(cls, value: list[str] | None) -> list[str] | None:
-        return _refuse_images(value)
-
     def for_template(self) -> dict[str, Any]:
         """The message as templates (and the other API families) have it: OpenAI's tool_calls shape."""
         out: dict[str, Any] = {"role": self.role, "content": self.content or ""}
@@ -153,6 +146,8 @@ class Message(_Body):
             ]
         if self.tool_name is not None:
             out["name"] = self.tool_name
+        if self.images:
+            out["images"] = self.images  # taken out as media once, at the request's build
         return out
 
 

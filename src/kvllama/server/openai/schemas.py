@@ -128,7 +128,8 @@ class ChatCompletionRequest(_Sampling):
                                              default=edge.config.max_tokens_limit))
         options["grammar"] = _grammar(self.response_format, self.grammar)
         chat = ChatInput.of([m.model_dump(exclude_none=True) for m in self.messages], tools=self.tools)
-        return GenerationRequest.build(chat=chat, thinking=self.thinking,
+        return GenerationRequest.build(chat=chat, media_limits=edge.config.media_limits,
+                                       thinking=self.thinking,
                                        thinking_budget_tokens=self.thinking_budget_tokens,
                                        logprobs=self.engine_logprobs(), **options)
 
