@@ -113,6 +113,16 @@ def test_ollama_images_on_chat_and_generate(server):
         assert "vision" not in (client.show(TEXT_ONLY).capabilities or [])
 
 
+def test_anthropic_count_tokens_counts_the_image_positions(server):
+    url, engine = server
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png(9, 9, 4))}}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]
+    with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0) as claude:
+        counted = claude.messages.count_tokens(model=VISION, messages=messages)  # type: ignore[arg-type]
+    request = engine.resolve_request(VISION, GenerationRequest.build(chat=ChatInput.of(messages)))
+    assert counted.input_tokens == len(request.prompt or ()) > 64
+
+
 @pytest.mark.parametrize(("content", "words"), [
     ([{"type": "image_url", "image_url": {"url": data_url(png(8, 8, 1)[:30])}}], "truncated"),
     ([{"type": "image_url", "image_url": {"url": data_url(pixel_bomb_png())}}], "100000 x 100000"),

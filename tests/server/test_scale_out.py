@@ -24,9 +24,14 @@ import httpx
 import openai
 import pytest
 
+from kvllama.bench.media_samples import data_url, png
+from kvllama.bench.synthetic_projector import cached_multimodal_projector
+
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--n-threads", "1", "--n-seq-max", "4", "--n-ctx", "8192", "--log-level", "warning"]
+# With the synthetic projector: picture conversations go through the ingress too.
+FLAGS = ["--n-threads", "1", "--n-seq-max", "4", "--n-ctx", "8192", "--log-level", "warning",
+         "--mmproj", str(cached_multimodal_projector())]
 GROUPS = 2
 USERS_PER_GROUP = 2
 ROUNDS = 3
@@ -209,6 +214,34 @@ def test_sessions_stick_streams_work_and_errors_are_typed_through_the_ingress(re
     ended = httpx.request("DELETE", f"{replicated.url}/sessions/sticky-1", timeout=60)
     assert ended.status_code == 200 and ended.json()["deleted"] is True
     client.close()
+
+
+def test_a_picture_conversation_goes_through_the_ingress_and_stays_on_its_replica(replicated, single):
+    """The ingress tokenizes the media to route, the replica tokenizes them again (media chunks
+    are native handles of one process); turn 2 lands where turn 1 ran, reuses the image, and
+    both turns equal a single server's."""
+    def conversation(url: str) -> list[tuple[str, str, int]]:
+        out = []
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600) as client:
+            messages: list[dict] = [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png(48, 48, 77))}},
+                {"type": "text", "text": "What do you see in this photograph of a garden?"}]}]
+            for question in ("Which plant is the tallest one there?", ""):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="default", messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+                reply = raw.parse()
+                text = reply.choices[0].message.content or ""
+                details = reply.usage.prompt_tokens_details if reply.usage else None
+                out.append((text, raw.headers.get("x-kvllama-replica", ""),
+                            (details.cached_tokens or 0) if details else 0))
+                messages = [*messages, {"role": "assistant", "content": text},
+                            {"role": "user", "content": question}]
+        return out
+
+    routed, alone = conversation(replicated.url), conversation(single.url)
+    assert [t[0] for t in routed] == [t[0] for t in alone]
+    assert routed[0][1] and routed[1][1] == routed[0][1]
+    assert routed[1][2] > 64  # the image's 64 positions (and the text before them) were reused
 
 
 def _sample(metrics: str, name: str) -> float:

@@ -39,6 +39,11 @@ class NativeChunk:
     def __del__(self) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # A pointer into this process's heap: another process would free garbage. Send the request's
+        # media instead (kvllama.ray sends a request with media unresolved; the replica resolves it).
+        raise TypeError("a tokenized medium cannot leave its process; send the request's media instead")
+
 
 @dataclass(frozen=True)
 class Chunk:

@@ -106,7 +106,9 @@ class ReplicatedEngine(Engine):
             session_id=resolved.options.session_id, own_adapters=resolved.adapters is not None,
             route_id=uuid.uuid4().hex,
         )
-        response = self._replicas.generate.options(stream=True).remote(route, model_id, resolved)
+        # Media chunks live in this process (native handles): the replica tokenizes them again.
+        sent = request if resolved.media else resolved
+        response = self._replicas.generate.options(stream=True).remote(route, model_id, sent)
         first = await anext(aiter(response))
         if isinstance(first, Refused):
             raise first.error

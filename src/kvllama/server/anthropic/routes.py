@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from kvllama.request import GenerationRequest
 from kvllama.server.anthropic import rendering as anthropic_rendering
 from kvllama.server.anthropic.rendering import AnthropicStreamWriter
 from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
@@ -45,5 +46,9 @@ async def count_tokens(request: Request) -> Response:
     state = state_of(request)
     body = validate(CountTokensRequest, await read_json(request))
     _, model_id = state.resolve(body.model)
+    request = GenerationRequest.build(chat=body.chat(), media_limits=state.config.media_limits)
+    if request.media:  # images and audio count as the positions they take (the projector says how many)
+        resolved = await run_in_threadpool(state.engine.resolve_request, model_id, request)
+        return JSONResponse({"input_tokens": len(resolved.prompt or ())})
     prompt = await run_in_threadpool(state.engine.chat_prompt, model_id, body.chat())
     return JSONResponse({"input_tokens": len(prompt.tokens)})
