@@ -197,3 +197,39 @@ def test_an_image_ending_a_turn_leaves_a_short_tail_that_the_next_turn_recompute
     second = warm.chat(M, turn2, max_tokens=16, **sampling)
     assert second.cache_delta.read == end
     assert second.generated_tokens == cold.chat(M, turn2, max_tokens=16, **sampling).generated_tokens
+
+
+def test_a_sticky_session_and_a_parent_row_resume_a_picture_conversation(warm, cold):
+    turn1 = image_turn("Which season does this landscape show, do you think?", png(56, 56, 71))
+    first = warm.chat(M, turn1, max_tokens=8, temperature=0, session_id="pictures")
+    turn2 = [*turn1, {"role": "assistant", "content": first.reply},
+             {"role": "user", "content": "What would you wear to walk there today?"}]
+    _, end = span_end(warm, turn2)
+    expected = cold.chat(M, turn2, max_tokens=12, temperature=0).generated_tokens
+    sticky = warm.chat(M, turn2, max_tokens=12, temperature=0, session_id="pictures")
+    assert sticky.cache_hit_kind == "sticky" and sticky.cache_delta.read >= end
+    assert sticky.generated_tokens == expected
+    assert warm.end_session("pictures")
+    by_parent = warm.chat(M, turn2, max_tokens=12, temperature=0, parent_key=first.finish_key)
+    assert by_parent.cache_delta.read >= end and by_parent.generated_tokens == expected
+
+
+def test_the_same_image_under_another_projector_is_a_miss(tmp_path):
+    """The projector's fingerprint is in the key root: rows on disk survive a restart, but only
+    under the projector that computed them."""
+    from kvllama import CacheConfig
+    from kvllama.bench.synthetic_projector import cached_image_projector
+
+    cache = CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=tmp_path)
+    turn1 = image_turn("Tell me about the building in this picture.", png(40, 40, 81))
+    with kvllama.Engine(cache=cache) as eng:
+        eng.load_model(M, mmproj=str(cached_multimodal_projector()), keep_finished=False, **OPTIONS)
+        first = eng.chat(M, turn1, max_tokens=6, temperature=0)
+    turn2 = [*turn1, {"role": "assistant", "content": first.reply},
+             {"role": "user", "content": "How old could it be, roughly speaking?"}]
+    for projector, warm_start in ((cached_image_projector(), False), (cached_multimodal_projector(), True)):
+        with kvllama.Engine(cache=cache) as eng:
+            eng.load_model(M, mmproj=str(projector), keep_finished=False, **OPTIONS)
+            _, end = span_end(eng, turn2)
+            read = eng.chat(M, turn2, max_tokens=4, temperature=0).cache_delta.read
+            assert (read >= end) is warm_start, (projector, read, end)

@@ -115,7 +115,8 @@ def test_ollama_images_on_chat_and_generate(server):
 
 def test_anthropic_count_tokens_counts_the_image_positions(server):
     url, engine = server
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png(9, 9, 4))}}
+    source = {"type": "base64", "media_type": "image/png", "data": b64(png(9, 9, 4))}
+    image = {"type": "image", "source": source}
     messages = [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]
     with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0) as claude:
         counted = claude.messages.count_tokens(model=VISION, messages=messages)  # type: ignore[arg-type]
