@@ -87,13 +87,18 @@ def write_lora(
         lora_b = rng.standard_normal((n_out, rank), dtype=np.float32) * np.float32(std)
         writer.add_tensor(f"{name}.lora_a", lora_a)  # ggml ne = [n_in, rank]
         writer.add_tensor(f"{name}.lora_b", lora_b)  # ggml ne = [rank, n_out]
+    write_and_close(writer)
+    return out_path
+
+
+def write_and_close(writer: gguf.GGUFWriter) -> None:
+    """Header, metadata and tensors to the writer's file; the file is closed even if a write fails."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    return out_path
 
 
 def adapted_weights(base: BaseModelInfo, targets: tuple[str, ...]) -> list[str]:

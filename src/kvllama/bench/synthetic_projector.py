@@ -61,6 +61,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from kvllama.bench.synthetic_lora import write_and_close
 from kvllama.bench.tiny_model import cached_model
 
 # Bump when a recipe changes, so cached copies are rewritten.
@@ -208,12 +209,7 @@ def write_parts(path: str | Path, name: str, modalities: list[Parts]) -> Path:
                 _add_key(writer, key, value)
             for tensor_name, array in parts.tensors:
                 writer.add_tensor(tensor_name, array)
-        try:
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        write_and_close(writer)
         os.replace(partial, out)
     return out
 

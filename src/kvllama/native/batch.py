@@ -42,17 +42,17 @@ class NativeBatch:
         self.close()
 
 
-class EmbeddingBatch:
+class EmbeddingBatch(NativeBatch):
     """A ``llama_batch`` of embedding rows (a medium's positions) for one sequence."""
 
     def __init__(self, rows: object, start: int, seq_id: int, want_last: bool) -> None:
         import numpy as np
 
-        lib = llama()
-        self._lib = lib
+        self._lib = llama()
         data = np.ascontiguousarray(rows, dtype=np.float32)
         n, n_embd = data.shape
-        self.struct = lib.llama_batch_init(n, n_embd, 1)
+        self.capacity = n
+        self.struct = self._lib.llama_batch_init(n, n_embd, 1)
         b = self.struct
         ctypes.memmove(b.embd, data.ctypes.data, data.nbytes)
         for i in range(n):
@@ -62,10 +62,5 @@ class EmbeddingBatch:
             b.logits[i] = want_last and i == n - 1
         b.n_tokens = n
 
-    def close(self) -> None:
-        struct, self.struct = getattr(self, "struct", None), None
-        if struct is not None:
-            self._lib.llama_batch_free(struct)
-
-    def __del__(self) -> None:
-        self.close()
+    def fill(self, rows: Sequence[BatchRow]) -> None:
+        raise TypeError("an embedding batch is filled once, from its rows, when it is made")
