@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kvllama.bench.media import add_bench_media_parser
@@ -22,6 +23,7 @@ from kvllama.cache_cli import register as register_cache_command
 from kvllama.cli_model import MODEL_FLAGS, MODEL_ID, add_model_flags, load, pick
 from kvllama.errors import KvllamaError
 from kvllama.events import DoneEvent, TextEvent
+from kvllama.media.messages import MEDIA_MARKER
 from kvllama.scale_cli import add_bench_route_parser
 from kvllama.serve_cli import add_serve_parser
 
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_sampling_flags(complete)
     add_cache_flags(complete)
     complete.add_argument("--stats", action="store_true", help="print timing stats to stderr")
+    complete.add_argument("--media", action="append", default=None, metavar="FILE",
+                          help="an image or audio file for the prompt (repeatable; needs --mmproj): at the "
+                               "prompt's <__media__> markers, else before its text")
     complete.set_defaults(func=_cmd_complete)
 
     models = sub.add_parser("models", help="load a model (default: the embedded one) and show its info")
@@ -183,6 +188,10 @@ def _cmd_complete(args: argparse.Namespace) -> int:
     if args.grammar_file:
         with open(args.grammar_file, encoding="utf-8") as f:
             params["grammar"] = f.read()
+    if args.media:
+        params["media"] = [Path(f).read_bytes() for f in args.media]
+        if MEDIA_MARKER not in prompt:
+            prompt = MEDIA_MARKER * len(args.media) + prompt
     with load(args) as engine:
         stream = engine.infer(MODEL_ID, prompt, **params)
         done: DoneEvent | None = None

@@ -117,3 +117,21 @@ def test_bench_spec_prints_both_sides_and_the_same_tokens():
     copy = next(line for line in lines if line.startswith("copy, 1 stream"))
     assert copy.split()[-2] == "yes" and "/" in copy.split()[-1]  # accepted/drafted
     assert any(line.startswith("throughput, 2 streams") and " yes " in line for line in lines)
+
+
+def test_complete_takes_media_files_with_a_projector(tmp_path):
+    from kvllama.bench.media_samples import png
+    from kvllama.bench.synthetic_projector import cached_multimodal_projector
+
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(png(20, 20, 1))
+    second.write_bytes(png(20, 20, 2))
+    base = ("complete", "--max-tokens", "8", "--temperature", "0", "--no-cache",
+            "--mmproj", str(cached_multimodal_projector()))
+    a = run(*base, "--media", str(first), "--stats", "A photograph of")
+    b = run(*base, "--media", str(second), "A photograph of")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    n_prompt = int(a.stderr.split("prompt ", 1)[1].split(" tok", 1)[0])
+    assert n_prompt > 64 and a.stdout != b.stdout  # the image's 64 positions are in the prompt, and matter
+    bad = run("complete", "--max-tokens", "2", "--media", str(first), "x")
+    assert bad.returncode != 0 and "without a projector" in bad.stderr

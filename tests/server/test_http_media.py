@@ -136,6 +136,7 @@ def test_bad_media_get_a_400_naming_the_problem(server, content, words):
     body = {"model": VISION, "max_tokens": 2, "messages": [{"role": "user", "content": content}]}
     r = httpx.post(f"{url}/v1/chat/completions", timeout=10, json=body)
     assert r.status_code == 400, r.text
+    assert r.elapsed.total_seconds() < 1.0  # refused from headers and counts, nothing decoded at length
     error = r.json()["error"]
     assert error["code"] == "invalid_media" and words in error["message"]
 

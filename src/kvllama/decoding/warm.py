@@ -361,7 +361,7 @@ class WarmStart:
         copy is cut back to it first, which leaves less than a block more to
         prefill.
         """
-        point = self.grid_point(r.n_computed)
+        point = self.cut_point(r, r.n_computed)
         if point < self.policy.min_tokens or r.seq_id is None:
             return
         tenant = r.options.kv_tenant
