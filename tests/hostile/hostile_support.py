@@ -112,6 +112,7 @@ class ServerProcess:
             "--ram-bytes", "256M", "--shm-bytes", "64M", "--log-level", "warning",
             # Images and audio go through the real projector path (a synthetic projector).
             "--mmproj", str(cached_multimodal_projector()), "--max-media-bytes", str(MAX_MEDIA_BYTES),
+            "--max-body-bytes", str(4 << 20),  # the text-only default, which the huge-body cases probe
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it; closed below)
         log.write(f"\n==== start {self.starts}: {' '.join(cmd)}\n".encode())
