@@ -322,6 +322,13 @@ class Engine:
         """The default scale for requests submitted from now on (0: left out)."""
         self.adapters.set_scale(model_id, adapter_id, scale)
 
+    def tool_call_markers(self, model_id: str) -> dict[str, str] | None:
+        """The strings around the model's tool calls (its ``markers``: start, end, and an optional
+        payload pair), or None: a grammar that forces a call (``tool_choice``) writes them."""
+        with self.models.use(model_id) as model:
+            markers = model.loop.markers
+            return dict(markers.tool_call) if markers is not None and markers.tool_call else None
+
     def list_adapters(self, model_id: str) -> list[dict[str, Any]]:
         return self.adapters.list(model_id)
 

@@ -28,6 +28,7 @@ from kvllama.server.middleware import GuardMiddleware, MetricsMiddleware
 from kvllama.server.ollama import routes as ollama_routes
 from kvllama.server.openai import routes as openai_routes
 from kvllama.server.openapi import publish_request_bodies
+from kvllama.server.responses import routes as responses_routes
 from kvllama.server.state import ServerState, state_of
 
 
@@ -39,6 +40,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.state.kvllama = state
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(ollama_routes.router)
     app.include_router(lora.router)
@@ -52,7 +54,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Added last = outermost: the metrics middleware also counts the guard's 401s and 413s.
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
-    routes = [*openai_routes.router.routes, *anthropic_routes.router.routes, *admin_routes.router.routes,
+    routes = [*openai_routes.router.routes, *anthropic_routes.router.routes, *responses_routes.router.routes,
+              *admin_routes.router.routes,
               *ollama_routes.router.routes, *lora.router.routes, *app.routes]
     paths = frozenset(p for r in routes if "{" not in (p := getattr(r, "path", None) or "{"))
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, paths=paths)

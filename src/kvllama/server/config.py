@@ -50,6 +50,11 @@ class ServerConfig:
     thinking_key: bytes | None = None
     # Images and audio per request, bytes per medium, pixels per image (models with a projector).
     media_limits: MediaLimits = field(default_factory=MediaLimits)
+    # Stored Responses-API responses: how many and for how long (seconds); where (None: beside the
+    # KV cache's disk tier if the engine has one, so they survive a restart, else in memory).
+    responses_max_count: int = 10_000
+    responses_max_age: float = 30 * 24 * 3600.0
+    responses_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from kvllama.server.anthropic.schemas import CountTokensRequest, MessagesRequest
 from kvllama.server.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from kvllama.server.responses.schemas import ResponsesRequest
 
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -24,6 +25,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "/v1/embeddings": EmbeddingRequest,
     "/v1/messages": MessagesRequest,
     "/v1/messages/count_tokens": CountTokensRequest,
+    "/v1/responses": ResponsesRequest,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.requests import Request
 
@@ -14,6 +15,7 @@ from kvllama.models.loaded import ModelInfo
 from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError
 from kvllama.server.metrics import ServerMetrics
+from kvllama.server.responses.store import ResponseStore
 
 
 @dataclass
@@ -22,9 +24,18 @@ class ServerState:
     config: ServerConfig
     metrics: ServerMetrics = field(init=False)
     started_at: float = field(default_factory=time.time)
+    # Stored Responses-API responses (kvllama.server.responses).
+    responses: ResponseStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine, self.served, self.config.cache_metrics_provider)
+        c = self.config
+        directory = c.responses_dir
+        cache = self.engine.cache
+        if directory is None and cache is not None and cache.config.disk_dir is not None:
+            directory = str(Path(cache.config.disk_dir) / "responses")
+        self.responses = ResponseStore(directory, max_count=c.responses_max_count,
+                                       max_age=c.responses_max_age)
 
     def served(self) -> dict[str, str]:
         """Served name -> engine model id (the config's mapping, else every model the engine knows,
