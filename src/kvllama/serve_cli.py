@@ -17,6 +17,7 @@ from kvllama.cache_cli import add_cache_flags, parse_bytes
 from kvllama.cli_model import MODEL_ID, add_model_flags, catalog, load
 from kvllama.media.inputs import MediaLimits
 from kvllama.models.default import default_model_path
+from kvllama.request.options import parse_keep_alive
 from kvllama.scale_cli import serve_replicas
 from kvllama.server.config import DEFAULT_MAX_QUEUE
 
@@ -39,6 +40,11 @@ def add_serve_parser(sub: Any) -> None:
                    help="images and audio clips per request (default %(default)s)")
     g.add_argument("--max-media-bytes", type=parse_bytes, default=MediaLimits.max_bytes, metavar="BYTES",
                    help="bytes per image or audio clip (default 20MB)")
+    g.add_argument("--responses-max", type=int, default=10_000, metavar="N",
+                   help="stored Responses-API responses kept (the oldest go first; default %(default)s)")
+    g.add_argument("--responses-ttl", default="720h", metavar="DURATION",
+                   help="how long a stored response is kept (default 720h, 30 days; kept beside the "
+                        "disk tier's rows when there is one, so they survive a restart)")
     g.add_argument("--max-image-pixels", type=int, default=MediaLimits.max_pixels, metavar="N",
                    help="pixels per image, read from its header before decoding (default 50,000,000)")
     g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
@@ -83,12 +89,17 @@ def server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
     names = _served_names(args)
     limits = MediaLimits(max_media=args.max_media, max_bytes=args.max_media_bytes,
                          max_pixels=args.max_image_pixels)
+    ttl = parse_keep_alive(args.responses_ttl)
+    if ttl <= 0 or args.responses_max < 1:
+        raise SystemExit("--responses-ttl must be a positive duration and --responses-max at least 1")
     body = args.max_body_bytes
     if body is None:
         with_media = getattr(args, "mmproj", None) or any(m.options.get("mmproj") for m in catalog(args))
         body = (64 if with_media else 4) * 1024 * 1024
     return ServerConfig(models=names, default_model=next(iter(names)), api_key=args.api_key,
                         max_tokens_limit=args.max_tokens_limit, max_body_bytes=body, media_limits=limits,
+                        responses_max_count=args.responses_max,
+                        responses_max_age=ttl,
                         max_queue=None if args.max_queue < 0 else args.max_queue,
                         cache_metrics_provider=cache_metrics)
 

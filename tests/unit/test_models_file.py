@@ -77,6 +77,10 @@ def test_a_models_file_gives_a_model_its_projector_and_serve_takes_one_for_one_m
     assert engine_spec(one).options["mmproj"] == "/p/mm.gguf"
     config = server_config(one)
     assert config.media_limits.max_media == 2 and config.media_limits.max_bytes == 1 << 20
+    kept = server_config(parser.parse_args(["serve", "--responses-max", "5", "--responses-ttl", "2h"]))
+    assert (kept.responses_max_count, kept.responses_max_age) == (5, 7200.0)
+    with pytest.raises(SystemExit, match="responses-ttl"):
+        server_config(parser.parse_args(["serve", "--responses-ttl=-1s"]))
     assert server_config(parser.parse_args(["serve"])).max_body_bytes == 4 << 20
     with pytest.raises(SystemExit, match="models file"):
         two = ["--model", "default", "--model", "smollm2"]

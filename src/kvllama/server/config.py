@@ -63,6 +63,8 @@ class ServerConfig:
             raise ValueError("max_tokens_limit must be positive")
         if self.max_queue is not None and self.max_queue < 0:
             raise ValueError("max_queue must be >= 0 or None")
+        if self.responses_max_count < 1 or not self.responses_max_age > 0:
+            raise ValueError("responses_max_count must be >= 1 and responses_max_age positive seconds")
         if self.thinking_key is not None and not isinstance(self.thinking_key, bytes):
             raise ValueError("thinking_key must be bytes")
         if self.default_model is not None and self.models and self.default_model not in self.models:
