@@ -74,6 +74,14 @@ def test_openai_image_conversation_stays_warm_and_exact(oai, server, cold):
     assert second.choices[0].message.content == expected
 
 
+def test_a_responses_input_image_is_answered(oai):
+    content = [{"type": "input_image", "image_url": data_url(png(30, 30, 6))},
+               {"type": "input_text", "text": "What is in this image?"}]
+    r = oai.responses.create(model=VISION, input=[{"role": "user", "content": content}],  # type: ignore[typeddict-item,list-item]
+                             max_output_tokens=6, temperature=0)
+    assert r.status in ("completed", "incomplete") and r.usage is not None and r.usage.input_tokens > 64
+
+
 def test_openai_audio_part_is_answered(oai):
     clip = wav(1.0, 5)
     content = [{"type": "input_audio", "input_audio": {"data": b64(clip), "format": "wav"}},

@@ -199,3 +199,38 @@ def test_stored_responses_survive_a_restart(tmp_path: Path):
                                                 max_output_tokens=4)
                     assert follow.previous_response_id == rid
             app.state.kvllama.responses.close()
+
+
+THINK = r'root ::= "<think>" " The user wants a colour." "</think>" " Blue."'
+
+
+def test_thinking_comes_back_as_a_reasoning_item(client, served):
+    r = client.responses.create(model=AGENT, input="Pick a colour.", max_output_tokens=40, temperature=0,
+                                extra_body={"grammar": THINK})
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert r.output[0].content[0].text.strip() == "The user wants a colour."  # type: ignore[union-attr]
+    assert r.output_text.strip() == "Blue."
+    body = {"model": AGENT, "input": "Pick a colour.", "max_output_tokens": 40, "temperature": 0,
+            "grammar": THINK, "stream": True}
+    events = [json.loads(d) for _n, d in parse_frames(httpx.post(f"{served.url}/v1/responses", json=body,
+                                                                  timeout=60).text)]
+    kinds = [e["type"] for e in events]
+    assert "response.reasoning_text.delta" in kinds and "response.reasoning_text.done" in kinds
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+
+
+def test_responses_are_kept_beside_the_disk_tier(tmp_path):
+    from kvllama.backend.stub import StubBackend, StubConfig
+    from kvllama.kvcache import CacheConfig
+
+    engine = kvllama.Engine(cache=CacheConfig(ram_bytes=0, shm_dir=None, disk_dir=tmp_path),
+                            backend_factory=lambda _path, _opts: StubBackend(StubConfig()))
+    try:
+        store = create_app(engine, ServerConfig()).state.kvllama.responses
+        assert store.persistent and (tmp_path / "responses" / "responses.sqlite3").exists()
+        store.close()
+        memory = kvllama.Engine(cache=None, backend_factory=lambda _path, _opts: StubBackend(StubConfig()))
+        assert not create_app(memory, ServerConfig()).state.kvllama.responses.persistent
+        memory.close()
+    finally:
+        engine.close()
