@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from kvllama.api.engine import Engine
@@ -16,6 +18,7 @@ from kvllama.server.config import ServerConfig
 from kvllama.server.errors import ApiError
 from kvllama.server.metrics import ServerMetrics
 from kvllama.server.responses.store import ResponseStore
+from kvllama.server.schemas_common import read_json, validate
 
 
 @dataclass
@@ -89,3 +92,15 @@ class ServerState:
 
 def state_of(request: Request) -> ServerState:
     return request.app.state.kvllama  # type: ignore[no-any-return]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def routed_body(request: Request, schema: type[M]) -> tuple[ServerState, M, str, str]:
+    """A generation route's start: the server state, the validated body, and the (served name,
+    engine id) of the model the body names."""
+    state = state_of(request)
+    body = validate(schema, await read_json(request))
+    name, model_id = state.resolve(getattr(body, "model", None))
+    return state, body, name, model_id

@@ -17,7 +17,7 @@ from kvllama.server.edge import Edge
 from kvllama.server.generation import complete, first_event, start, stream_frames
 from kvllama.server.schemas_common import read_json, validate
 from kvllama.server.sse import sse_response
-from kvllama.server.state import state_of
+from kvllama.server.state import routed_body, state_of
 
 router = APIRouter()
 
@@ -25,9 +25,7 @@ router = APIRouter()
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
     started = time.perf_counter()
-    state = state_of(request)
-    body = validate(MessagesRequest, await read_json(request))
-    name, model_id = state.resolve(body.model)
+    state, body, name, model_id = await routed_body(request, MessagesRequest)
     generation = body.to_request(Edge.of(request, state, model_id))
     client_stops, max_tokens = list(body.stop_sequences or []), generation.sampling.max_tokens
     gen = await start(state, name, model_id, generation, started)

@@ -27,7 +27,7 @@ from kvllama.server.openai.schemas import (
 )
 from kvllama.server.schemas_common import read_json, validate
 from kvllama.server.sse import sse_response
-from kvllama.server.state import ServerState, state_of
+from kvllama.server.state import ServerState, routed_body, state_of
 
 router = APIRouter()
 
@@ -46,9 +46,7 @@ async def _serve(
     request: Request, schema: type[ChatCompletionRequest | CompletionRequest], kind: Kind
 ) -> Response:
     started = time.perf_counter()
-    state = state_of(request)
-    body = validate(schema, await read_json(request))
-    name, model_id = state.resolve(body.model)
+    state, body, name, model_id = await routed_body(request, schema)
     generation = body.to_request(Edge.of(request, state, model_id))
     return await _generate(request, state, kind, (name, model_id), generation, body, started)
 

@@ -23,9 +23,8 @@ from kvllama.server.responses.rendering import Context, ItemIds, ResponsesStream
 from kvllama.server.responses.schemas import ResponsesRequest
 from kvllama.server.responses.store import ResponseStore, StoredResponse
 from kvllama.server.responses.turns import Turn, build_turn, transcript_of
-from kvllama.server.schemas_common import read_json, validate
 from kvllama.server.sse import sse_response
-from kvllama.server.state import ServerState, state_of
+from kvllama.server.state import ServerState, routed_body, state_of
 
 router = APIRouter()
 _ECHOED = ("instructions", "max_output_tokens", "metadata", "previous_response_id", "temperature", "top_p",
@@ -35,9 +34,7 @@ _ECHOED = ("instructions", "max_output_tokens", "metadata", "previous_response_i
 @router.post("/v1/responses")
 async def create(request: Request) -> Response:
     started = time.perf_counter()
-    state = state_of(request)
-    body = validate(ResponsesRequest, await read_json(request))
-    name, model_id = state.resolve(body.model)
+    state, body, name, model_id = await routed_body(request, ResponsesRequest)
     store = responses_store(state)
     previous = None
     if body.previous_response_id is not None:
