@@ -41,6 +41,9 @@ class Stats:
     # Speculative decoding: draft tokens computed, and those accepted.
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    # Times a request of higher priority parked this one, and the seconds it spent parked.
+    preemptions: int = 0
+    preempted_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ def add_serve_parser(sub: Any) -> None:
     g.add_argument("--responses-ttl", default="720h", metavar="DURATION",
                    help="how long a stored response is kept (default 720h, 30 days; kept beside the "
                         "disk tier's rows when there is one, so they survive a restart)")
+    g.add_argument("--priority-header", default=None, metavar="NAME",
+                   help="a header a trusted proxy sets to give a request its priority (lower runs "
+                        "sooner; it wins over the body's priority field)")
     g.add_argument("--max-image-pixels", type=int, default=MediaLimits.max_pixels, metavar="N",
                    help="pixels per image, read from its header before decoding (default 50,000,000)")
     g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
@@ -99,7 +102,7 @@ def server_config(args: argparse.Namespace, cache_metrics: Any = None) -> Any:
     return ServerConfig(models=names, default_model=next(iter(names)), api_key=args.api_key,
                         max_tokens_limit=args.max_tokens_limit, max_body_bytes=body, media_limits=limits,
                         responses_max_count=args.responses_max,
-                        responses_max_age=ttl,
+                        responses_max_age=ttl, priority_header=args.priority_header,
                         max_queue=None if args.max_queue < 0 else args.max_queue,
                         cache_metrics_provider=cache_metrics)
 

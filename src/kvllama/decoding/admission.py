@@ -19,10 +19,17 @@ from kvllama.decoding.live_sources import MIN_LIVE_SHARE, LiveSource, Tenant, be
 from kvllama.decoding.loop_state import LoopState
 from kvllama.decoding.markers import MarkerRouter
 from kvllama.decoding.media_steps import fit_warm_start
+from kvllama.decoding.preemption import park, unpark, victim
 from kvllama.decoding.request import AsyncioSink, CacheAccount, Request, Status
 from kvllama.decoding.sessions import Session, SessionKey
 from kvllama.decoding.slots import plan_moves
-from kvllama.errors import ContextOverflowError, NoFreeSlotError, SessionConflictError, UnknownSessionError
+from kvllama.errors import (
+    ContextLostError,
+    ContextOverflowError,
+    NoFreeSlotError,
+    SessionConflictError,
+    UnknownSessionError,
+)
 from kvllama.kvcache import SaveReason
 
 log = logging.getLogger("kvllama.decoding")
@@ -63,11 +70,33 @@ class Admission:
         deferred: list[Request] = []
         while self.state.waiting and len(self.state.running) + len(self.state.sessions.parked) < n_seq_max:
             r = self.state.waiting.popleft()
-            if self.state.warm is not None and self.state.warm.should_wait(r, self.state.running):
+            if r.parked is None and self.state.warm is not None and self.state.warm.should_wait(
+                    r, self.state.running):
                 deferred.append(r)
                 continue
             self._start(r)
         self.state.waiting.extendleft(reversed(deferred))
+        self._preempt_for_head()
+
+    def _preempt_for_head(self) -> None:
+        """Every slot runs a request and the queue's head outranks one of them: park that one
+        (decoding/preemption.py), and admit again."""
+        state = self.state
+        if not state.waiting or state.sessions.parked:
+            return  # idle sessions give their slots up first (sessions.to_release)
+        if len(state.running) < state.backend.shape.n_seq_max:
+            return
+        target = victim(state.running, state.waiting[0], state.backend)
+        if target is None:
+            return
+        try:
+            park(target, state.backend, state.running, state.waiting)
+        except Exception as exc:  # its state could not be read: it runs on instead
+            log.exception("parking request %s for a request of higher priority failed", target.id)
+            self.finisher.fail(target, exc)
+            state.running = [r for r in state.running if not r.done]
+            return
+        self.admit()
 
     def free_seq_id(self, spare: object = None) -> int:
         """The id the compact layout gives the next running request, else the lowest free one, else a
@@ -164,6 +193,9 @@ class Admission:
         session.seq_id = dst
 
     def _start(self, r: Request) -> None:
+        if r.parked is not None:
+            self._unpark(r)
+            return
         try:
             # Channels first: if they fail, a parked session stays untouched. (Samplers come
             # built with the request: api/preparation.py, off this thread.)
@@ -206,6 +238,17 @@ class Admission:
                                       "source": r.cache.source}
         self.state.status.count_reuse(r.cache.source, len(r.prompt), r.cache.read)
         r.status = Status.PREFILLING
+        self.state.running.append(r)
+
+    def _unpark(self, r: Request) -> None:
+        """A preempted request back in a slot, from its own state blob (decoding/preemption.py)."""
+        try:
+            if not unpark(r, self.free_seq_id(), self.state.backend):
+                raise ContextLostError("llama.cpp refused the state of a request parked for another "
+                                       "of higher priority")
+        except Exception as exc:
+            self.finisher.fail(r, exc)
+            return
         self.state.running.append(r)
 
     def _continue_prompt(self, r: Request) -> None:

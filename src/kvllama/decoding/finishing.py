@@ -143,5 +143,7 @@ class Finisher:
             tokens_per_second=(n - 1) / t.decode_seconds if t.decode_seconds > 0 else 0.0,
             drafted_tokens=r.drafted,
             accepted_tokens=r.accepted,
+            preemptions=r.timing.preemptions,
+            preempted_seconds=r.timing.preempted_seconds,
         )
 

@@ -27,6 +27,7 @@ from kvllama.decoding.finishing import Finisher
 from kvllama.decoding.kept import KeptSequences
 from kvllama.decoding.loop_state import LoopState, LoopStatus, Phase, typed_error
 from kvllama.decoding.markers import MarkerStrings
+from kvllama.decoding.preemption import enqueue
 from kvllama.decoding.request import Request
 from kvllama.decoding.sessions import SessionPolicy, SessionTable
 from kvllama.decoding.settling import ReplySettler
@@ -329,9 +330,10 @@ class ModelLoop:
         if item is _STOP:
             return False
         if isinstance(item, Request):
-            self.state.waiting.append(item)
+            enqueue(self.state.waiting, item)
         elif isinstance(item, list):
-            self.state.waiting.extend(item)
+            for r in item:
+                enqueue(self.state.waiting, r)
         elif isinstance(item, tuple):
             fn, future = item
             if future.set_running_or_notify_cancel():

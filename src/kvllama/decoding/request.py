@@ -128,12 +128,23 @@ class RequestSpec:
     layout: PromptLayout | None = None
 
 
+@dataclass(frozen=True)
+class ParkedState:
+    """A preempted request's KV state blob, and when it was parked."""
+
+    blob: bytes
+    since: float
+
+
 @dataclass
 class Timing:
     admitted_at: float | None = None
     first_token_at: float | None = None
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # Preemption (decoding/preemption.py): times parked, seconds parked, and since when now.
+    preemptions: int = 0
+    preempted_seconds: float = 0.0
 
 
 @dataclass
@@ -199,6 +210,8 @@ class Request:
     on_release: Callable[[], None] | None = None
     timing: Timing = field(default_factory=Timing)
     cache: CacheAccount = field(default_factory=CacheAccount)
+    # The sequence's state while a request of higher priority holds its slot (decoding/preemption.py).
+    parked: ParkedState | None = None
 
     @property
     def id(self) -> str:

@@ -47,6 +47,9 @@ class RequestOptions:
     # Seconds the model stays loaded after this request (Ollama's keep_alive: 0 unloads at
     # once, negative keeps it loaded); None: the model's default (api/residency.py).
     keep_alive: float | None = None
+    # Who goes first (vLLM's meaning: lower runs sooner; default 0): the queue is ordered by it, and
+    # a request that waits for a slot parks a running one of lower priority (decoding/preemption.py).
+    priority: int = 0
 
     @property
     def kv_tenant(self) -> tuple[str | None, AdapterSet]:
@@ -90,7 +93,15 @@ def take_options(params: dict[str, Any]) -> RequestOptions:
     return RequestOptions(cache_salt=salt, session_id=session_id, parent_key=parent_key,
                           save_points=save_points, continue_session=continue_session,
                           expect_session_tokens=expect,
-                          keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive))
+                          keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive),
+                          priority=check_priority(params.pop("priority", 0)))
+
+
+def check_priority(value: object) -> int:
+    """A priority: an integer in [-2**31, 2**31) (lower runs sooner)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise InvalidRequestError(f"priority must be an integer (lower runs sooner), got {value!r}")
+    return value
 
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")

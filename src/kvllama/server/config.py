@@ -55,6 +55,9 @@ class ServerConfig:
     responses_max_count: int = 10_000
     responses_max_age: float = 30 * 24 * 3600.0
     responses_dir: str | None = None
+    # A header a trusted proxy sets to give a request its priority (lower runs sooner); it wins
+    # over the body's ``priority`` field. None: only the body says.
+    priority_header: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:

@@ -36,13 +36,17 @@ class Edge:
     adapter_ids: Callable[[], list[str]] = _no_adapters
     # The key thinking blocks sent back must be signed with (None: nothing to check).
     thinking_key: bytes | None = None
+    # The priority header's value, when the server names one and the request carries it.
+    priority_header: str | None = None
 
     @classmethod
     def of(cls, request: Request, state: ServerState, model_id: str) -> Edge:
         def adapter_ids() -> list[str]:
             return [str(a["id"]) for a in state.engine.list_adapters(model_id)]
 
-        return cls(state.config, request.headers.get(SESSION_HEADER), adapter_ids, thinking_key(state))
+        header = state.config.priority_header
+        return cls(state.config, request.headers.get(SESSION_HEADER), adapter_ids, thinking_key(state),
+                   request.headers.get(header) if header else None)
 
     def max_tokens(self, value: int) -> int:
         """The client's token limit, within this server's."""
@@ -66,6 +70,16 @@ class Edge:
             raise ApiError(400, f"session_id in the body and the {SESSION_HEADER} header differ",
                            param="session_id")
         return body_session if body_session is not None else header
+
+    def priority(self, body_priority: int | None) -> int | None:
+        """The request's priority: the trusted proxy's header when set, else the body's field."""
+        if self.priority_header is None:
+            return body_priority
+        try:
+            return int(self.priority_header.strip())
+        except ValueError:
+            raise ApiError(400, f"the {self.config.priority_header} header must be an integer priority",
+                           param="priority") from None
 
     def adapters(self, refs: Sequence[LoraRef] | None) -> list[tuple[str, float]] | None:
         """A body's ``lora`` list as the request's adapter set (None: the model's defaults)."""

@@ -82,6 +82,8 @@ class MessagesRequest(_Conversation):
     cache_salt: CacheSalt | None = None
     session_id: SessionId | None = None
     lora: list[LoraRef] | None = None
+    # Extension (vLLM's meaning): lower runs sooner.
+    priority: int | None = None
     # Extensions (as on the OpenAI routes): a GBNF grammar constraining the reply, and how
     # long the model stays loaded after this request (Ollama's keep_alive).
     grammar: str | None = None
@@ -97,7 +99,8 @@ class MessagesRequest(_Conversation):
             stop=self.stop_sequences,
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
             grammar=self.grammar, cache_salt=self.cache_salt, session_id=edge.session(self.session_id),
-            adapters=edge.adapters(self.lora), keep_alive=self.keep_alive, **thinking,
+            adapters=edge.adapters(self.lora), keep_alive=self.keep_alive,
+            priority=edge.priority(self.priority), **thinking,
         )
 
 

@@ -50,6 +50,8 @@ class _Generation(_Body):
     # How long the model stays loaded after this request (seconds or a duration, "5m").
     keep_alive: float | str | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    # Extension (vLLM's meaning): lower runs sooner.
+    priority: int | None = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -71,7 +73,7 @@ class _Generation(_Body):
             repetition_penalty=o.repeat_penalty, penalty_last_n=o.repeat_last_n,
             frequency_penalty=o.frequency_penalty, presence_penalty=o.presence_penalty,
             grammar=_grammar(self.format), thinking=self.think if self.think is None else bool(self.think),
-            keep_alive=self.keep_alive, **extra,
+            keep_alive=self.keep_alive, priority=edge.priority(self.priority), **extra,
         )
 
 

@@ -72,6 +72,8 @@ class _Sampling(_Body):
     lora: list[LoraRef] | None = None
     # Extension (Ollama's meaning): how long the model stays loaded after this request.
     keep_alive: float | str | None = None
+    # vLLM's extension: lower runs sooner (default 0).
+    priority: int | None = None
 
     def _options(self, edge: Edge, max_tokens: int) -> dict[str, Any]:
         """The options both routes share, as GenerationRequest.build takes them (None: unset)."""
@@ -82,7 +84,7 @@ class _Sampling(_Body):
             presence_penalty=self.presence_penalty, logit_bias=self.logit_bias, min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos or None, grammar=self.grammar, cache_salt=self.cache_salt,
             session_id=edge.session(self.session_id), adapters=edge.adapters(self.lora),
-            keep_alive=self.keep_alive,
+            keep_alive=self.keep_alive, priority=edge.priority(self.priority),
         )
 
 

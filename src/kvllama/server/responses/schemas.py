@@ -71,6 +71,8 @@ class ResponsesRequest(_Body):
     cache_salt: CacheSalt | None = None
     lora: list[LoraRef] | None = None
     keep_alive: float | str | None = None
+    # vLLM's extension: lower runs sooner.
+    priority: int | None = None
 
     @field_validator("background")
     @classmethod

@@ -72,6 +72,7 @@ def _options(body: ResponsesRequest, edge: Edge, engine: Engine, model_id: str,
         seed=body.seed, top_k=body.top_k, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
         grammar=_grammar(body, engine, model_id, tools), cache_salt=body.cache_salt,
         adapters=edge.adapters(body.lora), keep_alive=body.keep_alive, thinking=body.thinking,
+        priority=edge.priority(body.priority),
     )
 
 
