@@ -63,3 +63,16 @@ def test_equal_priorities_never_preempt_and_priorities_are_checked(stub_engine):
     for bad in ("high", 1.5, True, 2**40):
         with pytest.raises(InvalidRequestError, match="priority"):
             engine.complete("s", "x", max_tokens=1, priority=bad)
+
+
+def test_a_trusted_proxy_header_sets_the_priority_over_the_body():
+    from kvllama.server import ServerConfig
+    from kvllama.server.edge import Edge
+    from kvllama.server.errors import ApiError
+
+    config = ServerConfig(priority_header="x-priority")
+    assert Edge(config, priority_header="-3").priority(7) == -3
+    assert Edge(config).priority(7) == 7 and Edge(ServerConfig()).priority(None) is None
+    with pytest.raises(ApiError) as bad:
+        Edge(config, priority_header="urgent").priority(0)
+    assert bad.value.status == 400 and bad.value.param == "priority"
