@@ -7,6 +7,7 @@ under another salt is a 404, like one that never existed.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from kvllama.server.sse import sse_response
 from kvllama.server.state import ServerState, routed_body, state_of
 
 router = APIRouter()
+log = logging.getLogger("kvllama.server")
 _ECHOED = ("instructions", "max_output_tokens", "metadata", "previous_response_id", "temperature", "top_p",
            "parallel_tool_calls", "store", "user")
 
@@ -48,8 +50,13 @@ async def create(request: Request) -> Response:
     gen = await start(state, name, model_id, turn.generation, started)
 
     def keep(response: dict[str, Any]) -> None:
-        if body.store:
+        """Store the finished response; a failure to store costs its continuation, never the reply."""
+        if not body.store:
+            return
+        try:
             _store(state, model_id, body, ctx, turn, gen, response)
+        except Exception:
+            log.exception("storing response %s failed; it cannot be continued", ctx.id)
 
     if not body.stream:
         result = await complete(request, gen)
