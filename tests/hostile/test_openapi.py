@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hostile_support import Hostile, answer_problem
+from hostile_support import MAX_TOKENS_LIMIT, Hostile, answer_problem
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
@@ -73,6 +73,7 @@ def test_every_post_route_publishes_its_request_body() -> None:
 def test_openapi_operation(case: Any, hostile: Hostile) -> None:
     server_process = hostile.server
     pid = hostile.pid
+    _bound_generation(case)
     response = case.call_and_validate(base_url=hostile.url, checks=[not_a_server_error])
     if not response.stream_cut_short and case.operation.path != "/metrics":  # Prometheus text
         problem = answer_problem(_as_httpx(response), None, response.elapsed, 30.0)
@@ -89,6 +90,22 @@ def test_openapi_operation(case: Any, hostile: Hostile) -> None:
 def test_openapi_after(hostile: Hostile) -> None:
     """After all the schemathesis cases: same process, healthy, same reference answer."""
     hostile.assert_survived()
+
+
+def _bound_generation(case: Any) -> None:
+    """Cap what a Responses case generates at 16 tokens.
+
+    Any string is a valid ``input``, so nearly every generated body is answered, each with up to
+    the server's 128 tokens (and a JSON-schema body samples through a grammar): the operation
+    alone took 398 s. The cap changes how long an answer is, never the body's shape or a
+    refusal (a count above the server's limit stays as generated: it must be a 400).
+    """
+    body = case.body
+    if case.operation.path != "/v1/responses" or not isinstance(body, dict):
+        return
+    n = body.get("max_output_tokens")
+    if n is None or (type(n) is int and 16 < n <= MAX_TOKENS_LIMIT):
+        body["max_output_tokens"] = 16
 
 
 def _as_httpx(response: Any) -> httpx.Response:
