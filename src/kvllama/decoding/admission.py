@@ -86,7 +86,10 @@ class Admission:
             return  # idle sessions give their slots up first (sessions.to_release)
         if len(state.running) < state.backend.shape.n_seq_max:
             return
-        target = victim(state.running, state.waiting[0], state.backend)
+        head = state.waiting[0]
+        if head.parked is None and state.warm is not None and state.warm.should_wait(head, state.running):
+            return  # it waits for a prefix being computed: a slot freed for it would go to another
+        target = victim(state.running, head, state.backend)
         if target is None:
             return
         try:
