@@ -100,7 +100,7 @@ class LlamaBackend:
             raise ModelFileNotFoundError(path)
         native = NativeProjector(path, self.model.handle, self.options.n_threads)
         min_rows = 2 if self.options.canonical_decode else 8  # ContextShape.min_chunk_rows
-        media = MediaPrompter(native, n_embd, min_rows, self.ctx.n_batch, self.options.n_ubatch)
+        media = MediaPrompter(native, n_embd, min_rows, self.options.n_ubatch)
         self._stack.callback(media.close)
         return media
 

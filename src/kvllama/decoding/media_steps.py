@@ -19,7 +19,7 @@ from dataclasses import replace
 from kvllama.backend.protocol import Backend
 from kvllama.decoding.finishing import Finisher
 from kvllama.decoding.loop_state import LoopState
-from kvllama.decoding.request import Request, resume_point
+from kvllama.decoding.request import Request, prompt_resume_point
 from kvllama.decoding.scheduler import Tick
 from kvllama.errors import DecodeError, KvllamaError
 from kvllama.media.layout import MediaSpan
@@ -35,6 +35,7 @@ class MediaSteps:
 
     def run(self, adapters: tuple[tuple[str, float], ...]) -> None:
         """Every running request of this tick's adapter set that stands at a span computes it."""
+        stepped = False
         for r in list(self.state.running):
             layout = r.spec.layout
             if (layout is None or r.done or r.cancel_requested or r.pending_token is not None
@@ -43,7 +44,9 @@ class MediaSteps:
             span = layout.span_starting(r.n_computed)
             if span is not None:
                 self._step(r, span, adapters)
-        self.state.running = [r for r in self.state.running if not r.done]
+                stepped = True
+        if stepped:
+            self.state.running = [r for r in self.state.running if not r.done]
 
     def _step(self, r: Request, span: MediaSpan, adapters: tuple[tuple[str, float], ...]) -> None:
         backend = self.state.backend
@@ -113,9 +116,7 @@ def fit_warm_start(r: Request, backend: Backend) -> None:
     layout = r.spec.layout
     if layout is None or r.n_computed <= 0 or r.seq_id is None:
         return
-    point, window = r.n_computed, backend.shape.swa_window
-    while (fitted := resume_point(layout.resume_point(point), window)) != point:
-        point = fitted
+    point = prompt_resume_point(layout, r.n_computed, backend.shape.swa_window)
     if point == r.n_computed:
         return
     if point == 0 or not backend.truncate_sequence(r.seq_id, point):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import itertools
 import queue
 import time
@@ -126,6 +127,14 @@ class RequestSpec:
     # Where the prompt's media are (None: text only); media positions are computed from
     # embeddings, and resumes follow the layout's rules (kvllama.media.layout).
     layout: PromptLayout | None = None
+
+    @functools.cached_property
+    def decode_ids(self) -> tuple[int, ...]:
+        """The prompt as the vocabulary ids a forward pass takes: a media prompt's tagged ids given
+        back (``~t``; kvllama.media.layout), computed once; a text prompt as it is."""
+        if self.layout is None:
+            return self.prompt
+        return tuple(t if t >= 0 else ~t for t in self.prompt)
 
 
 @dataclass(frozen=True)
@@ -264,4 +273,14 @@ def resume_point(n: int, swa_window: int) -> int:
     """
     if swa_window and n > swa_window:
         return n // RESUME_GRID * RESUME_GRID
+    return n
+
+
+def prompt_resume_point(layout: PromptLayout | None, n: int, swa_window: int) -> int:
+    """:func:`resume_point` for a prompt that may hold media: also on its layout's points
+    (kvllama.media.layout), lowered until both rules agree."""
+    if layout is None:
+        return resume_point(n, swa_window)
+    while (fitted := resume_point(layout.resume_point(n), swa_window)) != n:
+        n = fitted
     return n

@@ -28,7 +28,10 @@ class Runner:
         adapters = self._adapters_this_tick()
         self.state.tick_adapters = adapters
         shape = self.state.backend.shape
-        self.media.run(adapters)
+        # Prompts with media (kvllama.media): their spans first, and chunks that stop at them.
+        media = any(r.spec.layout is not None for r in self.state.running)
+        if media:
+            self.media.run(adapters)
         self._plan_draft()
         views = [
             SeqProgress(i, r.seq_id, prompt_end(r), self._progress(r), r.pending_token is not None,  # type: ignore[arg-type]
@@ -37,7 +40,8 @@ class Runner:
         ]
         tick = plan(views, shape.n_batch, self.state.chunk_size, self.state.align, shape.n_ubatch,
                     min_rows=shape.min_chunk_rows, decode_rows=2 if shape.canonical_decode else 1)
-        tick = sample_only_at_prompt_end(tick, self.state.running)
+        if media:
+            tick = sample_only_at_prompt_end(tick, self.state.running)
         if tick.slices:
             self.state.status.phase = Phase.PREFILLING if tick.prefilling else Phase.GENERATING
             seq_ids = {v.key: v.seq_id for v in views}
@@ -160,8 +164,7 @@ class Runner:
                 if s.count == 2 and self.state.backend.shape.canonical_decode:  # recompute the token before
                     self.state.backend.clear_sequence(seq, s.start)
                     before = s.start - len(r.prompt)
-                    token = r.prompt[s.start] if before < 0 else r.generated[before]
-                    token = token if token >= 0 else ~token  # a tagged id (kvllama.media.layout)
+                    token = r.spec.decode_ids[s.start] if before < 0 else r.generated[before]
                     rows.append((token, s.start, seq, False))
                 pending_at = s.start + s.count - 1 - len(r.draft)
                 rows.append((r.pending_token, pending_at, seq, True))  # type: ignore[arg-type]
@@ -169,9 +172,8 @@ class Runner:
                 r.pending_token = None
             else:
                 last = s.start + s.count - 1
-                prompt = r.prompt
-                # ``~t``: a short text segment's tagged id (kvllama.media.layout).
-                rows.extend((t if (t := prompt[p]) >= 0 else ~t, p, seq, s.sample and p == last)
+                prompt = r.spec.decode_ids
+                rows.extend((prompt[p], p, seq, s.sample and p == last)
                             for p in range(s.start, s.start + s.count))
             if s.sample:
                 samples.append((len(rows) - 1 - (len(r.draft) if s.decoding else 0), r))

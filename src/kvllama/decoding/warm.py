@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from kvllama.backend.protocol import Backend
 from kvllama.decoding.fresh_rows import FreshRow, FreshRows
 from kvllama.decoding.recent_prefixes import RecentPrefixes
-from kvllama.decoding.request import Request, resume_point
+from kvllama.decoding.request import Request, prompt_resume_point, resume_point
 from kvllama.decoding.scheduler import MIN_CHUNK_ROWS
 from kvllama.kvcache import CacheHit, KeyRoot, KvCache, SaveReason
 from kvllama.tokens import shared_prefix
@@ -174,10 +174,7 @@ class WarmStart:
         layout = r.spec.layout
         if layout is None:
             return self.grid_point(n)
-        window = self.backend.shape.swa_window
-        while (fitted := resume_point(layout.resume_point(n), window)) != n:
-            n = fitted
-        return n
+        return prompt_resume_point(layout, n, self.backend.shape.swa_window)
 
     def grid_point(self, n: int) -> int:
         """The longest save or cut point at most ``n`` tokens: on the boundary grid, then the resume grid."""

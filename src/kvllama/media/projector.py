@@ -29,12 +29,12 @@ _KINDS = {IMAGE: "image", AUDIO: "audio"}
 class MediaPrompter:
     """One per model with a projector (owned by its backend)."""
 
-    def __init__(self, native: NativeProjector, n_embd: int, min_rows: int, n_batch: int, n_ubatch: int,
+    def __init__(self, native: NativeProjector, n_embd: int, min_rows: int, n_ubatch: int,
                  memo_bytes: int = EMBEDDING_MEMO_BYTES) -> None:
         self.native = native
         self.n_embd = n_embd
         self.min_rows = min_rows
-        self._n_batch, self._n_ubatch = n_batch, n_ubatch
+        self._n_ubatch = n_ubatch
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._memo_bytes, self._memo_limit = 0, memo_bytes
         self._mu = threading.Lock()
