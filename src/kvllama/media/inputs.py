@@ -109,11 +109,18 @@ def from_url(url: object, where: str, *, kind: str | None = None,
     match = _DATA_URL.fullmatch(url.strip())
     if match is None:
         raise InvalidMediaError(f"{where} must be a data URL (data:<type>;base64,<data>)")
-    mime = (match.group(1) or "").lower()
-    declared = _MIME.get(mime) if mime else None
-    if mime and declared is None:
-        raise InvalidMediaError(f"{where}: media type {mime!r} is not one this server decodes")
+    mime = match.group(1)
+    declared = declared_format(mime, where) if mime else None
     return from_base64(match.group(3), where, declared=declared, kind=kind, limits=limits)
+
+
+def declared_format(mime: object, where: str) -> str:
+    """The format a MIME type names (``image/png`` -> ``png``); one this server does not decode is refused."""
+    fmt = _MIME.get(mime.lower()) if isinstance(mime, str) else None
+    if fmt is None:
+        raise InvalidMediaError(f"{where}: media type {mime!r} is not one this server decodes "
+                                f"(images: {', '.join(IMAGE_FORMATS)}; audio: {', '.join(AUDIO_FORMATS)})")
+    return fmt
 
 
 def format_name(name: object, where: str) -> str:

@@ -15,11 +15,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvllama.errors import InvalidMediaError
-from kvllama.media.inputs import MediaLimits, Medium, check_count, format_name, from_base64, from_url
+from kvllama.media.inputs import (
+    MediaLimits,
+    Medium,
+    check_count,
+    declared_format,
+    format_name,
+    from_base64,
+    from_url,
+)
 
 # llama.cpp's mtmd marker (mtmd_default_marker()): where a medium goes in the prompt text.
 MEDIA_MARKER = "<__media__>"
-_ANTHROPIC_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 
 def extract_media(messages: Sequence[Mapping[str, Any]], limits: MediaLimits
@@ -84,8 +91,5 @@ def _anthropic_image(source: Any, where: str, limits: MediaLimits) -> Medium:
         return from_url(source.get("url"), f"{where}.url", kind="image", limits=limits)
     if source.get("type") != "base64":
         raise InvalidMediaError(f"{where}.type must be 'base64' (or 'url' with a data URL)")
-    mime = source.get("media_type")
-    declared = _ANTHROPIC_TYPES.get(mime) if isinstance(mime, str) else None
-    if declared is None:
-        raise InvalidMediaError(f"{where}.media_type must be one of {', '.join(_ANTHROPIC_TYPES)}")
+    declared = declared_format(source.get("media_type"), f"{where}.media_type")
     return from_base64(source.get("data"), f"{where}.data", declared=declared, kind="image", limits=limits)

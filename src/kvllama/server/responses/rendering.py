@@ -126,10 +126,13 @@ def final_object(ctx: Context, result: CompletionResult, reply: Reply, ids: Item
 class ResponsesStreamWriter:
     """Content deltas -> the Responses API's typed SSE events (see the module docstring)."""
 
-    def __init__(self, ctx: Context, on_done: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, ctx: Context, reply: Reply,
+                 on_done: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``reply``: the generation's fold of the same deltas (the one reducer's), read for each
+        block's kind and text as its events are written."""
         self.ctx = ctx
         self.ids = ItemIds()
-        self._reply = Reply()
+        self._reply = reply
         self._seq = 0
         self._on_done = on_done
 
@@ -144,11 +147,7 @@ class ResponsesStreamWriter:
                 self._event("response.in_progress", response=shell)]
 
     def on_event(self, event: Event, deltas: Sequence[Delta]) -> list[str]:
-        frames: list[str] = []
-        for delta in deltas:
-            self._reply.apply(delta)
-            frames.extend(self._frames(delta))
-        return frames
+        return [frame for delta in deltas for frame in self._frames(delta)]
 
     def _frames(self, delta: Delta) -> list[str]:
         where = {"output_index": getattr(delta, "index", 0)}

@@ -22,7 +22,7 @@ from kvllama.server.generation import Generation, complete, first_event, start, 
 from kvllama.server.responses import rendering
 from kvllama.server.responses.rendering import Context, ItemIds, ResponsesStreamWriter
 from kvllama.server.responses.schemas import ResponsesRequest
-from kvllama.server.responses.store import ResponseStore, StoredResponse
+from kvllama.server.responses.store import StoredResponse
 from kvllama.server.responses.turns import Turn, build_turn, transcript_of
 from kvllama.server.sse import sse_response
 from kvllama.server.state import ServerState, routed_body, state_of
@@ -37,10 +37,9 @@ _ECHOED = ("instructions", "max_output_tokens", "metadata", "previous_response_i
 async def create(request: Request) -> Response:
     started = time.perf_counter()
     state, body, name, model_id = await routed_body(request, ResponsesRequest)
-    store = responses_store(state)
     previous = None
     if body.previous_response_id is not None:
-        previous = store.get(body.cache_salt, body.previous_response_id)
+        previous = state.responses.get(body.cache_salt, body.previous_response_id)
         if previous is None:
             raise ApiError(404, f"previous response {body.previous_response_id!r} not found",
                            param="previous_response_id")
@@ -65,7 +64,8 @@ async def create(request: Request) -> Response:
         keep(response)
         return JSONResponse(response)
     first = await first_event(request, gen)
-    return sse_response(stream_frames(gen, first, ResponsesStreamWriter(ctx, on_done=keep)))
+    writer = ResponsesStreamWriter(ctx, gen.builder.reply, on_done=keep)
+    return sse_response(stream_frames(gen, first, writer))
 
 
 def _echo(body: ResponsesRequest) -> dict[str, Any]:
@@ -84,12 +84,13 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 def _store(state: ServerState, model_id: str, body: ResponsesRequest, ctx: Context, turn: Turn,
            gen: Generation, response: dict[str, Any]) -> None:
     result = gen.result()
-    media = bool(turn.generation.media) or any(i < 0 for i in result.context_tokens)
+    # A conversation with media is rendered again next turn (a later turn keeps its media parts).
+    media = bool(turn.generation.media)
     transcript = [] if media else transcript_of(state.engine, model_id, result)
     reply = _reply_message(response["output"])
     items = [{"id": rendering.new_id("msg" if it.get("type", "message") == "message" else "item"), **it}
              for it in body.input_items()]
-    responses_store(state).put(body.cache_salt, StoredResponse(
+    state.responses.put(body.cache_salt, StoredResponse(
         id=ctx.id, created_at=ctx.created_at, response=response, input_items=items,
         messages=[*turn.messages, reply], instructions=body.instructions,
         transcript=transcript, model=ctx.model,
@@ -118,7 +119,7 @@ async def retrieve(request: Request, response_id: str) -> Response:
 @router.delete("/v1/responses/{response_id}")
 async def delete(request: Request, response_id: str) -> Response:
     state = state_of(request)
-    if not responses_store(state).delete(request.query_params.get("cache_salt"), response_id):
+    if not state.responses.delete(request.query_params.get("cache_salt"), response_id):
         raise _not_found(response_id)
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
@@ -149,7 +150,7 @@ def _limit(value: str | None) -> int:
 
 
 def _stored(request: Request, response_id: str) -> StoredResponse:
-    stored = responses_store(state_of(request)).get(request.query_params.get("cache_salt"), response_id)
+    stored = state_of(request).responses.get(request.query_params.get("cache_salt"), response_id)
     if stored is None:
         raise _not_found(response_id)
     return stored
@@ -158,6 +159,3 @@ def _stored(request: Request, response_id: str) -> StoredResponse:
 def _not_found(response_id: str) -> ApiError:
     return ApiError(404, f"response {response_id!r} not found", param="response_id", code="not_found")
 
-
-def responses_store(state: ServerState) -> ResponseStore:
-    return state.responses  # type: ignore[no-any-return]

@@ -37,8 +37,6 @@ class Turn:
     generation: GenerationRequest
     # The conversation before the reply (earlier turns' messages, then this input's).
     messages: list[dict[str, Any]]
-    # True when the prompt continues the previous transcript's ids.
-    continued: bool
 
 
 def build_turn(body: ResponsesRequest, edge: Edge, engine: Engine, model_id: str,
@@ -57,10 +55,10 @@ def build_turn(body: ResponsesRequest, edge: Edge, engine: Engine, model_id: str
             parent = bytes.fromhex(previous.finish_key) if previous.finish_key else None
             options["stop"] = list(stops)  # the template's (a chat render would add them too)
             generation = GenerationRequest.build(tokens, parent_key=parent, **options)
-            return Turn(generation, messages, True)
+            return Turn(generation, messages)
     chat = ChatInput.of(messages, system=body.instructions, tools=tools)
     generation = GenerationRequest.build(chat=chat, media_limits=edge.config.media_limits, **options)
-    return Turn(generation, messages, False)
+    return Turn(generation, messages)
 
 
 def _options(body: ResponsesRequest, edge: Edge, engine: Engine, model_id: str,
